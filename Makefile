@@ -1,0 +1,43 @@
+# One-command set-up: `make demo` runs the workflow on the embedded demo world; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+STAMP := $(VENV)/.installed
+
+.PHONY: env demo test test-fast lint bench report clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch and torchvision in one command (see DESIGN section 8), then the package with its extras.
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default results/figures/rva.pdf
+
+report: demo
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default --report report.html
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench workflow_scripts
+	$(BIN)/ruff format --check src tests bench workflow_scripts
+	$(BIN)/mypy
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint --cores 1
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf results logs benchmarks .snakemake report.html

@@ -1,0 +1,23 @@
+# geoens: ensemble geolocation with satellite-visible attribute predictors, scored by Recall vs Area.
+# Stages: demo -> labels -> masks -> train/predict + geoclip -> evaluate. See README.md and docs/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/labels.smk"
+include: "rules/masks.smk"
+include: "rules/train.smk"
+include: "rules/geoclip.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        "results/figures/rva.pdf",
+        all_tables(),

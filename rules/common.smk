@@ -1,0 +1,54 @@
+# Shared helpers: config validation (before any job), input functions, names used by every stage.
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from geoens.config import check_inputs_exist, grid_from_config, validate_config
+
+
+# Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+config.update(validate_config(config))
+check_inputs_exist(config)
+
+GRID = grid_from_config(config)
+DEMO = bool(config["demo"]["enabled"])
+TESTSETS = sorted(config["inputs"]["testsets"])
+DATASETS = TESTSETS + ["val"]
+TRAIN_NAME = config["inputs"]["train"]["name"]
+LEVELS = ["coarse", "middle", "fine"]
+ATTR_MODELS = ["ls", "lc"]
+PRED_MODELS = ["ls", "lc", "geoest", "geoclip"]
+
+
+wildcard_constraints:
+    testset="|".join(TESTSETS),
+    dataset="|".join(DATASETS),
+    level="|".join(LEVELS),
+    model="|".join(["ls", "lc", "geoest", "geoclip", "geoclip_tower"]),
+
+
+def params_of(*keys):
+    """A config sub-tree as a JSON string, for `params:` so that a change reruns the rule."""
+    node = config
+    for key in keys:
+        node = node[key]
+    return json.dumps(node, sort_keys=True)
+
+
+def testset_images(wildcards):
+    return config["inputs"]["testsets"][wildcards.testset]["images"]
+
+
+def testset_metadata(wildcards):
+    return config["inputs"]["testsets"][wildcards.testset]["metadata"]
+
+
+def all_tables():
+    return expand(
+        "results/tables/{testset}_{kind}.{ext}",
+        testset=TESTSETS,
+        kind=["original", "balanced"],
+        ext=["csv", "md", "tex"],
+    )
