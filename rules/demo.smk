@@ -1,0 +1,33 @@
+# Demo stage (DESIGN section 6): the embedded synthetic world. One job writes every input the config's
+# `inputs:` section names (LandScan-like GeoTIFF, ESA-CCI-like NetCDF/GeoTIFF, MP-16-like msgpack shards
+# and metadata, the test sets), plus contact sheets of the rendered images. Only when demo.enabled is true.
+
+if DEMO:
+    from geoens.demo import output_paths as demo_output_paths
+
+    # Named outputs: landscan, landcover, train_shards (folder), train_metadata, train_contact_sheet,
+    # and per test set <name>_images (folder), <name>_metadata, <name>_contact_sheet.
+    DEMO_OUTPUTS = {
+        key: directory(str(path)) if key.endswith(("_images", "_shards")) else str(path)
+        for key, path in demo_output_paths(config).items()
+    }
+
+    rule demo_world:
+        output:
+            **DEMO_OUTPUTS,
+        log:
+            "logs/demo/demo_world.log",
+        benchmark:
+            "benchmarks/demo/demo_world.tsv"
+        conda:
+            "../envs/geo.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=20,
+        params:
+            demo=params_of("demo"),
+            grid=params_of("grid"),
+            seed=config["seed"],
+        script:
+            "../workflow_scripts/demo_world.py"
