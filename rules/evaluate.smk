@@ -1,0 +1,143 @@
+# Evaluation (DESIGN section 4): Algorithms 1-3 on the atom table for every base model and ensemble,
+# GCD of the grid top-1 and of each base model's own top-1, then tables (original and LS-balanced test
+# sets, bootstrap 95% intervals) and figures.
+
+EVAL_INPUTS = {
+    "atoms": "results/atoms/atoms.parquet",
+    "atom_index": "results/atoms/atom_index.tif",
+    "absorption": "results/masks/s2_absorption.parquet",
+    "fine": "results/partitions/fine.csv",
+    "labels": "results/labels/testsets/{testset}.parquet",
+    **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
+}
+EVAL_PER_IMAGE = {ts: f"results/eval/{ts}/per_image.parquet" for ts in TESTSETS}
+
+
+rule evaluate:
+    input:
+        **EVAL_INPUTS,
+    output:
+        per_image="results/eval/{testset}/per_image.parquet",
+    log:
+        "logs/evaluate/evaluate_{testset}.log",
+    benchmark:
+        "benchmarks/evaluate/evaluate_{testset}.tsv"
+    conda:
+        "../envs/geo.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        grid=params_of("grid"),
+        evaluate=params_of("evaluate"),
+    script:
+        "../workflow_scripts/evaluate_testset.py"
+
+
+rule tables:
+    input:
+        per_image="results/eval/{testset}/per_image.parquet",
+    output:
+        original_csv="results/tables/{testset}_original.csv",
+        original_md="results/tables/{testset}_original.md",
+        original_tex="results/tables/{testset}_original.tex",
+        balanced_csv="results/tables/{testset}_balanced.csv",
+        balanced_md="results/tables/{testset}_balanced.md",
+        balanced_tex="results/tables/{testset}_balanced.tex",
+    log:
+        "logs/evaluate/tables_{testset}.log",
+    benchmark:
+        "benchmarks/evaluate/tables_{testset}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        evaluate=params_of("evaluate"),
+        seed=config["seed"],
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_tables.py"
+
+
+rule figure_rva:
+    input:
+        **EVAL_PER_IMAGE,
+    output:
+        pdf=report(
+            "results/figures/rva.pdf",
+            caption="../docs/captions/rva.rst",
+            category="Results",
+        ),
+        png="results/figures/rva.png",
+    log:
+        "logs/evaluate/figure_rva.log",
+    benchmark:
+        "benchmarks/evaluate/figure_rva.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        evaluate=params_of("evaluate"),
+        seed=config["seed"],
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_rva.py"
+
+
+rule figure_buckets:
+    input:
+        **EVAL_PER_IMAGE,
+    output:
+        pdf=report(
+            "results/figures/buckets.pdf",
+            caption="../docs/captions/buckets.rst",
+            category="Results",
+        ),
+    log:
+        "logs/evaluate/figure_buckets.log",
+    benchmark:
+        "benchmarks/evaluate/figure_buckets.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_buckets.py"
+
+
+rule figure_probmap:
+    input:
+        **EVAL_INPUTS,
+    output:
+        png=report(
+            "results/figures/probmap_{testset}.png",
+            caption="../docs/captions/probmap.rst",
+            category="Results",
+        ),
+    log:
+        "logs/evaluate/figure_probmap_{testset}.log",
+    benchmark:
+        "benchmarks/evaluate/figure_probmap_{testset}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    params:
+        grid=params_of("grid"),
+        evaluate=params_of("evaluate"),
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_probmap.py"

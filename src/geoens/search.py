@@ -1,0 +1,229 @@
+"""The downstream question: for one image and an area budget, which regions to search, best first.
+
+Atoms are ranked by the ensembled score ``P`` (Algorithms 1-2); atoms with the same ``P`` form one *rank
+group* (they are equally likely per unit area and are searched together). Groups are taken in decreasing
+``P`` while the cumulative area stays within the budget; atoms with ``P = 0`` are never proposed. With the
+budget set to an image's Alg. 3 area, the selection contains the ground truth, so the RvA curve is exactly
+the recall of these search plans.
+
+Outputs: a table of rank groups, a GeoTIFF of the rank of each pixel (0 = not selected) and a GeoJSON
+FeatureCollection with one (Multi)Polygon per rank group, polygons traced on the pixel grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from geoens.constants import FAMILIES, N_CLASSES
+from geoens.grid import Grid
+from geoens.io import atomic_path
+from geoens.rva import AtomTable, absorb, family_scores, normalise_probs
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def atom_scores(
+    atoms: AtomTable,
+    probs_by_family: Mapping[str, npt.ArrayLike],
+    absorption: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+) -> FloatArray:
+    """Ensembled score ``P`` of every atom for one image (Alg. 1-2, fixed family order).
+
+    Args:
+        atoms: The atom table.
+        probs_by_family: Family (``s2``, ``ls``, ``lc``) -> the image's probability vector; the families
+            given are the method (``s2`` alone is the base model).
+        absorption: ``(cells, targets)`` of absorbed S2 cells.
+
+    Raises:
+        ValueError: On an unknown family or a wrong number of classes.
+
+    """
+    unknown = set(probs_by_family) - set(FAMILIES)
+    if unknown or not probs_by_family:
+        raise ValueError(f"probs_by_family: families must be among {FAMILIES}, got {sorted(probs_by_family)}")
+    P = np.ones(atoms.n, dtype=np.float64)
+    first = True
+    for f in FAMILIES:
+        if f not in probs_by_family:
+            continue
+        p = normalise_probs(np.asarray(probs_by_family[f])[None, :], what=f"{f} probabilities")
+        n = p.shape[1]
+        if f in N_CLASSES and n != N_CLASSES[f]:
+            raise ValueError(f"{f} probabilities: {n} classes, expected {N_CLASSES[f]}")
+        if f == "s2" and absorption is not None:
+            p = absorb(p, *absorption)
+        sc = family_scores(p, atoms.class_areas(f, n))[0]
+        lab = atoms.labels[f]
+        vals = sc[np.where(lab < 0, n, lab)]
+        P = vals.copy() if first else P * vals
+        first = False
+    return P
+
+
+def search_regions(
+    atoms: AtomTable,
+    atom_index: npt.NDArray[np.integer] | None,
+    probs_by_family: Mapping[str, npt.ArrayLike],
+    budget_km2: float,
+    absorption: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+) -> pd.DataFrame:
+    """Ranked regions to search within ``budget_km2``.
+
+    Args:
+        atoms: The atom table.
+        atom_index: ``H x W`` atom ids (to count pixels per region), or ``None``.
+        probs_by_family: Family -> the image's probability vector (see :func:`atom_scores`).
+        budget_km2: Area budget (km^2).
+        absorption: ``(cells, targets)`` of absorbed S2 cells.
+
+    Returns:
+        One row per rank group, best first: ``rank`` (1..), ``prob`` (``P``), ``area_km2``,
+        ``cum_area_km2``, ``n_atoms``, ``n_pixels`` (-1 without ``atom_index``), ``atoms`` (list of ids).
+
+    Raises:
+        ValueError: If the budget is negative or not finite.
+
+    """
+    if not np.isfinite(budget_km2) or budget_km2 < 0:
+        raise ValueError(f"budget_km2 must be a finite area >= 0, got {budget_km2}")
+    P = atom_scores(atoms, probs_by_family, absorption)
+    pos = np.flatnonzero(P > 0)
+    vals, inv = np.unique(-P[pos], return_inverse=True)  # groups in decreasing P
+    area = np.bincount(inv, weights=atoms.area[pos], minlength=vals.size)
+    cum = np.cumsum(area)
+    k = int(np.searchsorted(cum, budget_km2, side="right"))
+    order = np.argsort(inv, kind="stable")
+    start = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=vals.size))])
+    npx = np.bincount(atom_index.ravel(), minlength=atoms.n) if atom_index is not None else None
+    rows = []
+    for g in range(k):
+        ids = pos[order[start[g] : start[g + 1]]]
+        rows.append(
+            {
+                "rank": g + 1,
+                "prob": float(-vals[g]),
+                "area_km2": float(area[g]),
+                "cum_area_km2": float(cum[g]),
+                "n_atoms": int(ids.size),
+                "n_pixels": int(npx[ids].sum()) if npx is not None else -1,
+                "atoms": ids.tolist(),
+            }
+        )
+    cols = ["rank", "prob", "area_km2", "cum_area_km2", "n_atoms", "n_pixels", "atoms"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def rank_raster(
+    regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int
+) -> npt.NDArray[np.int32]:
+    """``H x W`` int32 raster of each pixel's rank group (0 = not selected)."""
+    rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
+    for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
+        rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
+    return rank_of_atom[atom_index]
+
+
+def write_geotiff(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+    """Write the rank raster as a tiled, deflate-compressed int32 GeoTIFF (EPSG:4326, nodata 0)."""
+    import rasterio
+
+    profile = {
+        "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
+        "crs": "EPSG:4326", "transform": grid.transform, "nodata": 0, "compress": "deflate",
+    }  # fmt: skip
+    if grid.width >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(ranks.astype(np.int32), 1)
+        dst.update_tags(meaning="rank group of the search plan, 1 = most likely; 0 = not selected")
+
+
+def region_features(regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> dict[str, object]:
+    """GeoJSON FeatureCollection: one (Multi)Polygon per rank group, traced on the pixel grid."""
+    from affine import Affine
+    from rasterio import features
+    from shapely.geometry import mapping, shape
+    from shapely.ops import unary_union
+
+    sel = ranks > 0
+    polys: dict[int, list[object]] = {}
+    if sel.any():
+        rows = np.flatnonzero(sel.any(axis=1))
+        cols = np.flatnonzero(sel.any(axis=0))
+        sub = ranks[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        t = grid.transform
+        tr = Affine(t.a, 0.0, t.c + int(cols[0]) * t.a, 0.0, t.e, t.f + int(rows[0]) * t.e)
+        for geom, value in features.shapes(sub, mask=sub > 0, transform=tr, connectivity=4):
+            polys.setdefault(int(value), []).append(shape(geom))
+    feats = []
+    for rec in regions.to_dict("records"):
+        rank = int(rec["rank"])
+        parts = polys.get(rank, [])
+        if not parts:
+            continue
+        props = {
+            "rank": rank,
+            "prob": float(rec["prob"]),
+            "area_km2": float(rec["area_km2"]),
+            "cum_area_km2": float(rec["cum_area_km2"]),
+            "n_atoms": int(rec["n_atoms"]),
+        }
+        feats.append({"type": "Feature", "geometry": mapping(unary_union(parts)), "properties": props})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def write_geojson(path: str | Path, regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+    """Write :func:`region_features` as GeoJSON (lon/lat, EPSG:4326)."""
+    fc = region_features(regions, ranks, grid)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
+def plan_search(
+    atoms_path: str | Path,
+    atom_index_path: str | Path,
+    absorption_path: str | Path | None,
+    probs_by_family: Mapping[str, npt.ArrayLike],
+    budget_km2: float,
+    out_geojson: str | Path | None = None,
+    out_tif: str | Path | None = None,
+    earth_radius_km: float | None = None,
+) -> pd.DataFrame:
+    """Search plan of one image from the workflow's artifacts, optionally written as GeoJSON / GeoTIFF.
+
+    Args:
+        atoms_path: ``results/atoms/atoms.parquet``.
+        atom_index_path: ``results/atoms/atom_index.tif``.
+        absorption_path: ``results/masks/s2_absorption.parquet`` (or ``None``: no absorption).
+        probs_by_family: Family -> the image's probability vector (e.g. a row of a predictions Parquet).
+        budget_km2: Area budget (km^2).
+        out_geojson: Where to write the regions as GeoJSON.
+        out_tif: Where to write the rank raster as GeoTIFF.
+        earth_radius_km: Sphere radius of the grid (default: the project's).
+
+    Returns:
+        The ranked regions (:func:`search_regions`).
+
+    """
+    from geoens.constants import EARTH_RADIUS_KM
+    from geoens.rva import read_absorption, read_atom_index, read_atoms
+
+    atoms = read_atoms(atoms_path)
+    index = read_atom_index(atom_index_path, atoms.n)
+    grid = Grid(index.shape[0], index.shape[1], earth_radius_km or EARTH_RADIUS_KM)
+    absorption = read_absorption(absorption_path) if absorption_path is not None else None
+    regions = search_regions(atoms, index, probs_by_family, budget_km2, absorption)
+    if out_geojson is not None or out_tif is not None:
+        ranks = rank_raster(regions, index, atoms.n)
+        if out_tif is not None:
+            write_geotiff(out_tif, ranks, grid)
+        if out_geojson is not None:
+            write_geojson(out_geojson, regions, ranks, grid)
+    return regions

@@ -1,0 +1,153 @@
+"""Tables and figures from a small synthetic evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _rva_world import make_world, write_inputs
+from geoens import report, rva
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], pd.DataFrame]:
+    root = tmp_path_factory.mktemp("world")
+    world = make_world(seed=21, h=12)
+    paths = write_inputs(world, root, n_images=120)
+    preds = {m: paths[m] for m in ("ls", "lc", "geoest", "geoclip")}
+    df = rva.evaluate_testset(
+        paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"], preds
+    )
+    return paths, df
+
+
+def _outputs(root: Path, testset: str) -> dict[str, dict[str, Path]]:
+    return {k: {f: root / f"{testset}_{k}.{f}" for f in ("csv", "md", "tex")} for k in report.KINDS}
+
+
+def test_tables_written_with_cis_and_counts(evaluated, tmp_path: Path) -> None:
+    _, df = evaluated
+    out = _outputs(tmp_path, "demo")
+    summ = report.write_tables(df, "demo", out, n_boot=50, seed=0, balanced_seed=0, demo=True)
+    csv = pd.read_csv(out["original"]["csv"])
+    assert len(csv) == 12
+    assert list(csv["label"][:6]) == ["GeoEst.", "+LS", "+LS, urban prior", "+LC", "+LS+LC", "GeoEst. (cell)"]
+    for col in ("rva_25km", "rva_25km_lo", "rva_25km_hi", "gcd_2500km", "n_bucket_lowest"):
+        assert col in csv.columns
+    ok = csv["rva_200km"].notna()
+    assert ok.sum() == 10 and csv["rva_200km"].isna().sum() == 2  # own top-1 rows have no RvA
+    assert np.all(csv.loc[ok, "rva_200km_lo"] <= csv.loc[ok, "rva_200km"] + 1e-9)
+    assert np.all(csv.loc[ok, "rva_200km"] <= csv.loc[ok, "rva_200km_hi"] + 1e-9)
+    # values are the recall of the per-image areas, in percent
+    base = df[df["method"] == "GeoEst."]
+    expect = 100 * rva.recall_at(base["area_km2"], [report.CAP_ALPHAS[2]])[0]
+    assert csv.loc[0, "rva_200km"] == pytest.approx(expect, abs=1e-3)
+    md = out["balanced"]["md"].read_text()
+    assert "synthetic demo world" in md and "Images per ground-truth LS bucket" in md and " [" in md
+    bal = pd.read_csv(out["balanced"]["csv"])
+    m = min(c for c in summ["balanced"].bucket_counts if c)
+    assert bal["n"].iloc[0] == m * sum(1 for c in summ["balanced"].bucket_counts if c)
+    tex = out["original"]["tex"].read_text()
+    assert r"\begin{tabular}" in tex and r"\multicolumn{5}{c}{RvA}" in tex
+    # deterministic bytes
+    out2 = _outputs(tmp_path / "again", "demo")
+    report.write_tables(df, "demo", out2, n_boot=50, seed=0, balanced_seed=0, demo=True)
+    for k in report.KINDS:
+        for f in ("csv", "md", "tex"):
+            assert out[k][f].read_bytes() == out2[k][f].read_bytes()
+
+
+def test_figures_written(evaluated, tmp_path: Path) -> None:
+    paths, df = evaluated
+    per = {"setA": df, "setB": df[df["image_id"] < "img0060"]}
+    report.rva_figure(
+        per, tmp_path / "rva.pdf", tmp_path / "rva.png", n_boot=20, seed=0, balanced_seed=0, demo=True
+    )
+    assert (tmp_path / "rva.pdf").read_bytes()[:4] == b"%PDF"
+    assert (tmp_path / "rva.pdf").stat().st_size > 10_000 and (tmp_path / "rva.png").stat().st_size > 10_000
+    report.buckets_figure(per, tmp_path / "buckets.pdf", demo=True)
+    assert (tmp_path / "buckets.pdf").stat().st_size > 5_000
+    preds = {m: paths[m] for m in ("ls", "lc", "geoest", "geoclip")}
+    report.probmap_figure(
+        paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"], preds,
+        tmp_path / "probmap.png", n_examples=2, demo=True,
+    )  # fmt: skip
+    assert (tmp_path / "probmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gain_curves_zero_for_identical_methods(evaluated) -> None:
+    _, df = evaluated
+    sub = df[df["base"] == "geoest"].copy()
+    same = sub[sub["method"] == "GeoEst."].assign(method="GeoEst.+LS")
+    sub = pd.concat([sub[sub["method"] != "GeoEst.+LS"], same])
+    s = rva.summarise(sub, False, 0, 0, 0)
+    g = report.gain_curves(s, sub, 10, 0, 0, balanced=False)
+    ls = g[g["method"] == "GeoEst.+LS"]
+    assert np.all(ls["gain"] == 0) and np.all(ls["lo"] == 0) and np.all(ls["hi"] == 0)
+    assert (g[g["method"] == "GeoEst.+LC"]["gain"] != 0).any()
+
+
+def test_summarise_rejects_incomplete_table(evaluated) -> None:
+    _, df = evaluated
+    bad = df.drop(df.index[(df["method"] == "GeoEst.+LC")][:3])
+    with pytest.raises(ValueError, match="GeoEst.\\+LC"):
+        rva.summarise(bad, False, 0, 0, 0)
+
+
+@pytest.mark.slow
+def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
+    """The evaluate.smk rules end to end on a small world (the other stages' outputs faked in place)."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    world = make_world(seed=41, h=12)
+    paths = write_inputs(world, tmp_path / "src", n_images=80)
+    dest = {
+        "atoms": "results/atoms/atoms.parquet",
+        "atom_index": "results/atoms/atom_index.tif",
+        "absorption": "results/masks/s2_absorption.parquet",
+        "fine": "results/partitions/fine.csv",
+        "labels": "results/labels/testsets/setA.parquet",
+        **{m: f"results/predictions/setA/{m}.parquet" for m in ("ls", "lc", "geoest", "geoclip")},
+    }
+    for key, rel in dest.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths[key], tmp_path / rel)
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(
+        "import json\n"
+        "config.update({'seed': 0, 'grid': {'height': 12, 'width': 24, 'earth_radius_km': 6371.0088},\n"
+        "  'evaluate': {'bootstrap': 20, 'probmap_examples': 2, 'balanced_seed': 0, 'batch_size': 30,\n"
+        "               'chunk_elements': 5000, 'curve_points': 40, 'probmap_base': 'geoest'}})\n"
+        "TESTSETS = ['setA']\nPRED_MODELS = ['ls', 'lc', 'geoest', 'geoclip']\nDEMO = True\n"
+        "def params_of(*keys):\n"
+        "    node = config\n"
+        "    for k in keys:\n"
+        "        node = node[k]\n"
+        "    return json.dumps(node, sort_keys=True)\n"
+        f"include: '{repo}/rules/evaluate.smk'\n"
+    )
+    targets = [
+        "results/tables/setA_balanced.md",
+        "results/figures/rva.pdf",
+        "results/figures/buckets.pdf",
+        "results/figures/probmap_setA.png",
+    ]
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run(
+        [str(snakemake), "-s", str(snakefile), "-d", str(tmp_path), "--cores", "2", *targets],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for t in targets:
+        assert (tmp_path / t).stat().st_size > 0
+    df = pd.read_parquet(tmp_path / "results/eval/setA/per_image.parquet")
+    assert len(df) == 80 * 12
+    assert (tmp_path / "logs/evaluate/evaluate_setA.log").exists()
