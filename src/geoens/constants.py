@@ -70,7 +70,7 @@ LC_URBAN: Final[int] = 5
 
 
 def lc_lookup_tables() -> tuple[list[int], list[int]]:
-    """Return 256-entry lookup tables ``code -> top code`` (0 = none) and ``code -> merged class`` (-1 = none).
+    """Return 256-entry lookup tables: ``code -> top code`` (0 = none), ``code -> merged class`` (-1 = none).
 
     Unknown LCCS codes (not a top code nor a known subclass) map to 0 / -1, as nodata does.
     """

@@ -66,7 +66,7 @@ class Grid:
         return self.earth_radius_km**2 * (2.0 * np.pi / self.width) * (np.sin(edges[:-1]) - np.sin(edges[1:]))
 
     def pixel_areas(self) -> FloatArray:
-        """Full ``H x W`` array of pixel areas (km^2); prefer :meth:`row_areas` where a row vector suffices."""
+        """Full ``H x W`` array of pixel areas (km^2); prefer :meth:`row_areas` where a row suffices."""
         return np.broadcast_to(self.row_areas()[:, None], self.shape).copy()
 
     def total_area(self) -> float:
