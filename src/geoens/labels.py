@@ -1,0 +1,900 @@
+"""Relabel geotagged images with satellite attributes (DESIGN sections 3 and 5; ARCHITECTURE "label columns").
+
+The stage has four parts, each a plain function so that workflow scripts stay thin:
+
+1. :func:`read_metadata` reads an ``IMG_ID, LAT, LON`` CSV (vectorised pandas), drops and counts bad rows
+   (:class:`BadRows`) and fails, naming the file and the first bad lines, past ``max_bad_fraction``.
+   :func:`available_ids` lists the images that exist (msgpack shards, streaming; or an image folder).
+2. :func:`sample_raster` samples a raster at points, *nearest native pixel* (the pixel containing the point,
+   as the paper), reading each raster block that holds points once (never one read per point).
+3. :func:`ls_bucket_edges` derives the four LandScan buckets from the values sampled at the training
+   geotags; :func:`bucketize` applies them. :func:`lc_labels` folds LCCS codes into 22 top codes and 7
+   classes.
+4. :func:`relabel_train` / :func:`relabel_testset` put everything together (S2 cells through
+   :mod:`geoens.partitions`), with a seeded train/val split and the paper's urban cap (``attr_keep``);
+   :func:`write_label_shards` writes ``part-NNNNN.parquet`` files.
+
+``bucketize`` here is the canonical LS bucket function of the project (the mask stage must use it or give
+identical results).
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import rasterio
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from geoens import s2
+from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
+from geoens.io import atomic_path, read_json, write_json
+from geoens.rasters import Kind
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Required metadata columns.
+METADATA_COLUMNS: tuple[str, str, str] = ("IMG_ID", "LAT", "LON")
+#: Reasons a metadata row is dropped, in the order they are checked (a row counts under its first reason).
+BAD_REASONS: tuple[str, ...] = (
+    "missing_id",
+    "missing_coordinates",
+    "non_numeric_coordinates",
+    "lat_out_of_range",
+    "lon_out_of_range",
+    "no_image",
+    "duplicate_id",
+)
+#: Strings read as a missing coordinate.
+_NA_STRINGS: list[str] = ["", "NA", "N/A", "NaN", "nan", "NAN", "null", "NULL", "None", "-nan", "#N/A"]
+#: How many bad rows an error message or summary names.
+N_BAD_EXAMPLES = 10
+#: Shard file patterns (same as ``geoens.data.SHARD_PATTERNS``).
+SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
+#: Largest window (bytes) read from a raster at once.
+MAX_WINDOW_BYTES = 64 * 1024 * 1024
+#: File suffixes read block-wise through rasterio (tiles holding points only).
+GEOTIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+#: Number of LS buckets.
+N_LS_BUCKETS = len(LS_BUCKETS)
+
+#: Parquet schema of the label tables (docs/ARCHITECTURE.md, "label columns").
+LABEL_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("ls_value", pa.float64()),
+        ("ls_bucket", pa.int8()),
+        ("lc_code", pa.uint8()),
+        ("lc22", pa.uint8()),
+        ("lc7", pa.int8()),
+        ("cell_coarse", pa.int32()),
+        ("cell_middle", pa.int32()),
+        ("cell_fine", pa.int32()),
+        ("split", pa.string()),
+        ("attr_keep", pa.bool_()),
+    ]
+)
+LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
+LEVELS: tuple[str, str, str] = ("coarse", "middle", "fine")
+
+
+class MetadataError(ValueError):
+    """A metadata CSV that lacks a column, cannot be parsed or has too many bad rows."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BadRows:
+    """Bad rows of one metadata file, counted per reason.
+
+    Attributes:
+        file: The CSV.
+        n_rows: Data rows in the file.
+        counts: Bad rows per reason (every reason of :data:`BAD_REASONS`, zero included).
+        examples: The first bad rows as ``(line, reason)``; ``line`` is the 1-based line of the file
+            (the header is line 1, the first data row line 2).
+
+    """
+
+    file: str
+    n_rows: int
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_REASONS, 0))
+    examples: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def n_bad(self) -> int:
+        """Number of dropped rows."""
+        return int(sum(self.counts.values()))
+
+    @property
+    def fraction(self) -> float:
+        """Share of dropped rows (0 for an empty file)."""
+        return self.n_bad / self.n_rows if self.n_rows else 0.0
+
+    def describe(self) -> str:
+        """One line naming the non-zero counts and the first bad lines."""
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts.items() if v)
+        lines = ", ".join(f"line {ln} ({why})" for ln, why in self.examples)
+        return f"{counts}; first bad rows: {lines}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "file": self.file,
+            "rows_total": self.n_rows,
+            "rows_bad": self.n_bad,
+            "bad_fraction": self.fraction,
+            "bad_by_reason": dict(self.counts),
+            "first_bad_rows": [{"line": ln, "reason": why} for ln, why in self.examples],
+        }
+
+
+def _read_header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            first = next(csv_module.reader(fh), None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{path}: cannot read the CSV header: {exc}") from exc
+    if not first:
+        raise MetadataError(f"{path}: empty file (expected a header with {', '.join(METADATA_COLUMNS)})")
+    return [c.strip() for c in first]
+
+
+def _read_columns(path: Path, numeric: bool) -> pa.Table:
+    """IMG_ID as string; LAT, LON as float64 (``numeric``) or as strings; NA spellings -> null."""
+    coord_type = pa.float64() if numeric else pa.string()
+    convert = pacsv.ConvertOptions(
+        include_columns=list(METADATA_COLUMNS),
+        column_types={"IMG_ID": pa.string(), "LAT": coord_type, "LON": coord_type},
+        null_values=_NA_STRINGS,
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    return pacsv.read_csv(path, convert_options=convert)
+
+
+def _coords(col: pa.ChunkedArray) -> tuple[FloatArray, BoolArray, BoolArray]:
+    """``(values, missing, non_numeric)`` of a coordinate column read as float64 or as strings."""
+    if pa.types.is_floating(col.type):
+        vals = np.asarray(col.to_numpy(), dtype=np.float64)
+        missing = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        return vals, missing, np.zeros(vals.size, dtype=bool)
+    text = pc.utf8_trim_whitespace(col)
+    missing = np.asarray(
+        pc.or_(pc.is_null(text), pc.is_in(text, value_set=pa.array(_NA_STRINGS)))
+        .fill_null(True)
+        .to_numpy(zero_copy_only=False),
+        dtype=bool,
+    )
+    num = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
+    vals = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    return vals, missing, np.isnan(vals) & ~missing
+
+
+def read_metadata(
+    csv: str | Path,
+    available_ids: Iterable[str] | pa.Array | pa.ChunkedArray | None = None,
+    max_bad_fraction: float | None = None,
+) -> tuple[pd.DataFrame, BadRows]:
+    """Read and clean an ``IMG_ID, LAT, LON`` metadata CSV (other columns are ignored).
+
+    Rows are dropped (and counted in :class:`BadRows`) for, in this order: an empty id, a missing or
+    non-numeric coordinate, a latitude outside [-90, 90], a longitude outside [-180, 180], an id with no
+    image in ``available_ids``, and an id already seen in an earlier good row (the first is kept). The file
+    is parsed by Arrow's multithreaded CSV reader (coordinates straight to float64; only a file with a
+    non-numeric coordinate is re-read as text); the ids go through one hash pass (Arrow ``index_in`` against
+    the available ids, or ``dictionary_encode``), duplicates are then found among integer codes.
+
+    Args:
+        csv: The metadata file.
+        available_ids: Ids of the images that exist (:func:`available_ids`, or any iterable of str); ``None``
+            skips that check.
+        max_bad_fraction: Fail when more than this share of rows is bad; ``None`` never fails.
+
+    Returns:
+        ``(frame, bad)``: the kept rows as columns ``image_id`` (str), ``lat``, ``lon`` (float64) in file
+        order with a fresh index, and the bad-row report.
+
+    Raises:
+        MetadataError: Naming the file: a missing column, an unparsable file, no rows, or too many bad rows
+            (naming the first bad lines).
+
+    """
+    path = Path(csv)
+    header = _read_header(path)
+    for col in METADATA_COLUMNS:
+        if col not in header:
+            raise MetadataError(f"{path}: missing column {col!r} (columns: {header})")
+    try:
+        try:
+            table = _read_columns(path, numeric=True)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc).lower():
+                raise
+            table = _read_columns(path, numeric=False)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as exc:
+        raise MetadataError(f"{path}: cannot parse the CSV: {exc}") from exc
+    n = table.num_rows
+    if n == 0:
+        raise MetadataError(f"{path}: no data rows")
+
+    ids = pc.utf8_trim_whitespace(table.column("IMG_ID"))
+    reason = np.full(n, -1, dtype=np.int8)
+
+    def mark(mask: npt.ArrayLike, name: str) -> None:
+        m = np.asarray(mask, dtype=bool) & (reason < 0)
+        reason[m] = BAD_REASONS.index(name)
+
+    mark(pc.equal(ids, "").to_numpy(zero_copy_only=False), "missing_id")
+    lat, lat_missing, lat_bad = _coords(table.column("LAT"))
+    lon, lon_missing, lon_bad = _coords(table.column("LON"))
+    mark(lat_missing | lon_missing, "missing_coordinates")
+    mark(lat_bad | lon_bad | np.isinf(lat) | np.isinf(lon), "non_numeric_coordinates")
+    with np.errstate(invalid="ignore"):
+        mark(~((lat >= -90.0) & (lat <= 90.0)), "lat_out_of_range")
+        mark(~((lon >= -180.0) & (lon <= 180.0)), "lon_out_of_range")
+    # One hash pass over the ids: their position in the available ids (null: no image), or their
+    # dictionary code; duplicates are then found among integers.
+    if available_ids is not None:
+        if isinstance(available_ids, pa.ChunkedArray):
+            value_set = available_ids.combine_chunks()
+        elif isinstance(available_ids, pa.Array):
+            value_set = available_ids
+        else:
+            value_set = pa.array(list(available_ids), pa.string())
+        pos = pc.index_in(ids, value_set=value_set).combine_chunks()
+        mark(~np.asarray(pos.is_valid().to_numpy(zero_copy_only=False), dtype=bool), "no_image")
+        codes = np.asarray(pos.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    else:
+        codes = np.asarray(pc.dictionary_encode(ids).combine_chunks().indices.to_numpy(), dtype=np.int64)
+    good = np.flatnonzero(reason < 0)
+    _, first = np.unique(codes[good], return_index=True)
+    dup = np.zeros(n, dtype=bool)
+    dup[good] = True
+    dup[good[first]] = False
+    mark(dup, "duplicate_id")
+
+    bad = BadRows(file=str(path), n_rows=n)
+    reasons, cnts = np.unique(reason[reason >= 0], return_counts=True)
+    for code, cnt in zip(reasons.tolist(), cnts.tolist(), strict=True):
+        bad.counts[BAD_REASONS[code]] = int(cnt)
+    first_bad = np.flatnonzero(reason >= 0)[:N_BAD_EXAMPLES]
+    bad.examples = [(int(i) + 2, BAD_REASONS[reason[i]]) for i in first_bad]
+    if max_bad_fraction is not None and bad.fraction > max_bad_fraction:
+        raise MetadataError(
+            f"{path}: {bad.n_bad} of {n} rows are bad ({bad.fraction:.2%} > labels.max_bad_fraction = "
+            f"{max_bad_fraction:.2%}): {bad.describe()}"
+        )
+    keep = reason < 0
+    kept = pa.table(
+        {
+            "image_id": ids.filter(pa.array(keep)),
+            "lat": pa.array(lat[keep], pa.float64()),
+            "lon": pa.array(lon[keep], pa.float64()),
+        }
+    )
+    frame = kept.to_pandas()
+    if bad.n_bad:
+        log.warning("%s: dropped %d of %d rows: %s", path, bad.n_bad, n, bad.describe())
+    return frame, bad
+
+
+def list_shards(shards_dir: str | Path) -> list[Path]:
+    """Sorted shard files (``*.msgpack``, ``*.msg``) of a folder.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist or holds no shard.
+
+    """
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shards folder not found: {root}")
+    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
+    if not paths:
+        raise FileNotFoundError(f"no *.msgpack shard in {root}")
+    return paths
+
+
+def _shard_id_array(path: Path) -> pa.Array:
+    """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
+    out: list[str] = []
+    with open(path, "rb") as fh:
+        unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
+        try:
+            for index, rec in enumerate(unpacker):
+                if not isinstance(rec, dict) or "id" not in rec:
+                    raise ValueError(f"{path}: record {index} is not a map with an 'id'")
+                out.append(str(rec["id"]))
+        except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
+    return pa.array(out, pa.string())
+
+
+def shard_ids(shards_dir: str | Path, processes: int = 1) -> pa.Array:
+    """Ids of every record in the msgpack shards of a folder (shard order), streaming.
+
+    Args:
+        shards_dir: The folder.
+        processes: Shards read in parallel by this many processes.
+
+    Raises:
+        ValueError: Naming the shard and record index of a record that is not a map with an ``id``.
+
+    """
+    paths = list_shards(shards_dir)
+    if processes > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=min(processes, len(paths))) as pool:
+            arrays = list(pool.map(_shard_id_array, paths))
+    else:
+        arrays = [_shard_id_array(p) for p in paths]
+    return pa.concat_arrays(arrays)
+
+
+def folder_ids(folder: str | Path) -> list[str]:
+    """Image ids of an image folder: file paths relative to it (POSIX separators), hidden files skipped.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                out.append((rel / name).as_posix())
+    return out
+
+
+def available_ids(path: str | Path, processes: int = 1) -> pa.Array:
+    """Ids of the images present (Arrow strings): msgpack shards if the folder holds some, else the files."""
+    root = Path(path)
+    has_shards = root.is_dir() and any(next(root.glob(p), None) is not None for p in SHARD_PATTERNS)
+    return shard_ids(root, processes) if has_shards else pa.array(folder_ids(root), pa.string())
+
+
+# ---------------------------------------------------------------------------------------------------
+# raster sampling (nearest native pixel, block-wise)
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_pixels(
+    ds: DatasetReader,
+    rows: npt.ArrayLike,
+    cols: npt.ArrayLike,
+    band: int = 1,
+    max_window_bytes: int = MAX_WINDOW_BYTES,
+) -> npt.NDArray[Any]:
+    """Values of the pixels ``(rows, cols)`` of a rasterio dataset, reading each needed block once.
+
+    Pixels are grouped by the raster's natural blocks (tiles, or strips of rows for a striped file): for every
+    row of blocks, runs of adjacent blocks that hold pixels are read as one window (at most
+    ``max_window_bytes``); blocks without a requested pixel are never read, and no read is per point.
+
+    Args:
+        ds: An open raster.
+        rows: Row of each pixel (``0 <= rows < ds.height``).
+        cols: Column of each pixel.
+        band: Band to read.
+        max_window_bytes: Largest window read at once.
+
+    Returns:
+        The values, in the band's dtype, with the shape of ``rows``.
+
+    """
+    r_all = np.asarray(rows, dtype=np.int64)
+    c_all = np.asarray(cols, dtype=np.int64)
+    shape = r_all.shape
+    r_all, c_all = r_all.ravel(), c_all.ravel()
+    h, w = ds.height, ds.width
+    if r_all.size and (r_all.min() < 0 or r_all.max() >= h or c_all.min() < 0 or c_all.max() >= w):
+        raise ValueError(f"{ds.name}: pixel index outside the {h} x {w} raster")
+    dtype = np.dtype(ds.dtypes[band - 1])
+    values = np.zeros(r_all.shape, dtype=dtype)
+    if r_all.size == 0:
+        return values.reshape(shape)
+    bh, bw = ds.block_shapes[band - 1]
+    itemsize = dtype.itemsize
+    if bw >= w:  # striped: read strips of several blocks of full-width rows
+        rows_per_read = max(1, max_window_bytes // (w * itemsize))
+        bh = max(bh, (rows_per_read // bh) * bh)
+        bw = w
+    max_tiles = max(1, max_window_bytes // (bh * bw * itemsize))
+    tile_row = r_all // bh
+    order = np.lexsort((c_all, tile_row))
+    idx, r, c, tile_row = order, r_all[order], c_all[order], tile_row[order]
+    tile_col = c // bw
+    starts = np.flatnonzero(np.r_[True, tile_row[1:] != tile_row[:-1]])
+    ends = np.r_[starts[1:], idx.size]
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        r0 = int(tile_row[s]) * bh
+        r1 = min(h, r0 + bh)
+        tcs = np.unique(tile_col[s:e])
+        # runs of adjacent tiles, each at most max_tiles long
+        for run in np.split(tcs, np.flatnonzero(np.diff(tcs) != 1) + 1):
+            for k in range(0, run.size, max_tiles):
+                chunk = run[k : k + max_tiles]
+                c0 = int(chunk[0]) * bw
+                c1 = min(w, (int(chunk[-1]) + 1) * bw)
+                lo_i = s + int(np.searchsorted(c[s:e], c0, side="left"))
+                hi_i = s + int(np.searchsorted(c[s:e], c1, side="left"))
+                block = ds.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+                values[idx[lo_i:hi_i]] = block[r[lo_i:hi_i] - r0, c[lo_i:hi_i] - c0]
+    return values.reshape(shape)
+
+
+def sample_native(
+    path: str | Path, kind: Kind, lat: npt.ArrayLike, lon: npt.ArrayLike
+) -> tuple[npt.NDArray[Any], int]:
+    """Raw values of the native pixel containing each point (the paper's "nearest pixel"), and the nodata.
+
+    The raster is opened and validated by :func:`geoens.rasters.open_checked`; the pixel convention is the
+    grid's (DESIGN 2, :meth:`geoens.grid.Grid.pixel_of` on the native raster). A GeoTIFF is then read
+    block-wise by :func:`read_pixels` (only the tiles that hold points); other formats (NetCDF) by
+    :meth:`geoens.rasters.NativeRaster.sample` (the row strips that hold points).
+
+    Returns:
+        ``(values, nodata)``: values in the raster's dtype (int32 LandScan, uint8 land cover).
+
+    """
+    from geoens.rasters import open_checked
+
+    p = Path(path)
+    with open_checked(p, kind) as raster:
+        nodata = int(raster.nodata)
+        if p.suffix.lower() in GEOTIFF_SUFFIXES:
+            rows, cols = raster.native_grid.pixel_of(lat, lon)
+            with rasterio.open(p) as ds:
+                values = read_pixels(ds, rows, cols)
+        else:
+            values = np.asarray(raster.sample(lat, lon))
+        if values.dtype != raster.dtype:
+            values = values.view(raster.dtype) if values.dtype.itemsize == raster.dtype.itemsize else values
+    return values, nodata
+
+
+def sample_landscan(path: str | Path, lat: npt.ArrayLike, lon: npt.ArrayLike) -> FloatArray:
+    """LandScan values at points (nearest native pixel), float64 with NaN for nodata."""
+    raw, nodata = sample_native(path, "landscan", lat, lon)
+    out = raw.astype(np.float64)
+    out[raw == nodata] = np.nan
+    return out
+
+
+def sample_landcover(path: str | Path, lat: npt.ArrayLike, lon: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """Raw LCCS codes at points (nearest native pixel), uint8 (0 = nodata, as the file's nodata)."""
+    raw, nodata = sample_native(path, "landcover", lat, lon)
+    codes = np.asarray(raw).astype(np.uint8, copy=False)
+    if nodata != 0:
+        codes = np.where(codes == nodata, 0, codes).astype(np.uint8)
+    return codes
+
+
+# ---------------------------------------------------------------------------------------------------
+# LS buckets, LC classes
+# ---------------------------------------------------------------------------------------------------
+
+
+def ls_bucket_edges(values: npt.ArrayLike, n_buckets: int = N_LS_BUCKETS) -> dict[str, Any]:
+    """Bucket edges equally spaced in log10 between the smallest positive and the largest sampled value.
+
+    Args:
+        values: LS values sampled at the training geotags (NaN = nodata, ignored).
+        n_buckets: Number of buckets (4).
+
+    Returns:
+        The ``ls_edges.json`` record: ``edges_log10`` (``n_buckets + 1`` floats), ``counts`` (sampled values
+        per bucket, by :func:`bucketize`), ``min_positive``, ``max`` and ``n_sampled`` (non-NaN values).
+
+    Raises:
+        ValueError: If no value is positive or all positive values are equal (no range to split).
+
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    pos = v[v > 0]
+    if pos.size == 0:
+        raise ValueError(f"cannot derive LS bucket edges: none of the {v.size} sampled values is positive")
+    lo, hi = float(pos.min()), float(v.max())
+    if not hi > lo:
+        raise ValueError(f"cannot derive LS bucket edges: all positive sampled values equal {lo}")
+    edges = np.linspace(math.log10(lo), math.log10(hi), n_buckets + 1)
+    buckets = bucketize(v, edges)
+    counts = np.bincount(buckets, minlength=n_buckets)
+    return {
+        "edges_log10": [float(e) for e in edges],
+        "counts": [int(c) for c in counts],
+        "min_positive": lo,
+        "max": hi,
+        "n_sampled": int(v.size),
+    }
+
+
+def bucketize(values: npt.ArrayLike, edges_log10: Sequence[float] | npt.ArrayLike) -> npt.NDArray[np.int8]:
+    """LS bucket of each value: the canonical rule of the project.
+
+    ``values <= 0`` -> 0 (lowest); NaN -> -1; otherwise ``log10(value)`` is placed by the inner edges, a value
+    on an inner edge going to the upper bucket (buckets ``[e_k, e_{k+1})``), values below the first edge or
+    above the last clipping into the end buckets.
+
+    Raises:
+        ValueError: If the edges are fewer than 2 or not increasing.
+
+    """
+    e = np.asarray(edges_log10, dtype=np.float64)
+    if e.ndim != 1 or e.size < 2 or not np.all(np.diff(e) > 0):
+        raise ValueError(f"LS edges must be an increasing list of at least 2 numbers, got {e.tolist()}")
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, -1, dtype=np.int8)
+    valid = ~np.isnan(v)
+    pos = valid & (v > 0)
+    out[valid & ~pos] = 0
+    out[pos] = np.searchsorted(e[1:-1], np.log10(v[pos]), side="right").astype(np.int8)
+    return out
+
+
+def load_ls_edges(path: str | Path) -> FloatArray:
+    """Read the ``edges_log10`` of an ``ls_edges.json`` artifact.
+
+    Raises:
+        ValueError: Naming the file if the edges are missing, not 5 numbers or not increasing.
+
+    """
+    rec = read_json(path)
+    try:
+        edges = np.asarray(rec["edges_log10"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: no valid 'edges_log10' list") from exc
+    if edges.shape != (N_LS_BUCKETS + 1,) or not np.all(np.diff(edges) > 0):
+        raise ValueError(f"{path}: 'edges_log10' must be {N_LS_BUCKETS + 1} increasing numbers, got {edges}")
+    return edges
+
+
+def lc_labels(codes: npt.ArrayLike) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int8]]:
+    """Raw LCCS codes -> ``(top code (0 = none), merged 7-class index (-1 = none))``."""
+    to_top, to_class = lc_lookup_tables()
+    c = np.asarray(codes, dtype=np.uint8)
+    top = np.asarray(to_top, dtype=np.uint8)[c]
+    cls = np.asarray(to_class, dtype=np.int8)[c]
+    return top, cls
+
+
+# ---------------------------------------------------------------------------------------------------
+# split and urban cap
+# ---------------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream)]))
+
+
+def assign_split(n: int, val_fraction: float, seed: int) -> npt.NDArray[np.object_]:
+    """``"train"``/``"val"`` per row: exactly ``round(n * val_fraction)`` random rows (seeded) are ``val``."""
+    n_val = int(round(n * val_fraction))
+    split = np.full(n, "train", dtype=object)
+    if n_val:
+        split[_rng(seed, 1).choice(n, size=n_val, replace=False)] = "val"
+    return split
+
+
+def urban_cap_keep(lc7: npt.ArrayLike, groups: npt.ArrayLike, cap: float, seed: int) -> BoolArray:
+    """``attr_keep``: within each group (split), drop random urban rows so urban is at most ``cap`` of it.
+
+    With ``u`` urban and ``o`` other rows, ``floor(cap * o / (1 - cap))`` urban rows are kept (all of them if
+    fewer), chosen at random (seeded), so ``kept urban / kept rows <= cap``.
+    """
+    lc = np.asarray(lc7)
+    grp = np.asarray(groups)
+    keep = np.ones(lc.shape, dtype=bool)
+    rng = _rng(seed, 2)
+    for g in sorted(set(grp.tolist())):
+        in_g = grp == g
+        urban = np.flatnonzero(in_g & (lc == LC_URBAN))
+        n_other = int(in_g.sum()) - urban.size
+        allowed = urban.size if cap >= 1 else min(urban.size, int(math.floor(cap * n_other / (1.0 - cap))))
+        if allowed < urban.size:
+            kept = rng.choice(urban, size=allowed, replace=False)
+            drop = np.setdiff1d(urban, kept, assume_unique=True)
+            keep[drop] = False
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------------
+# relabelling
+# ---------------------------------------------------------------------------------------------------
+
+
+def point_labels(
+    meta: pd.DataFrame,
+    landscan: str | Path,
+    landcover: str | Path,
+    partitions: Mapping[str, Any],
+) -> pd.DataFrame:
+    """Attribute and cell labels of cleaned metadata (``image_id, lat, lon``), without bucket or split.
+
+    Args:
+        meta: Output of :func:`read_metadata`.
+        landscan: LandScan raster.
+        landcover: Land-cover raster (GeoTIFF or NetCDF).
+        partitions: ``{"coarse", "middle", "fine"}`` -> :class:`geoens.partitions.Partition`.
+
+    Returns:
+        Columns ``image_id, lat, lon, ls_value, lc_code, lc22, lc7, cell_coarse, cell_middle, cell_fine``.
+
+    """
+    from geoens.partitions import cell_of
+
+    lat = meta["lat"].to_numpy(dtype=np.float64)
+    lon = meta["lon"].to_numpy(dtype=np.float64)
+    log.info("sampling LandScan at %d points", lat.size)
+    ls_value = sample_landscan(landscan, lat, lon)
+    log.info("sampling land cover at %d points", lat.size)
+    lc_code = sample_landcover(landcover, lat, lon)
+    lc22, lc7 = lc_labels(lc_code)
+    leaf = s2.latlng_to_leaf(lat, lon)
+    out = pd.DataFrame(
+        {
+            "image_id": meta["image_id"].reset_index(drop=True),
+            "lat": lat,
+            "lon": lon,
+            "ls_value": ls_value,
+            "lc_code": lc_code,
+            "lc22": lc22,
+            "lc7": lc7,
+        }
+    )
+    for level in LEVELS:
+        out[f"cell_{level}"] = cell_of(leaf, partitions[level])
+    return out
+
+
+def _finish(
+    frame: pd.DataFrame, edges_log10: npt.ArrayLike, split: npt.ArrayLike, attr_keep: BoolArray
+) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["ls_bucket"] = bucketize(frame["ls_value"].to_numpy(), edges_log10)
+    frame["split"] = np.asarray(split, dtype=object)
+    frame["attr_keep"] = attr_keep
+    return frame.loc[:, list(LABEL_COLUMNS)].reset_index(drop=True)
+
+
+def relabel_train(
+    meta: pd.DataFrame,
+    landscan: str | Path,
+    landcover: str | Path,
+    partitions: Mapping[str, Any],
+    val_fraction: float,
+    urban_cap: float,
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Label the training set: LS edges from all kept rows, seeded train/val split, urban cap per split.
+
+    Returns:
+        ``(labels, ls_edges)``: the table with :data:`LABEL_COLUMNS` (file order) and the edges record.
+
+    """
+    frame = point_labels(meta, landscan, landcover, partitions)
+    try:
+        edges = ls_bucket_edges(frame["ls_value"].to_numpy())
+    except ValueError as exc:
+        raise ValueError(f"{landscan} at {len(frame)} training geotags: {exc}") from exc
+    split = assign_split(len(frame), val_fraction, seed)
+    keep = urban_cap_keep(frame["lc7"].to_numpy(), split, urban_cap, seed)
+    return _finish(frame, edges["edges_log10"], split, keep), edges
+
+
+def relabel_testset(
+    meta: pd.DataFrame,
+    landscan: str | Path,
+    landcover: str | Path,
+    partitions: Mapping[str, Any],
+    edges_log10: npt.ArrayLike,
+) -> pd.DataFrame:
+    """Label a test set with the training set's LS edges and partitions (``split = "test"``, all kept)."""
+    frame = point_labels(meta, landscan, landcover, partitions)
+    n = len(frame)
+    return _finish(frame, edges_log10, np.full(n, "test", dtype=object), np.ones(n, dtype=bool))
+
+
+def to_table(labels: pd.DataFrame) -> pa.Table:
+    """Convert the label frame to an Arrow table with :data:`LABEL_SCHEMA` (raises on a wrong dtype)."""
+    return pa.Table.from_pandas(labels.loc[:, list(LABEL_COLUMNS)], schema=LABEL_SCHEMA, preserve_index=False)
+
+
+def write_label_shards(labels: pd.DataFrame, out_dir: str | Path, rows_per_shard: int) -> list[Path]:
+    """Write ``part-NNNNN.parquet`` files of ``rows_per_shard`` rows into a new folder, atomically.
+
+    Returns:
+        The shard paths (in the final folder).
+
+    """
+    table = to_table(labels)
+    final = Path(out_dir)
+    names: list[str] = []
+    with atomic_path(final, is_dir=True) as tmp:
+        n_shards = max(1, math.ceil(table.num_rows / rows_per_shard))
+        for k in range(n_shards):
+            name = f"part-{k:05d}.parquet"
+            pq.write_table(table.slice(k * rows_per_shard, rows_per_shard), tmp / name)
+            names.append(name)
+    return [final / nm for nm in names]
+
+
+def write_label_table(labels: pd.DataFrame, path: str | Path) -> None:
+    """Write one label Parquet file atomically."""
+    table = to_table(labels)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """Read a label Parquet file or a folder of ``part-*.parquet`` shards (in shard order)."""
+    p = Path(path)
+    files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no part-*.parquet in {p}")
+    return pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files]).to_pandas()
+
+
+def summarize(dataset: str, labels: pd.DataFrame, bad: BadRows) -> dict[str, Any]:
+    """Build the ``<dataset>_summary.json`` record: bad rows by reason, rows kept, class and split counts."""
+
+    def counts(col: str, names: Sequence[str]) -> dict[str, int]:
+        vc = labels[col].value_counts()
+        out = {name: int(vc.get(i, 0)) for i, name in enumerate(names)}
+        out["none"] = int(vc.get(-1, 0))
+        return out
+
+    per_split = {str(k): int(v) for k, v in labels["split"].value_counts().sort_index().items()}
+    return {
+        "dataset": dataset,
+        **bad.to_dict(),
+        "rows_kept": len(labels),
+        "split": per_split,
+        "attr_keep": int(labels["attr_keep"].sum()),
+        "ls_bucket": counts("ls_bucket", LS_BUCKETS),
+        "lc7": counts("lc7", LC_CLASSES),
+        "lc7_attr_keep": {
+            name: int(((labels["lc7"] == i) & labels["attr_keep"]).sum()) for i, name in enumerate(LC_CLASSES)
+        },
+        "ls_nodata": int(labels["ls_value"].isna().sum()),
+        "cells_missing": {lv: int((labels[f"cell_{lv}"] < 0).sum()) for lv in LEVELS},
+    }
+
+
+def write_summary(path: str | Path, summary: Mapping[str, Any]) -> None:
+    """Write the summary JSON atomically."""
+    write_json(path, dict(summary))
+
+
+# ---------------------------------------------------------------------------------------------------
+# rule entry points (called by workflow_scripts/labels_*.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _partition_paths(partitions_dir_or_paths: str | Path | Mapping[str, str | Path]) -> dict[str, Any]:
+    from geoens.partitions import read_partitions
+
+    if isinstance(partitions_dir_or_paths, Mapping):
+        paths = dict(partitions_dir_or_paths)
+    else:
+        root = Path(partitions_dir_or_paths)
+        paths = {lv: root / f"{lv}.csv" for lv in LEVELS}
+    return read_partitions(paths)
+
+
+def run_relabel_train(
+    metadata: str | Path,
+    shards_dir: str | Path,
+    landscan: str | Path,
+    landcover: str | Path,
+    partitions: str | Path | Mapping[str, str | Path],
+    out_dir: str | Path,
+    edges_json: str | Path,
+    summary_json: str | Path,
+    labels_cfg: Mapping[str, Any],
+    seed: int,
+    dataset: str = "mp16",
+    processes: int = 1,
+) -> dict[str, Any]:
+    """Rule ``relabel_train``: clean the metadata against the shards, label, write shards, edges and summary.
+
+    Args:
+        metadata: Training metadata CSV.
+        shards_dir: Folder of msgpack shards (the ids present).
+        landscan: LandScan raster.
+        landcover: Land-cover raster.
+        partitions: Folder with ``{coarse,middle,fine}.csv`` or a mapping level -> CSV.
+        out_dir: Folder of the label shards (``part-NNNNN.parquet``).
+        edges_json: ``ls_edges.json``.
+        summary_json: ``<dataset>_summary.json``.
+        labels_cfg: The config's ``labels`` section (``val_fraction``, ``urban_cap``, ``max_bad_fraction``,
+            ``rows_per_shard``).
+        seed: The config's seed.
+        dataset: Name in the summary.
+        processes: Processes that read the shards' ids in parallel (the rule's threads).
+
+    Returns:
+        The summary record.
+
+    """
+    log.info("listing image ids in %s", shards_dir)
+    ids = available_ids(shards_dir, processes)
+    log.info("%d images in shards", len(ids))
+    meta, bad = read_metadata(metadata, ids, max_bad_fraction=float(labels_cfg["max_bad_fraction"]))
+    parts = _partition_paths(partitions)
+    labels, edges = relabel_train(
+        meta,
+        landscan,
+        landcover,
+        parts,
+        float(labels_cfg["val_fraction"]),
+        float(labels_cfg["urban_cap"]),
+        int(seed),
+    )
+    write_label_shards(labels, out_dir, int(labels_cfg["rows_per_shard"]))
+    write_json(edges_json, edges)
+    summary = summarize(dataset, labels, bad)
+    summary["ls_edges"] = edges
+    write_summary(summary_json, summary)
+    log.info(
+        "relabelled %d images; LS edges %s, counts %s", len(labels), edges["edges_log10"], edges["counts"]
+    )
+    return summary
+
+
+def run_relabel_testset(
+    metadata: str | Path,
+    images_dir: str | Path,
+    landscan: str | Path,
+    landcover: str | Path,
+    partitions: str | Path | Mapping[str, str | Path],
+    edges_json: str | Path,
+    out_parquet: str | Path,
+    summary_json: str | Path,
+    labels_cfg: Mapping[str, Any],
+    dataset: str,
+) -> dict[str, Any]:
+    """Rule ``relabel_testset``: like :func:`run_relabel_train` with the train's edges, ``split = "test"``."""
+    ids = available_ids(images_dir)
+    meta, bad = read_metadata(metadata, ids, max_bad_fraction=float(labels_cfg["max_bad_fraction"]))
+    labels = relabel_testset(
+        meta, landscan, landcover, _partition_paths(partitions), load_ls_edges(edges_json)
+    )
+    write_label_table(labels, out_parquet)
+    summary = summarize(dataset, labels, bad)
+    write_summary(summary_json, summary)
+    log.info("relabelled %d test images of %s", len(labels), dataset)
+    return summary
