@@ -1,0 +1,271 @@
+"""Benchmark of the mask stage at real sizes on synthetic full-size inputs (DESIGN 7).
+
+    python bench/bench_masks.py            # full size: LandScan 21600 x 43200, LC 64800 x 129600, grid 5400
+    python bench/bench_masks.py --small    # 1/10 scale
+
+Writes the inputs to a temporary folder (several GB at full size; deleted afterwards unless ``--keep``),
+then runs each step in its own process (so that its peak RSS is its own): LandScan mean + buckets, LC mode,
+S2 rasterisation of the real 12,893-cell fine partition (or a synthetic one when the peer data are absent)
+with absorption, atoms. Baselines measured in the same run: s2sphere on a sample of pixel centres (ratio
+per point), and the LC mode's naive per-class 4-D reshape counting on one strip (ratio to ``block_counts``).
+Results: printed and written to ``bench/out/bench_masks[_small].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_FINE = (
+    REPO.parent / "shared" / "reference" / "peers" / "GeoEstimation" / "geo-cells" / "cells_50_1000.csv"
+)
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM; ru_maxrss would include the parent's peak across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# synthetic inputs, written in strips
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_strips(path: Path, h: int, w: int, dtype: str, nodata: int, make_strip, strip: int) -> None:
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_bounds
+    from rasterio.windows import Window
+
+    prof = {
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": 1,
+        "dtype": dtype,
+        "crs": CRS.from_epsg(4326),
+        "transform": from_bounds(-180, -90, 180, 90, w, h),
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "zlevel": 1,
+        "num_threads": "ALL_CPUS",
+        "BIGTIFF": "YES",
+    }
+    with rasterio.open(path, "w", **prof) as dst:
+        for r0 in range(0, h, strip):
+            n = min(strip, h - r0)
+            dst.write(make_strip(r0, n), 1, window=Window(0, r0, w, n))
+
+
+def land_of(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """A smooth pseudo-continent pattern (True = land), about a third of the sphere; separable trig only."""
+    la, lo = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
+    # sin(2 lo + 1) cos(3 la) + 0.6 sin(5 lo - 2 la), expanded so that only 1-D trig is computed
+    v = np.sin(2 * lo + 1.0) * np.cos(3 * la)
+    v = v + 0.6 * (np.sin(5 * lo) * np.cos(2 * la) - np.cos(5 * lo) * np.sin(2 * la))
+    return v > 0.35
+
+
+def make_landscan(path: Path, h: int, w: int) -> None:
+    from geoens.constants import LANDSCAN_NODATA
+
+    lon = -180 + (np.arange(w) + 0.5) * 360 / w
+    # heavy-tailed people counts from uniform uint16 through a quantile table (half the cells empty)
+    q = (np.arange(2**16) + 0.5) / 2**16
+    lut = np.where(q < 0.5, 0, np.minimum(3.0 * ((1 - (q - 0.5) * 2) ** (-1 / 1.2) - 1), 2e5)).astype(
+        np.int32
+    )
+
+    def strip(r0: int, n: int) -> np.ndarray:
+        rng = np.random.default_rng(r0)
+        lat = 90 - (np.arange(r0, r0 + n) + 0.5) * 180 / h
+        vals = lut[rng.integers(0, 2**16, size=(n, w), dtype=np.uint16)]
+        land = land_of(lat[::4], lon[::4])  # land mask at 4 x 4 pixel resolution (cheap)
+        vals[~np.repeat(np.repeat(land, 4, 0), 4, 1)[:n, :w]] = LANDSCAN_NODATA
+        return vals
+
+    write_strips(path, h, w, "int32", LANDSCAN_NODATA, strip, 1080)
+
+
+def make_landcover(path: Path, h: int, w: int) -> None:
+    codes = np.array([10, 11, 20, 30, 40, 50, 60, 61, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 170,
+                      180, 190, 200, 201, 210, 220], dtype=np.uint8)  # fmt: skip
+    lon = -180 + (np.arange(w) + 0.5) * 360 / w
+
+    def strip(r0: int, n: int) -> np.ndarray:
+        rng = np.random.default_rng(r0)
+        lat = 90 - (np.arange(r0, r0 + n) + 0.5) * 180 / h
+        # patches of 6 x 6 native pixels with a random class, plus ~6% per-pixel noise
+        pr = rng.integers(0, codes.size, size=(-(-n // 6), -(-w // 6)), dtype=np.uint8)
+        pr[~land_of(lat[::6], lon[::6])] = codes.size - 2  # water (210) off the continents
+        idx = np.repeat(np.repeat(pr, 6, 0), 6, 1)[:n, :w]
+        r = rng.integers(0, 256, size=(n, w), dtype=np.uint8)
+        idx = np.where(r < 16, r % codes.size, idx)
+        return codes[idx]
+
+    write_strips(path, h, w, "uint8", 0, strip, 2160)
+
+
+def synthetic_partition(path: Path) -> None:
+    import s2sphere
+
+    rng = np.random.default_rng(0)
+    cells = [s2sphere.CellId.from_face_pos_level(f, 0, 0) for f in range(6)]
+    out = []
+    while cells:
+        c = cells.pop()
+        if c.level() < 12 and rng.random() < (0.95 if c.level() < 3 else 0.5):
+            cells.extend(c.children())
+        else:
+            out.append(c)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("num_images: 0\nmin_concept_probability: ---\n")
+        fh.write("class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean\n")
+        for k, c in enumerate(out):
+            ll = c.to_lat_lng()
+            fh.write(f"{k},{c.to_token()},1,{ll.lat().degrees},{ll.lng().degrees}\n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# steps (each run in a child process)
+# ---------------------------------------------------------------------------------------------------
+
+
+def step(name: str, work: Path, h: int) -> dict[str, float]:
+    from geoens import atoms, rasters, s2
+    from geoens.grid import Grid
+
+    g = Grid(h, 2 * h)
+    m = work / "masks"
+    res: dict[str, float] = {}
+    t = time.perf_counter()
+    if name == "ls":
+        rasters.make_ls_mask(work / "landscan.tif", None, g, m / "ls.tif", None, fallback=[0, 1, 2, 3, 5])
+    elif name == "lc":
+        rasters.make_lc_mask(work / "landcover.tif", g, m / "lc.tif", None)
+    elif name == "lc_baseline":
+        # one strip: block_counts (byte masks, rows then columns) vs a naive 4-D reshape sum per class
+        with rasters.open_checked(work / "landcover.tif", "landcover") as lc:
+            f = lc.height // h
+            cls = rasters.lc_class_lut()[lc.read_rows(0, 16 * f)]
+        t0 = time.perf_counter()
+        a = rasters.block_counts(cls, f, 7)
+        res["block_counts_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        b = np.stack([(cls == c).reshape(16, f, -1, f).sum(axis=(1, 3)) for c in range(7)])
+        res["naive_per_class_s"] = time.perf_counter() - t0
+        assert np.array_equal(a, b)
+        res["speedup"] = res["naive_per_class_s"] / res["block_counts_s"]
+    elif name == "s2":
+        part = REAL_FINE if REAL_FINE.exists() else work / "fine.csv"
+        t0 = time.perf_counter()
+        p = s2.read_partition(part)
+        lab = s2.rasterize_partition(p, g)
+        res["rasterize_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        table = s2.absorption_table(p, lab, g)
+        res["absorption_s"] = time.perf_counter() - t1
+        res["cells"] = float(len(p))
+        res["absorbed"] = float(len(table))
+        rasters.write_label_raster(m / "s2_fine.tif", lab, g)
+    elif name == "s2_baseline":
+        rng = np.random.default_rng(0)
+        n = 20_000
+        lat, lon = np.degrees(np.arcsin(rng.uniform(-1, 1, n))), rng.uniform(-180, 180, n)
+        import s2sphere
+
+        t0 = time.perf_counter()
+        ref = [
+            s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(a, b)).id()
+            for a, b in zip(lat, lon, strict=True)
+        ]
+        res["s2sphere_s_per_million"] = (time.perf_counter() - t0) / n * 1e6
+        big_lat = np.repeat(lat, 50)
+        big_lon = np.repeat(lon, 50)
+        t0 = time.perf_counter()
+        ids = s2.latlng_to_leaf(big_lat, big_lon)
+        res["numpy_s_per_million"] = (time.perf_counter() - t0) / big_lat.size * 1e6
+        res["exact"] = float(np.array_equal(ids[::50], np.array(ref, dtype=np.uint64)))
+        res["speedup"] = res["s2sphere_s_per_million"] / res["numpy_s_per_million"]
+    elif name == "atoms":
+        table_info = atoms.make_atoms(
+            m / "s2_fine.tif", m / "ls.tif", m / "lc.tif", g, work / "atoms.parquet", work / "atom_index.tif"
+        )
+        res.update(table_info)
+    else:
+        raise SystemExit(f"unknown step {name}")
+    res["time_s"] = time.perf_counter() - t
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="1/10 scale (grid 540 x 1080)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated inputs")
+    ap.add_argument("--workdir", type=Path, default=None, help="folder for the inputs (default: a temp dir)")
+    ap.add_argument("--step", help=argparse.SUPPRESS)
+    ap.add_argument("--height", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step:
+        print("RESULT " + json.dumps(step(args.step, args.workdir, args.height)))
+        return
+    h = 540 if args.small else 5400
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_masks_", dir="/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "masks").mkdir(exist_ok=True)
+    results: dict[str, object] = {
+        "grid": [h, 2 * h],
+        "landscan": [4 * h, 8 * h],
+        "landcover": [12 * h, 24 * h],
+    }
+    try:
+        t = time.perf_counter()
+        if not (work / "landscan.tif").exists():
+            make_landscan(work / "landscan.tif", 4 * h, 8 * h)
+        if not (work / "landcover.tif").exists():
+            make_landcover(work / "landcover.tif", 12 * h, 24 * h)
+        if not REAL_FINE.exists():
+            synthetic_partition(work / "fine.csv")
+        results["generate_s"] = time.perf_counter() - t
+        results["partition"] = str(REAL_FINE if REAL_FINE.exists() else "synthetic")
+        print(f"inputs in {work} ({results['generate_s']:.0f} s)", flush=True)
+        for name in ("s2_baseline", "s2", "ls", "lc_baseline", "lc", "atoms"):
+            cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work), "--height", str(h)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                raise SystemExit(f"step {name} failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(line[0][7:])
+            results[name] = res
+            print(f"{name:12s} " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()), flush=True)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out = REPO / "bench" / "out" / ("bench_masks_small.json" if args.small else "bench_masks.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

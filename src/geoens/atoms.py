@@ -1,0 +1,225 @@
+"""Atoms: the sets of grid pixels sharing one tuple of labels ``(s2, ls, lc)`` (DESIGN 4).
+
+The ensemble probability ``P`` is constant on every atom, so evaluation works on the atom table instead of
+``H x W`` rasters. Every distinct tuple over the grid is an atom, including those with ``-1`` labels (so the
+atoms tile the sphere: ``n_pixels`` sums to ``H * W`` and ``area_km2`` to ``4 pi R^2``).
+
+Numbering is deterministic: atoms are sorted by ``(s2, ls, lc)`` (``-1`` first) and numbered ``0..n-1``.
+Columns (docs/ARCHITECTURE.md): ``atom`` int32; ``s2``, ``ls``, ``lc`` int32 (-1 none); ``area_km2`` f64;
+``n_pixels`` i64; ``rep_lat``, ``rep_lon`` f64, the centre of the atom's pixel nearest to its area-weighted
+spherical centroid (ties: first pixel in row-major order), so the point always lies inside the atom;
+``sx, sy, sz`` f64, sums over the atom's pixels of area times the unit vector of the pixel centre.
+
+The rasters are processed in row strips (three passes: tuple keys, sums, representative pixel), so memory
+stays at the three label rasters plus the int32 atom index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from geoens.constants import N_CLASSES
+from geoens.grid import Grid
+
+#: Columns of ``atoms.parquet``, in order.
+ATOM_COLUMNS = ("atom", "s2", "ls", "lc", "area_km2", "n_pixels", "rep_lat", "rep_lon", "sx", "sy", "sz")
+
+_N_LS = N_CLASSES["ls"] + 1  # classes plus "none"
+_N_LC = N_CLASSES["lc"] + 1
+
+
+def _check(name: str, arr: np.ndarray, grid: Grid, hi: int | None) -> None:
+    if arr.shape != grid.shape:
+        raise ValueError(f"{name} label raster {arr.shape} is not on the grid {grid.shape}")
+    lo_v = int(arr.min())
+    hi_v = int(arr.max())
+    if lo_v < -1 or (hi is not None and hi_v > hi):
+        raise ValueError(f"{name} labels outside -1..{hi if hi is not None else 'n'}: range [{lo_v}, {hi_v}]")
+
+
+def _keys(s2: np.ndarray, ls: np.ndarray, lc: np.ndarray) -> npt.NDArray[np.int64]:
+    """Order-preserving int64 key of each tuple: sorting keys sorts tuples lexicographically."""
+    return ((s2.astype(np.int64) + 1) * _N_LS + (ls.astype(np.int64) + 1)) * _N_LC + (lc.astype(np.int64) + 1)
+
+
+def _decode(keys: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lc = keys % _N_LC - 1
+    rest = keys // _N_LC
+    return rest // _N_LS - 1, rest % _N_LS - 1, lc
+
+
+def _strips(grid: Grid, strip_rows: int) -> Iterator[tuple[int, int]]:
+    for r0 in range(0, grid.height, strip_rows):
+        yield r0, min(grid.height, r0 + strip_rows)
+
+
+def build_atoms(
+    s2: np.ndarray, ls: np.ndarray, lc: np.ndarray, grid: Grid, strip_rows: int = 256
+) -> tuple[pd.DataFrame, npt.NDArray[np.int32]]:
+    """Atom table and per-pixel atom index from the three label rasters.
+
+    Args:
+        s2: ``H x W`` S2 class labels (-1 none).
+        ls: ``H x W`` LS buckets (-1 none).
+        lc: ``H x W`` LC classes (-1 none).
+        grid: The common grid.
+        strip_rows: Rows per processing strip.
+
+    Returns:
+        ``(atoms, atom_index)``: the table (columns :data:`ATOM_COLUMNS`) and the ``int32`` index raster.
+
+    Raises:
+        ValueError: If a raster is not on the grid or holds labels out of range.
+
+    """
+    _check("s2", s2, grid, None)
+    _check("ls", ls, grid, _N_LS - 2)
+    _check("lc", lc, grid, _N_LC - 2)
+    # pass 1: distinct tuples
+    uniq = [np.unique(_keys(s2[a:b], ls[a:b], lc[a:b])) for a, b in _strips(grid, strip_rows)]
+    keys = np.unique(np.concatenate(uniq))
+    n = keys.size
+    if n > np.iinfo(np.int32).max:
+        raise ValueError(f"{n} atoms do not fit int32 ids")
+    # pass 2: index, counts, areas, area-weighted vector sums
+    index = np.empty(grid.shape, dtype=np.int32)
+    n_pix = np.zeros(n, dtype=np.int64)
+    area = np.zeros(n, dtype=np.float64)
+    sxyz = np.zeros((3, n), dtype=np.float64)
+    row_area = grid.row_areas()
+    lat = np.deg2rad(grid.lat_centers())
+    lon = np.deg2rad(grid.lon_centers())
+    cos_lon, sin_lon = np.cos(lon), np.sin(lon)
+    for a, b in _strips(grid, strip_rows):
+        idx = np.searchsorted(keys, _keys(s2[a:b], ls[a:b], lc[a:b])).astype(np.int32)
+        index[a:b] = idx
+        flat = idx.ravel()
+        w = np.broadcast_to(row_area[a:b, None], idx.shape).ravel()
+        n_pix += np.bincount(flat, minlength=n)
+        area += np.bincount(flat, weights=w, minlength=n)
+        cl = np.cos(lat[a:b])[:, None]
+        comps = (
+            cl * cos_lon[None, :],
+            cl * sin_lon[None, :],
+            np.broadcast_to(np.sin(lat[a:b])[:, None], idx.shape),
+        )
+        for k, comp in enumerate(comps):
+            sxyz[k] += np.bincount(flat, weights=w * np.asarray(comp).ravel(), minlength=n)
+    # pass 3: representative pixel = pixel centre nearest the centroid direction (max dot product)
+    norm = np.sqrt((sxyz**2).sum(axis=0))
+    cdir = sxyz / np.where(norm > 0, norm, 1.0)
+    best = np.full(n, -np.inf)
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+
+    def dots(a: int, b: int) -> np.ndarray:
+        idx = index[a:b]
+        cl = np.cos(lat[a:b])[:, None]
+        return (cl * cos_lon[None, :] * cdir[0][idx] + cl * sin_lon[None, :] * cdir[1][idx]) + np.sin(
+            lat[a:b]
+        )[:, None] * cdir[2][idx]
+
+    for a, b in _strips(grid, strip_rows):
+        np.maximum.at(best, index[a:b].ravel(), dots(a, b).ravel())
+    for a, b in _strips(grid, strip_rows):
+        idx = index[a:b].ravel()
+        hit = dots(a, b).ravel() == best[idx]
+        flat_ids = np.arange(a * grid.width, b * grid.width, dtype=np.int64)
+        np.minimum.at(first, idx[hit], flat_ids[hit])
+    rep_lat, rep_lon = grid.pixel_center(first // grid.width, first % grid.width)
+    s2k, lsk, lck = _decode(keys)
+    table = pd.DataFrame(
+        {
+            "atom": np.arange(n, dtype=np.int32),
+            "s2": s2k.astype(np.int32),
+            "ls": lsk.astype(np.int32),
+            "lc": lck.astype(np.int32),
+            "area_km2": area,
+            "n_pixels": n_pix,
+            "rep_lat": rep_lat,
+            "rep_lon": rep_lon,
+            "sx": sxyz[0],
+            "sy": sxyz[1],
+            "sz": sxyz[2],
+        }
+    )
+    return table, index
+
+
+def atom_of(
+    lat: npt.ArrayLike, lon: npt.ArrayLike, atom_index: npt.NDArray[np.int32], grid: Grid
+) -> npt.NDArray[np.int32]:
+    """Atom id of each point (the atom of the grid pixel containing it).
+
+    Raises:
+        ValueError: If ``atom_index`` is not on the grid or a point is invalid (see ``Grid.pixel_of``).
+
+    """
+    if atom_index.shape != grid.shape:
+        raise ValueError(f"atom index {atom_index.shape} is not on the grid {grid.shape}")
+    r, c = grid.pixel_of(lat, lon)
+    return atom_index[r, c]
+
+
+def class_areas(atoms: pd.DataFrame, family: str, n_classes: int) -> npt.NDArray[np.float64]:
+    """Return ``area_f(j)``, ``j = 0..n_classes-1``, of one family (s2, ls or lc) from the atom table."""
+    lab = atoms[family].to_numpy()
+    ok = lab >= 0
+    w = atoms["area_km2"].to_numpy(dtype=np.float64)[ok]
+    return np.asarray(np.bincount(lab[ok], weights=w, minlength=n_classes)[:n_classes], dtype=np.float64)
+
+
+def write_atoms(path: str | Path, atoms: pd.DataFrame) -> None:
+    """Write the atom table as Parquet with the contract's column order and dtypes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("atom", pa.int32()),
+            ("s2", pa.int32()),
+            ("ls", pa.int32()),
+            ("lc", pa.int32()),
+            ("area_km2", pa.float64()),
+            ("n_pixels", pa.int64()),
+            ("rep_lat", pa.float64()),
+            ("rep_lon", pa.float64()),
+            ("sx", pa.float64()),
+            ("sy", pa.float64()),
+            ("sz", pa.float64()),
+        ]
+    )
+    tbl = pa.Table.from_pandas(atoms[list(ATOM_COLUMNS)], schema=schema, preserve_index=False)
+    pq.write_table(tbl, path)
+
+
+def make_atoms(
+    s2_tif: str | Path,
+    ls_tif: str | Path,
+    lc_tif: str | Path,
+    grid: Grid,
+    out_atoms: str | Path,
+    out_index: str | Path,
+) -> dict[str, float]:
+    """Build ``results/atoms/atoms.parquet`` and ``atom_index.tif`` from the three masks, atomically."""
+    from geoens.io import atomic_path
+    from geoens.rasters import read_label_raster, write_label_raster
+
+    s2, _ = read_label_raster(s2_tif, grid)
+    ls, _ = read_label_raster(ls_tif, grid)
+    lc, _ = read_label_raster(lc_tif, grid)
+    table, index = build_atoms(s2, ls, lc, grid)
+    del s2, ls, lc
+    with atomic_path(out_index) as tmp:
+        write_label_raster(tmp, index, grid, None, tags={"n_atoms": str(len(table))})
+    with atomic_path(out_atoms) as tmp:
+        write_atoms(tmp, table)
+    return {
+        "atoms": float(len(table)),
+        "atoms_with_s2": float((table["s2"] >= 0).sum()),
+        "area_km2": float(table["area_km2"].sum()),
+    }
