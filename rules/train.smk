@@ -1,0 +1,127 @@
+# Train stage (paper section 5.1): the LS and LC attribute classifiers and the GeoEstimation-style base model
+# base(M, f*) (three partition heads, hierarchical fine-cell probabilities), then per-image probabilities
+# cached for every prediction dataset (each test set and the training set's val split).
+# Training resumes from results/models/<model>/checkpoint.pt (not an output, never temp) after a kill.
+# With train.models.<model>.gpus > 1 the script re-launches itself as `torchrun --nproc_per_node=<gpus>`.
+
+TRAIN_MODELS = ["ls", "lc", "geoest"]
+TRAIN_LABELS = "results/labels/train"
+SHARD_INDEX = "results/models/shard_index.parquet"
+
+
+def train_inputs(wildcards):
+    """Label shards, the image shards and their index, and the partitions (geoest only)."""
+    inputs = {
+        "labels": TRAIN_LABELS,
+        "shards": config["inputs"]["train"]["shards_dir"],
+        "index": SHARD_INDEX,
+    }
+    if wildcards.model == "geoest":
+        inputs.update(
+            {lv: f"results/partitions/{lv}.csv" for lv in LEVELS},
+            hierarchy="results/partitions/hierarchy.parquet",
+        )
+    return inputs
+
+
+def predict_inputs(wildcards):
+    """The trained model and the dataset's images and labels (shards + index for val)."""
+    inputs = {"model": f"results/models/{wildcards.model}/model.pt"}
+    if wildcards.dataset == "val":
+        inputs.update(
+            images=config["inputs"]["train"]["shards_dir"],
+            labels=TRAIN_LABELS,
+            index=SHARD_INDEX,
+        )
+    else:
+        inputs.update(
+            images=config["inputs"]["testsets"][wildcards.dataset]["images"],
+            labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
+        )
+    return inputs
+
+
+rule shard_index:
+    input:
+        shards=config["inputs"]["train"]["shards_dir"],
+    output:
+        index=SHARD_INDEX,
+    log:
+        "logs/train/shard_index.log",
+    benchmark:
+        "benchmarks/train/shard_index.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../workflow_scripts/shard_index.py"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        model="results/models/{model}/model.pt",
+        metrics="results/models/{model}/metrics.csv",
+        curve=report(
+            "results/models/{model}/curve.png",
+            caption="../docs/captions/train_curve.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
+        confusion=report(
+            "results/models/{model}/confusion.png",
+            caption="../docs/captions/train_confusion.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/train/train_{model}.log",
+    benchmark:
+        "benchmarks/train/train_{model}.tsv"
+    wildcard_constraints:
+        model="|".join(TRAIN_MODELS),
+    conda:
+        "../envs/torch.yaml"
+    threads: max(2, config["train"]["num_workers"])
+    resources:
+        mem_mb=lambda wc: 8000 * max(1, config["train"]["models"][wc.model]["gpus"]),
+        runtime=lambda wc: 240 if DEMO else 2880,
+        gpu=lambda wc: config["train"]["models"][wc.model]["gpus"],
+    params:
+        trainer=lambda wc: params_of("train", "models", wc.model),
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/train_model.py"
+
+
+rule predict:
+    input:
+        unpack(predict_inputs),
+    output:
+        probs="results/predictions/{dataset}/{model}.parquet",
+        skipped="results/predictions/{dataset}/{model}.skipped.json",
+    log:
+        "logs/train/predict_{dataset}_{model}.log",
+    benchmark:
+        "benchmarks/train/predict_{dataset}_{model}.tsv"
+    wildcard_constraints:
+        model="|".join(TRAIN_MODELS),
+    conda:
+        "../envs/torch.yaml"
+    threads: max(2, config["train"]["num_workers"])
+    resources:
+        mem_mb=8000,
+        runtime=lambda wc: 60 if DEMO else 720,
+        gpu=lambda wc: min(1, config["train"]["models"][wc.model]["gpus"]),
+    params:
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
+        batch_size=lambda wc: config["train"]["models"][wc.model]["batch_size"],
+    script:
+        "../workflow_scripts/predict.py"

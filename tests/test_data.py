@@ -1,0 +1,160 @@
+"""Datasets over msgpack shards and image folders: index, random access, skipping bad images, transforms."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from geoens.data import (
+    FolderSource,
+    ImageDataset,
+    ShardFormatError,
+    ShardIndex,
+    ShardSource,
+    collate_skip,
+    decode_image,
+    make_transforms,
+    read_label_parts,
+)
+
+
+def jpeg(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(
+    root: Path, n_shards: int = 3, per_shard: int = 5, bad: set[str] | None = None
+) -> dict[str, bytes]:
+    """Shards of ``{"id", "image"}``; ids in ``bad`` get undecodable bytes. Returns id -> bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    records: dict[str, bytes] = {}
+    k = 0
+    for s in range(n_shards):
+        with open(root / f"shard-{s:03d}.msgpack", "wb") as fh:
+            for _ in range(per_shard):
+                image_id = f"{k // 10:02d}/img_{k:04d}.jpg"
+                data = b"\xff\xd8\xff\xe0 this is not a jpeg" if bad and image_id in bad else jpeg(k)
+                fh.write(msgpack.packb({"id": image_id, "image": data}, use_bin_type=True))
+                records[image_id] = data
+                k += 1
+    return records
+
+
+def test_index_random_access_matches_records(tmp_path: Path) -> None:
+    records = write_shards(tmp_path / "shards")
+    index = ShardIndex.build(tmp_path / "shards")
+    assert len(index) == len(records)
+    assert list(index.ids) == list(records)
+    assert index.shard.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    source = ShardSource(tmp_path / "shards", index)
+    # random order, repeated reads
+    for image_id in reversed(list(records)):
+        assert source.read(image_id) == records[image_id]
+    assert source.read("not-there") is None
+    # saved and loaded index gives the same locations
+    index.save(tmp_path / "index.parquet")
+    loaded = ShardIndex.load(tmp_path / "index.parquet", tmp_path / "shards")
+    for image_id in records:
+        assert loaded.locate(image_id) == index.locate(image_id)
+
+
+def test_index_load_detects_other_shards(tmp_path: Path) -> None:
+    write_shards(tmp_path / "a", n_shards=2)
+    write_shards(tmp_path / "b", n_shards=3)
+    ShardIndex.build(tmp_path / "a").save(tmp_path / "index.parquet")
+    with pytest.raises(ShardFormatError, match="indexes shards"):
+        ShardIndex.load(tmp_path / "index.parquet", tmp_path / "b")
+
+
+def test_truncated_shard_and_bad_record_are_clear_errors(tmp_path: Path) -> None:
+    write_shards(tmp_path / "s", n_shards=1)
+    path = tmp_path / "s" / "shard-000.msgpack"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ShardFormatError, match=r"shard-000\.msgpack.*truncated"):
+        ShardIndex.build(tmp_path / "s")
+    path.write_bytes(msgpack.packb([1, 2, 3]))
+    with pytest.raises(ShardFormatError, match="not a map"):
+        ShardIndex.build(tmp_path / "s")
+    with pytest.raises(ShardFormatError, match="no \\*.msgpack"):
+        ShardIndex.build(tmp_path)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_and_missing_images_are_skipped_and_counted(tmp_path: Path, num_workers: int) -> None:
+    bad = {"00/img_0003.jpg", "01/img_0011.jpg"}
+    records = write_shards(tmp_path / "shards", bad=bad)
+    source = ShardSource(tmp_path / "shards")
+    ids = [*records, "missing.jpg"]
+    targets = np.arange(len(ids))
+    ds = ImageDataset(source, ids, targets, make_transforms(16, train=False))
+    loader = DataLoader(ds, batch_size=4, num_workers=num_workers, collate_fn=collate_skip)
+    kept, skipped = [], []
+    for batch in loader:
+        assert batch.images.shape[1:] == (3, 16, 16) or len(batch) == 0
+        assert torch.equal(batch.targets, batch.indices)  # targets follow their images
+        kept += batch.indices.tolist()
+        skipped += batch.skipped
+    assert sorted(ds.ids[i] for i in skipped) == sorted([*bad, "missing.jpg"])
+    assert len(kept) + len(skipped) == len(ids)
+
+
+def test_all_bad_batch_collates_to_empty() -> None:
+    batch = collate_skip([(None, torch.tensor(1), 0), (None, torch.tensor(2), 1)])
+    assert len(batch) == 0 and batch.skipped == [0, 1]
+
+
+def test_folder_source(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.jpg").write_bytes(jpeg(1))
+    (tmp_path / "sub" / "b.jpg").write_bytes(jpeg(2))
+    (tmp_path / "c.jpg").write_bytes(jpeg(3)[:50])  # truncated
+    src = FolderSource(tmp_path)
+    assert decode_image(src.read("a.jpg")) is not None
+    assert decode_image(src.read("sub/b.jpg")) is not None
+    assert decode_image(src.read("c.jpg")) is None
+    assert src.read("nope.jpg") is None
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        FolderSource(tmp_path / "nowhere")
+
+
+def test_transforms_shapes_and_seeded_augmentation(tmp_path: Path) -> None:
+    records = write_shards(tmp_path / "shards", n_shards=1)
+    source = ShardSource(tmp_path / "shards")
+    ids = list(records)
+    ds = ImageDataset(source, ids, None, make_transforms(24, train=True), seed=7)
+    a = ds[2][0]
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = ds[2][0]
+    assert a is not None and b is not None and a.shape == (3, 24, 24)
+    assert torch.equal(a, b)
+    ds.set_epoch(1)
+    c = ds[2][0]
+    assert c is not None and not torch.equal(a, c)
+    ev = make_transforms(20, train=False)(Image.new("RGB", (50, 30), (255, 0, 0)))
+    assert ev.shape == (3, 20, 20)
+    # red channel of a pure red image after ImageNet normalisation
+    assert ev[0].mean().item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-4)
+
+
+def test_read_label_parts(tmp_path: Path) -> None:
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    pd.DataFrame({"image_id": ["b", "c"], "ls_bucket": [1, 2]}).to_parquet(folder / "part-00001.parquet")
+    pd.DataFrame({"image_id": ["a"], "ls_bucket": [0]}).to_parquet(folder / "part-00000.parquet")
+    df = read_label_parts(folder, ["image_id", "ls_bucket"])
+    assert df["image_id"].tolist() == ["a", "b", "c"]
+    with pytest.raises(KeyError, match=r"part-00000\.parquet.*lc7"):
+        read_label_parts(folder, ["image_id", "lc7"])
+    with pytest.raises(FileNotFoundError, match="no part-"):
+        read_label_parts(tmp_path)
