@@ -61,21 +61,30 @@ def write_shards(root: Path, n: int, size: tuple[int, int], n_shards: int = 4) -
 
 
 def bench_training(
-    backbone: str, image_size: int, batch: int, steps: int, warmup: int = 1
+    backbone: str, image_size: int, batch: int, steps: int, warmup: int = 1, device: str = "cpu"
 ) -> dict[str, float]:
+    """Median step time of forward + backward + AdamW; on CUDA with bf16 autocast and channels_last."""
     torch.manual_seed(0)
-    net = build_model("lc", backbone)
+    dev = torch.device(device)
+    net = build_model("lc", backbone).to(dev)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.train()
-    x = torch.randn(batch, 3, image_size, image_size)
-    y = torch.randint(0, 7, (batch,))
+    x = torch.randn(batch, 3, image_size, image_size, device=dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (batch,), device=dev)
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x)["lc"], y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(net(x)["lc"], y)
         loss.backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     sec = float(np.median(times))
@@ -105,21 +114,36 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="quick run (fewer images and steps)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU check (bf16 autocast)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     small = args.small
-    configs = [
+    if args.device == "cuda":
+        # GPU check: same backbones, batches that fill a data-centre GPU; loading still on the CPUs.
+        configs = [
+            ("demo resnet18@64", "resnet18", 64, (64, 64), 512, 20, 4096),
+            ("BiT-M R50x1@224", "resnetv2_50x1_bit", 224, (240, 320), 128, 20, 2048),
+        ]
+    else:
+        configs = [
         # name, backbone, training size, stored JPEG size (h, w), train batch, steps, loader images
         ("demo resnet18@64", "resnet18", 64, (64, 64), 32, 2 if small else 5, 256 if small else 2048),
         ("BiT-M R50x1@224", "resnetv2_50x1_bit", 224, (240, 320), 4 if small else 8, 1 if small else 3,
          64 if small else 512),
-    ]  # fmt: skip
-    results = {"host": platform.node(), "torch": torch.__version__, "threads": args.threads, "runs": []}
+        ]  # fmt: skip
+    results = {
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
+        "runs": [],
+    }
     for name, backbone, size, jpeg_hw, batch, steps, n_load in configs:
         with tempfile.TemporaryDirectory() as tmp:
             ids = write_shards(Path(tmp), n_load, jpeg_hw)
             load = bench_loading(Path(tmp), ids, size, batch=32, workers=args.workers)
-        train = bench_training(backbone, size, batch, steps)
+        train = bench_training(backbone, size, batch, steps, warmup=3 if args.device == "cuda" else 1,
+                               device=args.device)  # fmt: skip
         ratio = load["images_per_s"] / train["images_per_s"]
         row = {"name": name, "training": train, "loading": load, "loading_over_training": ratio}
         results["runs"].append(row)
@@ -138,8 +162,9 @@ def main() -> None:
     rss = results["peak_rss_mb"]
     print(f"peak RSS: {rss['self']:.0f} MB (main), {rss['children']:.0f} MB (largest worker)")
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench_train.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {OUT / 'bench_train.json'}")
+    name = "bench_train.json" if args.device == "cpu" else f"bench_train_{args.device}.json"
+    (OUT / name).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {OUT / name}")
 
 
 if __name__ == "__main__":

@@ -333,3 +333,12 @@ def test_early_stopping_update() -> None:
     empty = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     assert all(early_stopping_update(empty, None, e, patience=1) for e in (1, 2, 3))
     assert empty["best_epoch"] == 3 and not empty["stopped"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "lcnet_050", "mobilenetv3_small_100"])
+def test_backbone_feature_dim_matches_pooled_output(name: str) -> None:
+    # LCNet / MobileNetV3 have a conv head after pooling: the reported width must be what forward() returns.
+    from geoens.models import build_backbone
+
+    net, dim = build_backbone(name, pretrained=False, num_classes=0)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, dim)

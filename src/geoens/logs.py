@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -25,7 +26,14 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
-    return logging.getLogger("geoens")
+    logger = logging.getLogger("geoens")
+
+    def log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        # An uncaught error ends up in the job's log, which Snakemake shows for a failed job.
+        logger.critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = log_uncaught
+    return logger
 
 
 class TqdmToLogger:

@@ -120,7 +120,9 @@ def build_backbone(
                 )
             kwargs["pretrained_cfg_overlay"] = {"file": local}
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    feature_dim = int(model.num_features)  # type: ignore[arg-type]
+    # Some timm models (LCNet, MobileNetV3, EfficientNet-lite heads) add a conv head after pooling, so their
+    # pooled output is ``head_hidden_size`` wide rather than ``num_features``.
+    feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)  # type: ignore[arg-type]
     return model, feature_dim
 
 
