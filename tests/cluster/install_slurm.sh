@@ -10,7 +10,7 @@ for b in "${need[@]}"; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing=1
 done
 if [ "$missing" -eq 0 ]; then
-    echo "slurm already installed: $(sbatch --version)"
+    echo "slurm already installed: $(dpkg-query -W -f='${Version}' slurmctld 2>/dev/null || echo unknown)"
     exit 0
 fi
 
@@ -22,4 +22,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge
 # The packages' own services are not used: tests start the daemons by hand with their own config.
-echo "installed: $(sbatch --version)"
+echo "installed slurmctld $(dpkg-query -W -f='${Version}' slurmctld)"
