@@ -20,4 +20,6 @@ include: "rules/evaluate.smk"
 rule all:
     input:
         "results/figures/rva.pdf",
+        "results/figures/buckets.pdf",
+        expand("results/figures/probmap_{testset}.png", testset=TESTSETS),
         all_tables(),

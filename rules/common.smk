@@ -6,7 +6,6 @@ from snakemake.utils import validate
 
 from geoens.config import check_inputs_exist, grid_from_config, validate_config
 
-
 # Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 config.update(validate_config(config))
@@ -52,3 +51,41 @@ def all_tables():
         kind=["original", "balanced"],
         ext=["csv", "md", "tex"],
     )
+
+
+# --- train stage (rules/train.smk) ---
+TRAIN_MODELS = ["ls", "lc", "geoest"]
+TRAIN_LABELS = "results/labels/train"
+SHARD_INDEX = "results/models/shard_index.parquet"
+
+
+def train_inputs(wildcards):
+    """Label shards, the image shards and their index, and the partitions (geoest only)."""
+    inputs = {
+        "labels": TRAIN_LABELS,
+        "shards": config["inputs"]["train"]["shards_dir"],
+        "index": SHARD_INDEX,
+    }
+    if wildcards.model == "geoest":
+        inputs.update(
+            {lv: f"results/partitions/{lv}.csv" for lv in LEVELS},
+            hierarchy="results/partitions/hierarchy.parquet",
+        )
+    return inputs
+
+
+def predict_inputs(wildcards):
+    """The trained model and the dataset's images and labels (shards + index for val)."""
+    inputs = {"model": f"results/models/{wildcards.model}/model.pt"}
+    if wildcards.dataset == "val":
+        inputs.update(
+            images=config["inputs"]["train"]["shards_dir"],
+            labels=TRAIN_LABELS,
+            index=SHARD_INDEX,
+        )
+    else:
+        inputs.update(
+            images=config["inputs"]["testsets"][wildcards.dataset]["images"],
+            labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
+        )
+    return inputs

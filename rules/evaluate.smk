@@ -30,7 +30,10 @@ rule evaluate:
         runtime=120,
     params:
         grid=params_of("grid"),
-        evaluate=params_of("evaluate"),
+        evaluate=json.dumps(
+            {k: config["evaluate"][k] for k in ("batch_size", "chunk_elements")},
+            sort_keys=True,
+        ),
     script:
         "../workflow_scripts/evaluate_testset.py"
 

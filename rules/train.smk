@@ -4,42 +4,6 @@
 # Training resumes from results/models/<model>/checkpoint.pt (not an output, never temp) after a kill.
 # With train.models.<model>.gpus > 1 the script re-launches itself as `torchrun --nproc_per_node=<gpus>`.
 
-TRAIN_MODELS = ["ls", "lc", "geoest"]
-TRAIN_LABELS = "results/labels/train"
-SHARD_INDEX = "results/models/shard_index.parquet"
-
-
-def train_inputs(wildcards):
-    """Label shards, the image shards and their index, and the partitions (geoest only)."""
-    inputs = {
-        "labels": TRAIN_LABELS,
-        "shards": config["inputs"]["train"]["shards_dir"],
-        "index": SHARD_INDEX,
-    }
-    if wildcards.model == "geoest":
-        inputs.update(
-            {lv: f"results/partitions/{lv}.csv" for lv in LEVELS},
-            hierarchy="results/partitions/hierarchy.parquet",
-        )
-    return inputs
-
-
-def predict_inputs(wildcards):
-    """The trained model and the dataset's images and labels (shards + index for val)."""
-    inputs = {"model": f"results/models/{wildcards.model}/model.pt"}
-    if wildcards.dataset == "val":
-        inputs.update(
-            images=config["inputs"]["train"]["shards_dir"],
-            labels=TRAIN_LABELS,
-            index=SHARD_INDEX,
-        )
-    else:
-        inputs.update(
-            images=config["inputs"]["testsets"][wildcards.dataset]["images"],
-            labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
-        )
-    return inputs
-
 
 rule shard_index:
     input:
@@ -64,7 +28,7 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        model="results/models/{model}/model.pt",
+        model=protected("results/models/{model}/model.pt"),
         metrics="results/models/{model}/metrics.csv",
         curve=report(
             "results/models/{model}/curve.png",
