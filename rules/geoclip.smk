@@ -1,0 +1,104 @@
+# GeoCLIP as the second base model, scored on the fine S2 cells (DESIGN section 4):
+# p = softmax(logit_scale * cos(image embedding, location embedding of each fine cell's mean location)).
+# The location encoder and logit scale are GeoCLIP's shipped weights (PyPI geoclip); the image tower is
+# GeoCLIP's own CLIP ViT-L/14 + MLP (geoclip.image_tower: clip, local HF cache) or, for the demo, a small
+# tower trained here into GeoCLIP's frozen location space (image_tower: trained).
+
+GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
+GEOCLIP_TRAIN_LABELS = (
+    "results/labels/train"  # as train.smk; SHARD_INDEX comes from train.smk
+)
+
+
+def geoclip_predict_inputs(wildcards):
+    """Cell embeddings, tower (trained only), image source and labels of one prediction dataset."""
+    inputs = {"cells": "results/geoclip/cell_embeddings.parquet"}
+    if GEOCLIP_TRAINED:
+        inputs["model"] = "results/models/geoclip_tower/model.pt"
+    if wildcards.dataset == "val":
+        inputs["images"] = config["inputs"]["train"]["shards_dir"]
+        inputs["labels"] = GEOCLIP_TRAIN_LABELS
+        inputs["index"] = SHARD_INDEX
+    else:
+        inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
+        inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
+    return inputs
+
+
+rule geoclip_cells:
+    input:
+        fine="results/partitions/fine.csv",
+    output:
+        emb="results/geoclip/cell_embeddings.parquet",
+    log:
+        "logs/geoclip/geoclip_cells.log",
+    benchmark:
+        "benchmarks/geoclip/geoclip_cells.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        batch_size=config["geoclip"]["embed_batch_size"],
+    script:
+        "../workflow_scripts/geoclip_cells.py"
+
+
+rule geoclip_tower:
+    input:
+        shards=config["inputs"]["train"]["shards_dir"],
+        labels=GEOCLIP_TRAIN_LABELS,
+        index=SHARD_INDEX,
+    output:
+        model="results/models/geoclip_tower/model.pt",
+        metrics="results/models/geoclip_tower/metrics.csv",
+    log:
+        "logs/geoclip/geoclip_tower.log",
+    benchmark:
+        "benchmarks/geoclip/geoclip_tower.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: max(1, config["train"]["num_workers"])
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=config["geoclip"]["tower"]["gpus"],
+    params:
+        tower=params_of("geoclip", "tower"),
+        queue_size=config["geoclip"]["queue_size"],
+        gallery_negatives=config["geoclip"]["gallery_negatives"],
+        learn_logit_scale=config["geoclip"]["learn_logit_scale"],
+        seed=config["seed"],
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
+    script:
+        "../workflow_scripts/geoclip_tower.py"
+
+
+rule geoclip_predict:
+    input:
+        unpack(geoclip_predict_inputs),
+    output:
+        probs="results/predictions/{dataset}/geoclip.parquet",
+        skipped="results/predictions/{dataset}/geoclip.skipped.json",
+    log:
+        "logs/geoclip/geoclip_predict_{dataset}.log",
+    benchmark:
+        "benchmarks/geoclip/geoclip_predict_{dataset}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: max(1, config["train"]["num_workers"])
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=min(1, config["geoclip"]["tower"]["gpus"]),
+    params:
+        image_tower=config["geoclip"]["image_tower"],
+        clip_model=config["geoclip"]["clip_model"],
+        batch_size=config["geoclip"]["predict_batch_size"],
+        device=config["train"]["device"],
+        num_workers=config["train"]["num_workers"],
+    script:
+        "../workflow_scripts/geoclip_predict.py"
