@@ -89,3 +89,22 @@ def predict_inputs(wildcards):
             labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
         )
     return inputs
+
+
+# --- GeoCLIP stage (rules/geoclip.smk) ---
+GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
+
+
+def geoclip_predict_inputs(wildcards):
+    """Cell embeddings, tower (trained only), image source and labels of one prediction dataset."""
+    inputs = {"cells": "results/geoclip/cell_embeddings.parquet"}
+    if GEOCLIP_TRAINED:
+        inputs["model"] = "results/models/geoclip_tower/model.pt"
+    if wildcards.dataset == "val":
+        inputs["images"] = config["inputs"]["train"]["shards_dir"]
+        inputs["labels"] = TRAIN_LABELS
+        inputs["index"] = SHARD_INDEX
+    else:
+        inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
+        inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
+    return inputs

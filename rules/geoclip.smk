@@ -4,26 +4,6 @@
 # GeoCLIP's own CLIP ViT-L/14 + MLP (geoclip.image_tower: clip, local HF cache) or, for the demo, a small
 # tower trained here into GeoCLIP's frozen location space (image_tower: trained).
 
-GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
-GEOCLIP_TRAIN_LABELS = (
-    "results/labels/train"  # as train.smk; SHARD_INDEX comes from train.smk
-)
-
-
-def geoclip_predict_inputs(wildcards):
-    """Cell embeddings, tower (trained only), image source and labels of one prediction dataset."""
-    inputs = {"cells": "results/geoclip/cell_embeddings.parquet"}
-    if GEOCLIP_TRAINED:
-        inputs["model"] = "results/models/geoclip_tower/model.pt"
-    if wildcards.dataset == "val":
-        inputs["images"] = config["inputs"]["train"]["shards_dir"]
-        inputs["labels"] = GEOCLIP_TRAIN_LABELS
-        inputs["index"] = SHARD_INDEX
-    else:
-        inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
-        inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
-    return inputs
-
 
 rule geoclip_cells:
     input:
@@ -49,10 +29,10 @@ rule geoclip_cells:
 rule geoclip_tower:
     input:
         shards=config["inputs"]["train"]["shards_dir"],
-        labels=GEOCLIP_TRAIN_LABELS,
+        labels=TRAIN_LABELS,
         index=SHARD_INDEX,
     output:
-        model="results/models/geoclip_tower/model.pt",
+        model=protected("results/models/geoclip_tower/model.pt"),
         metrics="results/models/geoclip_tower/metrics.csv",
     log:
         "logs/geoclip/geoclip_tower.log",
