@@ -31,34 +31,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from geoens.io import ShardFormatError, list_shards
+
 log = logging.getLogger(__name__)
 
 #: ImageNet normalisation (timm's default); BiT models use 0.5/0.5 (passed through ``make_transforms``).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: File name patterns of shards inside a shards folder.
-SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
-
-
-class ShardFormatError(ValueError):
-    """A shard record that is not a ``{"id", "image"}`` map, or a shards folder without shards."""
-
-
-def list_shards(shards_dir: str | Path) -> list[Path]:
-    """Sorted shard files (``*.msgpack``, ``*.msg``) of a folder.
-
-    Raises:
-        FileNotFoundError: If the folder does not exist.
-        ShardFormatError: If it holds no shard file.
-
-    """
-    root = Path(shards_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shards folder not found: {root}")
-    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
-    if not paths:
-        raise ShardFormatError(f"no *.msgpack shard in {root}")
-    return paths
 
 
 def _record_id(record: Any, shard: Path, offset: int) -> str:

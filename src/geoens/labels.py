@@ -44,7 +44,7 @@ from rasterio.windows import Window
 
 from geoens import s2
 from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
-from geoens.io import atomic_path, read_json, write_json
+from geoens.io import SHARD_PATTERNS, atomic_path, list_shards, read_json, write_json
 from geoens.rasters import Kind
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,6 @@ BAD_REASONS: tuple[str, ...] = (
 _NA_STRINGS: list[str] = ["", "NA", "N/A", "NaN", "nan", "NAN", "null", "NULL", "None", "-nan", "#N/A"]
 #: How many bad rows an error message or summary names.
 N_BAD_EXAMPLES = 10
-#: Shard file patterns (same as ``geoens.data.SHARD_PATTERNS``).
-SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
 #: Largest window (bytes) read from a raster at once.
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
 #: File suffixes read block-wise through rasterio (tiles holding points only).
@@ -303,22 +301,6 @@ def read_metadata(
     if bad.n_bad:
         log.warning("%s: dropped %d of %d rows: %s", path, bad.n_bad, n, bad.describe())
     return frame, bad
-
-
-def list_shards(shards_dir: str | Path) -> list[Path]:
-    """Sorted shard files (``*.msgpack``, ``*.msg``) of a folder.
-
-    Raises:
-        FileNotFoundError: If the folder does not exist or holds no shard.
-
-    """
-    root = Path(shards_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shards folder not found: {root}")
-    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
-    if not paths:
-        raise FileNotFoundError(f"no *.msgpack shard in {root}")
-    return paths
 
 
 def _shard_id_array(path: Path) -> pa.Array:
