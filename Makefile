@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench report clean
+.PHONY: env demo test test-fast lint bench bench-small report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+bench-small: $(STAMP)
+	$(BIN)/python bench/run_all.py --small
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html
