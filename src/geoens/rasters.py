@@ -327,6 +327,28 @@ def _strip_blocks(native: NativeRaster, factor: int, grid_width: int, bytes_per_
     return max(1, int(STRIP_BYTES // max(per_row, 1)))
 
 
+def _read_ahead(
+    native: NativeRaster, strips: Sequence[tuple[int, int, int]]
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """Yield ``(grid_row0, n_grid_rows, factor, native rows)`` while the next strip is read in a thread.
+
+    Reading (file I/O and decompression in GDAL / netCDF) releases the GIL, so it overlaps the numpy work on
+    the current strip; one reader thread keeps the dataset handle single-threaded.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending = None
+        for i, (r0, k, f) in enumerate(strips):
+            if pending is None:
+                pending = pool.submit(native.read_rows, r0 * f, k * f)
+            data = pending.result()
+            if i + 1 < len(strips):
+                n0, nk, nf = strips[i + 1]
+                pending = pool.submit(native.read_rows, n0 * nf, nk * nf)
+            yield r0, k, f, data
+
+
 def _strips(native: NativeRaster, grid: Grid, bytes_per_px: float) -> Iterator[tuple[int, int, int]]:
     """Yield ``(grid_row0, n_grid_rows, factor)`` strips covering the grid."""
     factor = grid.factor_of(native.height, native.width, what=str(native.path))
@@ -366,9 +388,16 @@ def landscan_mean(path: str | Path, grid: Grid, progress: bool = False) -> Float
     out = np.full(grid.shape, np.nan, dtype=np.float64)
     with open_checked(path, "landscan") as ls:
         strips = list(_strips(ls, grid, bytes_per_px=4 + 8 + 8 + 1))
-        bar = tqdm(strips, desc="landscan", disable=not progress, mininterval=5, file=TqdmToLogger(log))
-        for r0, k, f in bar:
-            out[r0 : r0 + k] = block_mean(ls.read_rows(r0 * f, k * f), f, ls.nodata)
+        bar = tqdm(
+            _read_ahead(ls, strips),
+            total=len(strips),
+            desc="landscan",
+            disable=not progress,
+            mininterval=5,
+            file=TqdmToLogger(log),
+        )
+        for r0, k, f, rows in bar:
+            out[r0 : r0 + k] = block_mean(rows, f, ls.nodata)
     return out
 
 
@@ -440,9 +469,16 @@ def ls_mask(
     n_nodata = 0
     with open_checked(path, "landscan") as ls:
         strips = list(_strips(ls, grid, bytes_per_px=4 + 8 + 8 + 1))
-        bar = tqdm(strips, desc="landscan", disable=not progress, mininterval=5, file=TqdmToLogger(log))
-        for r0, k, f in bar:
-            mean = block_mean(ls.read_rows(r0 * f, k * f), f, ls.nodata)
+        bar = tqdm(
+            _read_ahead(ls, strips),
+            total=len(strips),
+            desc="landscan",
+            disable=not progress,
+            mininterval=5,
+            file=TqdmToLogger(log),
+        )
+        for r0, k, f, rows in bar:
+            mean = block_mean(rows, f, ls.nodata)
             n_nodata += int(np.isnan(mean).sum())
             out[r0 : r0 + k] = ls_bucket_of(mean, edges_log10)
     return out, n_nodata
@@ -522,9 +558,16 @@ def lc_mask(path: str | Path, grid: Grid, progress: bool = False) -> npt.NDArray
         if 0 <= lc.nodata < 256:
             lut[lc.nodata] = NO_CLASS  # a declared nodata code is never a class
         strips = list(_strips(lc, grid, bytes_per_px=1 + 8 + 1))
-        bar = tqdm(strips, desc="landcover", disable=not progress, mininterval=5, file=TqdmToLogger(log))
-        for r0, k, f in bar:
-            out[r0 : r0 + k] = block_mode(lc.read_rows(r0 * f, k * f), f, n, lut)
+        bar = tqdm(
+            _read_ahead(lc, strips),
+            total=len(strips),
+            desc="landcover",
+            disable=not progress,
+            mininterval=5,
+            file=TqdmToLogger(log),
+        )
+        for r0, k, f, rows in bar:
+            out[r0 : r0 + k] = block_mode(rows, f, n, lut)
     return out
 
 
