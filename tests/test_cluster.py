@@ -203,9 +203,9 @@ def test_failed_slurm_job_fails_the_workflow_and_names_its_log(
     assert "FAILED" in states, states
 
 
-# The full tiny workflow to results/figures/rva.pdf is 26 jobs, about 10 min through SLURM on 2 busy
-# cores (7 min locally), so by default the test stops at the masks/atoms and one trained model's
-# predictions (train and predict: the GPU rules). GEOENS_SLURM_FULL=1 runs the whole figure.
+# The full tiny workflow to results/figures/rva.pdf, every job through SLURM (a few minutes of job-step
+# overhead on top of the local run). GEOENS_SLURM_QUICK=1 stops at the masks/atoms and one trained model's
+# predictions (train and predict: the GPU rules), for a quick check.
 TINY_TARGETS = ["results/atoms/atoms.parquet", "results/predictions/im2gps3k/lc.parquet"]
 FULL_TARGETS = ["results/figures/rva.pdf"]
 
@@ -216,7 +216,7 @@ def test_tiny_demo_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, t
     if not (REPO / TINY_CONFIG).exists():
         pytest.skip(f"{TINY_CONFIG} not written yet")
     workdir = copy_workflow(tmp_path / "wf")
-    targets = FULL_TARGETS if os.environ.get("GEOENS_SLURM_FULL") == "1" else TINY_TARGETS
+    targets = TINY_TARGETS if os.environ.get("GEOENS_SLURM_QUICK") == "1" else FULL_TARGETS
     extra = ("--configfile", str(TINY_CONFIG), "--retries", "0", *SMALL_NODE)
     out = _run_profile(slurm_cluster, workdir, "slurm", *targets, extra=extra)
     assert out.startswith("rc=0"), out[-8000:]

@@ -40,7 +40,9 @@ NODE_CPUS = 2
 NODE_MEM_MB = 16000  # what the node claims (config_overrides: not checked against the machine, not enforced)
 DEFAULT_CONF = "/etc/slurm/slurm.conf"
 RUN_CONF = "/run/slurm/conf/slurm.conf"
-MIN_JOB_AGE_S = 300  # the slurm executor's squeue status needs MinJobAge >= 3 x its first-check delay
+# The slurm executor's squeue status needs MinJobAge >= 3 x its first-check delay; an hour also keeps every
+# job of a full test run visible to the tests' squeue checks.
+MIN_JOB_AGE_S = 3600
 
 
 @dataclass
