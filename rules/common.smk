@@ -1,23 +1,20 @@
 # Shared helpers: config validation (before any job), input functions, names used by every stage.
 import json
-from pathlib import Path
 
 from snakemake.utils import validate
 
-from geoens.config import check_inputs_exist, grid_from_config, validate_config
+from geoens.config import check_inputs_exist, validate_config
 
 # Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 config.update(validate_config(config))
 check_inputs_exist(config)
 
-GRID = grid_from_config(config)
 DEMO = bool(config["demo"]["enabled"])
 TESTSETS = sorted(config["inputs"]["testsets"])
 DATASETS = TESTSETS + ["val"]
 TRAIN_NAME = config["inputs"]["train"]["name"]
 LEVELS = ["coarse", "middle", "fine"]
-ATTR_MODELS = ["ls", "lc"]
 PRED_MODELS = ["ls", "lc", "geoest", "geoclip"]
 
 
