@@ -349,6 +349,23 @@ def _read_ahead(
             yield r0, k, f, data
 
 
+def _strip_rows(
+    native: NativeRaster, grid: Grid, bytes_per_px: float, progress: bool
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """Strips of ``native`` covering the grid, read ahead in a thread, with a tqdm bar into the log."""
+    from tqdm import tqdm
+
+    strips = list(_strips(native, grid, bytes_per_px))
+    yield from tqdm(
+        _read_ahead(native, strips),
+        total=len(strips),
+        desc=Path(native.path).name,
+        disable=not progress,
+        mininterval=5,
+        file=TqdmToLogger(log),
+    )
+
+
 def _strips(native: NativeRaster, grid: Grid, bytes_per_px: float) -> Iterator[tuple[int, int, int]]:
     """Yield ``(grid_row0, n_grid_rows, factor)`` strips covering the grid."""
     factor = grid.factor_of(native.height, native.width, what=str(native.path))
@@ -383,20 +400,9 @@ def landscan_mean(path: str | Path, grid: Grid, progress: bool = False) -> Float
         ValueError: If the file fails validation or its size is not a multiple of the grid.
 
     """
-    from tqdm import tqdm
-
     out = np.full(grid.shape, np.nan, dtype=np.float64)
     with open_checked(path, "landscan") as ls:
-        strips = list(_strips(ls, grid, bytes_per_px=4 + 8 + 8 + 1))
-        bar = tqdm(
-            _read_ahead(ls, strips),
-            total=len(strips),
-            desc="landscan",
-            disable=not progress,
-            mininterval=5,
-            file=TqdmToLogger(log),
-        )
-        for r0, k, f, rows in bar:
+        for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
             out[r0 : r0 + k] = block_mean(rows, f, ls.nodata)
     return out
 
@@ -462,22 +468,11 @@ def ls_mask(
         ValueError: If the file fails validation, its size is not a multiple of the grid, or bad edges.
 
     """
-    from tqdm import tqdm
-
     ls_bucket_of(np.zeros(0), edges_log10)  # validate the edges before reading
     out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
     n_nodata = 0
     with open_checked(path, "landscan") as ls:
-        strips = list(_strips(ls, grid, bytes_per_px=4 + 8 + 8 + 1))
-        bar = tqdm(
-            _read_ahead(ls, strips),
-            total=len(strips),
-            desc="landscan",
-            disable=not progress,
-            mininterval=5,
-            file=TqdmToLogger(log),
-        )
-        for r0, k, f, rows in bar:
+        for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
             mean = block_mean(rows, f, ls.nodata)
             n_nodata += int(np.isnan(mean).sum())
             out[r0 : r0 + k] = ls_bucket_of(mean, edges_log10)
@@ -549,24 +544,13 @@ def lc_mask(path: str | Path, grid: Grid, progress: bool = False) -> npt.NDArray
         ValueError: If the file fails validation or its size is not a multiple of the grid.
 
     """
-    from tqdm import tqdm
-
     lut = lc_class_lut()
     n = len(LC_CLASSES)
     out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
     with open_checked(path, "landcover") as lc:
         if 0 <= lc.nodata < 256:
             lut[lc.nodata] = NO_CLASS  # a declared nodata code is never a class
-        strips = list(_strips(lc, grid, bytes_per_px=1 + 8 + 1))
-        bar = tqdm(
-            _read_ahead(lc, strips),
-            total=len(strips),
-            desc="landcover",
-            disable=not progress,
-            mininterval=5,
-            file=TqdmToLogger(log),
-        )
-        for r0, k, f, rows in bar:
+        for r0, k, f, rows in _strip_rows(lc, grid, 1 + 8 + 1, progress):
             out[r0 : r0 + k] = block_mode(rows, f, n, lut)
     return out
 
