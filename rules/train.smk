@@ -42,6 +42,7 @@ rule train:
             category="Training",
             subcategory="{model}",
         ),
+        summary="results/models/{model}/summary.json",
     log:
         "logs/train/train_{model}.log",
     benchmark:
@@ -89,3 +90,30 @@ rule predict:
         batch_size=lambda wc: config["train"]["models"][wc.model]["batch_size"],
     script:
         "../workflow_scripts/predict.py"
+
+
+rule training_table:
+    input:
+        summaries=expand("results/models/{model}/summary.json", model=TRAIN_MODELS),
+    output:
+        csv=report(
+            "results/tables/training.csv",
+            caption="../docs/captions/training_table.rst",
+            category="Training",
+        ),
+        md="results/tables/training.md",
+    log:
+        "logs/train/training_table.log",
+    benchmark:
+        "benchmarks/train/training_table.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        models=TRAIN_MODELS,
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_training.py"

@@ -23,6 +23,9 @@ def test_demo_config_validates_and_fills_defaults(demo_cfg: dict) -> None:
     assert cfg["grid"]["earth_radius_km"] == pytest.approx(6371.0088)
     assert cfg["labels"]["rows_per_shard"] == 1_000_000
     assert cfg["train"]["models"]["ls"]["patience"] == 3
+    assert cfg["train"]["models"]["ls"]["augment"] == {
+        "crop_scale_min": 0.35, "hflip": True, "vflip": True, "color_jitter": 0.3
+    }  # fmt: skip
     assert cfg["evaluate"]["balanced_seed"] == 0
     assert grid_from_config(cfg).shape == (180, 360)
     # the input is not modified
@@ -44,6 +47,11 @@ def test_paper_config_validates() -> None:
         (lambda c: c["labels"].update(urban_cap=1.5), r"labels\.urban_cap"),
         (lambda c: c["train"]["models"]["ls"].update(epochs=0), r"train\.models\.ls\.epochs"),
         (lambda c: c["train"]["models"]["ls"].update(epoch=3), r"train\.models\.ls.*epoch"),
+        (
+            lambda c: c["train"]["models"]["geoest"].update(augment={"crop_scale_min": 0}),
+            r"train\.models\.geoest\.augment\.crop_scale_min",
+        ),
+        (lambda c: c["geoclip"]["tower"].update(augment={"vflp": True}), r"geoclip\.tower\.augment.*vflp"),
         (lambda c: c["inputs"].pop("landscan"), r"inputs.*'landscan' is a required property"),
         (lambda c: c["inputs"]["testsets"].update(val={"images": "a", "metadata": "b"}), r"inputs\.testsets"),
         (lambda c: c["partitions"].update(source="csv"), r"partitions\.csv"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from geoens.data import (
+    AugmentConfig,
     FolderSource,
     ImageDataset,
     ShardFormatError,
@@ -145,6 +147,42 @@ def test_transforms_shapes_and_seeded_augmentation(tmp_path: Path) -> None:
     assert ev.shape == (3, 20, 20)
     # red channel of a pure red image after ImageNet normalisation
     assert ev[0].mean().item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-4)
+
+
+def _bright_quadrants(aug: AugmentConfig, trials: int = 40) -> tuple[set[tuple[int, int]], set[float]]:
+    """Where the bright top-left quadrant of a test image ends up, and its mean value, over seeded draws."""
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:16, :16] = 200
+    img = Image.fromarray(arr)
+    tf = make_transforms(32, train=True, augment=aug)
+    where, level = set(), set()
+    for k in range(trials):
+        torch.manual_seed(k)
+        x = tf(img)[0]
+        q = x.reshape(2, 16, 2, 16).mean(dim=(1, 3))
+        r, c = divmod(int(q.argmax()), 2)
+        where.add((r, c))
+        level.add(round(float(q.max()), 4))
+    return where, level
+
+
+def test_augment_config_switches_each_augmentation() -> None:
+    fixed = AugmentConfig(crop_scale_min=1.0, hflip=False, vflip=False, color_jitter=0.0)
+    where, level = _bright_quadrants(fixed)
+    assert where == {(0, 0)} and len(level) == 1  # nothing moves, nothing changes brightness
+    where, _ = _bright_quadrants(dataclasses.replace(fixed, hflip=True))
+    assert where == {(0, 0), (0, 1)}
+    where, _ = _bright_quadrants(dataclasses.replace(fixed, vflip=True))
+    assert where == {(0, 0), (1, 0)}
+    _, level = _bright_quadrants(dataclasses.replace(fixed, color_jitter=0.4))
+    assert len(level) > 10
+    default = make_transforms(32, train=True)
+    assert default(Image.fromarray(np.zeros((40, 40, 3), np.uint8))).shape == (3, 32, 32)
+    assert AugmentConfig.from_mapping(None) == AugmentConfig()
+    with pytest.raises(ValueError, match="color_jitter must be >= 0"):
+        AugmentConfig(color_jitter=-0.1)
+    with pytest.raises(ValueError, match="unknown augment key"):
+        AugmentConfig.from_mapping({"rotate": 10})
 
 
 def test_read_label_parts(tmp_path: Path) -> None:

@@ -233,7 +233,7 @@ def test_tiny_tower_training_lowers_contrastive_loss(tmp_path: Path, encoder: gc
     train = gc.read_split(label_dir, "train")
     source = ShardSource(shards)
     cfg = _tower_cfg()
-    eval_tf = gc._tower_transforms(cfg.backbone, cfg.image_size, train=False)
+    eval_tf = gc._tower_transforms(cfg, train=False)
     batches = gc.gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=True, seed=0)
     fixed = gc.gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=False, seed=0)
     gallery = gc.load_gps_gallery()

@@ -97,6 +97,32 @@ def test_summarise_rejects_incomplete_table(evaluated) -> None:
         rva.summarise(bad, False, 0, 0, 0)
 
 
+def test_training_table_compares_with_majority(tmp_path: Path) -> None:
+    common = {"backbone": "lcnet_050", "image_size": 64, "n_train": 100, "n_val": 20}
+    common.update(best_epoch=3, epochs=4)
+    summaries = {
+        "ls": {**common, "val_acc": {"ls": 0.6}, "val_majority_acc": {"ls": 0.3}},
+        "geoest": {
+            **common,
+            "val_acc": {"coarse": 0.2, "middle": 0.1, "fine": 0.05},
+            "val_majority_acc": {"coarse": 0.1, "middle": None, "fine": 0.0},
+        },
+    }
+    df = report.write_training_table(summaries, tmp_path / "t.csv", tmp_path / "t.md", demo=True)
+    assert list(zip(df["model"], df["head"], strict=True)) == [
+        ("ls", "ls"), ("geoest", "coarse"), ("geoest", "middle"), ("geoest", "fine")
+    ]  # fmt: skip
+    assert df["ratio"].iloc[0] == pytest.approx(2.0) and df["ratio"].iloc[1] == pytest.approx(2.0)
+    assert df["ratio"].iloc[2:].isna().all()  # no baseline, zero baseline: no ratio
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back["val_acc"].tolist() == pytest.approx([0.6, 0.2, 0.1, 0.05])
+    md = (tmp_path / "t.md").read_text()
+    assert "synthetic demo world" in md
+    assert "| ls | ls | lcnet_050 @ 64 px | 100 / 20 | 3 of 4 | 60.0% | 30.0% | 2.00x |" in md
+    with pytest.raises(KeyError, match="model 'ls' lacks key 'val_majority_acc'"):
+        report.training_frame({"ls": {**common, "val_acc": {"ls": 0.5}}})
+
+
 @pytest.mark.slow
 def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
     """The evaluate.smk rules end to end on a small world (the other stages' outputs faked in place)."""

@@ -21,6 +21,7 @@ from geoens.train import (
     TrainerConfig,
     TrainingError,
     load_model,
+    majority_baseline,
     predict,
     predict_to_parquet,
     read_hierarchy,
@@ -166,6 +167,13 @@ def test_overfits_handful_of_images(tmp_path: Path) -> None:
     net, meta = load_model(out / "model.pt")
     assert meta["backbone"] == "test_resnet" and meta["heads"] == {"ls": 4} and meta["image_size"] == 32
     assert meta["classes"]["ls"] == ["lowest", "low", "medium", "high"]
+    # summary.json: best-epoch accuracy next to the majority baseline (train's most common class is 0,
+    # the four val images are one of each class)
+    saved = json.loads((out / "summary.json").read_text())
+    best = metrics.loc[metrics["epoch"] == saved["best_epoch"], "val_acc"].item()
+    assert saved["val_acc"] == {"ls": pytest.approx(best)}
+    assert saved["val_majority_acc"] == {"ls": 0.25}
+    assert (saved["n_train"], saved["n_val"]) == (11, 4)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path) -> None:
@@ -240,6 +248,15 @@ def test_geoest_with_corrupt_images_and_cached_predictions(tmp_path: Path) -> No
     assert df.attrs["skipped"] == ["t2.jpg"]
 
 
+def test_majority_baseline_uses_training_majority_per_head() -> None:
+    train = np.array([[0, 5], [1, 5], [1, 6], [2, 6], [1, 6]])
+    val = np.array([[1, 5], [0, 6], [1, 6], [2, 6]])
+    got = majority_baseline(train, val, ["coarse", "fine"])
+    assert got == {"coarse": 0.5, "fine": 0.75}
+    assert majority_baseline(np.array([3, 3, 1]), np.array([1, 1, 1, 3]), ["ls"]) == {"ls": 0.25}
+    assert np.isnan(majority_baseline(np.array([1]), np.array([], np.int64), ["ls"])["ls"])
+
+
 def test_training_errors_are_clear(tmp_path: Path) -> None:
     paths = make_world(tmp_path, n=8, n_val=2)
     other = tmp_path / "other_shards"
@@ -252,6 +269,10 @@ def test_training_errors_are_clear(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="unknown trainer config key.*'epoch'"):
         TrainerConfig.from_mapping({"epoch": 3})
+    with pytest.raises(ValueError, match="unknown augment key.*'hflp'"):
+        TrainerConfig.from_mapping({"augment": {"hflp": False}})
+    with pytest.raises(ValueError, match="crop_scale_min must be in"):
+        TrainerConfig.from_mapping({"augment": {"crop_scale_min": 0.0}})
     with pytest.raises(ValueError, match="geoest needs partitions_dir"):
         train_model("geoest", paths["labels"], paths["shards"], tmp_path / "x", FAST)
 

@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -282,26 +282,73 @@ def decode_image(data: bytes | None) -> Image.Image | None:
         return None
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of one predictor (``train.models.<name>.augment`` in the config).
+
+    The defaults are the paper's recipe for the attribute classifiers (section 5.1: random crop and rescale,
+    horizontal and vertical flips, colour jitter). A geolocation model may want less: colour and
+    orientation can be location cues (GeoEstimation trained with crops and horizontal flips only).
+
+    Attributes:
+        crop_scale_min: Smallest share of the image area a random resized crop keeps (1.0: no cropping).
+        hflip: Random horizontal flips.
+        vflip: Random vertical flips.
+        color_jitter: Strength of brightness, contrast and saturation jitter (0: none).
+
+    """
+
+    crop_scale_min: float = 0.35
+    hflip: bool = True
+    vflip: bool = True
+    color_jitter: float = 0.3
+
+    def __post_init__(self) -> None:
+        """Check the ranges (the config schema checks them too; this guards direct use)."""
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"augment.crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        if self.color_jitter < 0.0:
+            raise ValueError(f"augment.color_jitter must be >= 0, got {self.color_jitter}")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> AugmentConfig:
+        """Build from the config's ``augment`` mapping (``None``: defaults).
+
+        Raises:
+            ValueError: On a key that is not an augmentation setting (naming it).
+
+        """
+        data = dict(cfg or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown augment key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
 def make_transforms(
     image_size: int,
     train: bool,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    augment: AugmentConfig | None = None,
 ) -> v2.Compose:
     """Build torchvision v2 transforms: PIL image -> normalised float tensor ``(3, image_size, image_size)``.
 
-    Training (paper, section 5.1): random resized crop (crop + rescale), horizontal and vertical flips,
-    colour jitter. Evaluation: resize the shorter side to ``image_size``, then centre crop.
+    Training: the augmentations of ``augment`` (default :class:`AugmentConfig`, the paper's recipe), always
+    ending at ``image_size`` squared. Evaluation: resize the shorter side to ``image_size``, then centre crop.
     """
     head: list[Any]
     if train:
-        head = [
-            v2.RandomResizedCrop(image_size, scale=(0.35, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
+        aug = augment if augment is not None else AugmentConfig()
+        head = [v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True)]
+        if aug.hflip:
+            head.append(v2.RandomHorizontalFlip())
+        if aug.vflip:
+            head.append(v2.RandomVerticalFlip())
+        if aug.color_jitter > 0:
             # No hue jitter: hue carries regional style (a location cue), and it is the costliest jitter.
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
-        ]
+            j = aug.color_jitter
+            head.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
     else:
         head = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose(

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from torch import Tensor, nn
 
+from geoens.data import AugmentConfig
 from geoens.io import atomic_path, write_json
 from geoens.models import build_backbone
 
@@ -621,6 +622,7 @@ class TowerTrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         num_workers: DataLoader workers.
         max_train_images: Cap on the training images (``None``: all).
+        augment: Training augmentations (:class:`geoens.data.AugmentConfig`).
 
     """
 
@@ -640,6 +642,7 @@ class TowerTrainConfig:
     device: str = "auto"
     num_workers: int = 0
     max_train_images: int | None = None
+    augment: AugmentConfig = AugmentConfig()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -648,6 +651,8 @@ class TowerTrainConfig:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         merged = {**cfg, **overrides}
         kwargs = {k: v for k, v in merged.items() if k in known}
+        if "augment" in kwargs and not isinstance(kwargs["augment"], AugmentConfig):
+            kwargs["augment"] = AugmentConfig.from_mapping(kwargs["augment"])
         extra = {k: v for k, v in merged.items() if k not in known}
         return cls(**kwargs, extra=extra)
 
@@ -1039,12 +1044,12 @@ def id_batches(
             yield batch.images, [ids[int(i)] for i in batch.indices]
 
 
-def _tower_transforms(backbone: str, image_size: int, train: bool) -> Any:
+def _tower_transforms(cfg: TowerTrainConfig, train: bool) -> Any:
     from geoens.data import make_transforms
     from geoens.models import backbone_norm
 
-    mean, std = backbone_norm(backbone)
-    return make_transforms(image_size, train=train, mean=mean, std=std)
+    mean, std = backbone_norm(cfg.backbone)
+    return make_transforms(cfg.image_size, train=train, mean=mean, std=std, augment=cfg.augment)
 
 
 def run_train_tower(
@@ -1083,11 +1088,11 @@ def run_train_tower(
     log.info("geoclip tower: %d train / %d val images, backbone %s", len(train), len(val), cfg.backbone)
     skipped: list[int] = []
     train_it = gps_batches(
-        source, train, _tower_transforms(cfg.backbone, cfg.image_size, True), cfg.batch_size, True, cfg.seed,
+        source, train, _tower_transforms(cfg, True), cfg.batch_size, True, cfg.seed,
         cfg.num_workers, skipped,
     )  # fmt: skip
     val_it = gps_batches(
-        source, val, _tower_transforms(cfg.backbone, cfg.image_size, False), cfg.batch_size, False, cfg.seed,
+        source, val, _tower_transforms(cfg, False), cfg.batch_size, False, cfg.seed,
         cfg.num_workers,
     )  # fmt: skip
     tower, history = train_tower(train_it, lambda: val_it(0), cfg)
@@ -1116,8 +1121,8 @@ def load_image_tower(
         if model_path is None:
             raise GeoClipError("geoclip.image_tower 'trained' needs the tower model file")
         tower, meta = load_tower(model_path)
-        size = int(meta["config"]["image_size"])
-        return tower, float(meta["logit_scale"]), _tower_transforms(meta["backbone"], size, False)
+        eval_cfg = TowerTrainConfig(backbone=meta["backbone"], image_size=int(meta["config"]["image_size"]))
+        return tower, float(meta["logit_scale"]), _tower_transforms(eval_cfg, False)
     raise GeoClipError(f"config key geoclip.image_tower: unknown value {image_tower!r} (trained or clip)")
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -212,6 +213,74 @@ def write_tables(
                     raise ValueError(f"unknown table format {fmt!r} for {path}")
         out[kind] = summ
     return out
+
+
+def training_frame(summaries: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
+    """One row per predictor head: validation accuracy at the best epoch against the majority baseline.
+
+    Args:
+        summaries: Model name -> its ``results/models/<model>/summary.json``
+            (:func:`geoens.train.train_model`).
+
+    Returns:
+        Columns ``model, head, backbone, image_size, n_train, n_val, best_epoch, epochs, val_acc,
+        majority_acc, ratio`` (accuracies as fractions; ``ratio`` = ``val_acc / majority_acc``).
+
+    Raises:
+        KeyError: Naming the model and key when a summary lacks one.
+
+    """
+    rows = []
+    for model, summ in summaries.items():
+        try:
+            acc = dict(summ["val_acc"])  # type: ignore[call-overload]
+            maj = dict(summ["val_majority_acc"])  # type: ignore[call-overload]
+            common = {
+                k: summ[k] for k in ("backbone", "image_size", "n_train", "n_val", "best_epoch", "epochs")
+            }
+        except KeyError as exc:
+            raise KeyError(f"training summary of model '{model}' lacks key {exc}") from None
+        for head, a in acc.items():
+            m = maj.get(head)
+            a_f = math.nan if a is None else float(a)
+            m_f = math.nan if m is None else float(m)
+            ratio = a_f / m_f if m_f and math.isfinite(m_f) and m_f > 0 else math.nan
+            rows.append(
+                {"model": model, "head": head, **common, "val_acc": a_f, "majority_acc": m_f, "ratio": ratio}
+            )
+    return pd.DataFrame(rows)
+
+
+def write_training_table(
+    summaries: Mapping[str, Mapping[str, object]], out_csv: str | Path, out_md: str | Path, demo: bool = False
+) -> pd.DataFrame:
+    """Write :func:`training_frame` as CSV and as a Markdown table (accuracies in percent)."""
+    df = training_frame(summaries)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    title = "Validation accuracy of the trained predictors" + (f", {DEMO_NOTE}" if demo else "")
+    lines = [
+        f"### {title}",
+        "",
+        "| model | head | backbone | train / val images | best epoch | val accuracy | majority baseline "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    records: list[dict[Any, Any]] = df.to_dict(orient="records")
+    for r in records:
+        lines.append(
+            f"| {r['model']} | {r['head']} | {r['backbone']} @ {r['image_size']} px | {r['n_train']} / "
+            f"{r['n_val']} | {r['best_epoch']} of {r['epochs']} | {100 * r['val_acc']:.1f}% | "
+            f"{100 * r['majority_acc']:.1f}% | {r['ratio']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Majority baseline: validation accuracy of always answering the training split's most common class.",
+        "",
+    ]
+    with atomic_path(out_md) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    return df
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from geoens.constants import LC_CLASSES, LS_BUCKETS
 from geoens.data import (
+    AugmentConfig,
     Batch,
     FolderSource,
     ImageDataset,
@@ -92,13 +93,14 @@ class TrainerConfig:
     patience: int = 3
     gpus: int = 0
     max_train_images: int | None = None
+    augment: AugmentConfig = AugmentConfig()
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | str) -> TrainerConfig:
         """Build from a config mapping or its JSON string.
 
         Raises:
-            ValueError: On a key that is not a trainer setting (naming it).
+            ValueError: On a key that is not a trainer or augment setting (naming it).
 
         """
         data = json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
@@ -106,6 +108,8 @@ class TrainerConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown trainer config key(s) {unknown}; known: {sorted(names)}")
+        if not isinstance(data.get("augment", AugmentConfig()), AugmentConfig):
+            data["augment"] = AugmentConfig.from_mapping(data["augment"])
         return cls(**data)
 
 
@@ -485,7 +489,11 @@ def train_model(
     source = ShardSource(shards_dir, index)
     mean, std = backbone_norm(cfg.backbone)
     train_ds = ImageDataset(
-        source, train_ids, targets[train_idx], make_transforms(cfg.image_size, True, mean, std), seed
+        source,
+        train_ids,
+        targets[train_idx],
+        make_transforms(cfg.image_size, True, mean, std, cfg.augment),
+        seed,
     )
     val_ds = ImageDataset(
         source, val_ids, targets[val_idx], make_transforms(cfg.image_size, False, mean, std)
@@ -663,16 +671,60 @@ def train_model(
         plot_confusion(state, heads, out / "confusion.png", model)
     if env.world > 1:
         dist.barrier()
+    best_acc = state["best_acc"] if state["best_acc"] is not None else [math.nan] * len(head_names)
     summary = {
+        "model": model,
+        "backbone": cfg.backbone,
+        "image_size": cfg.image_size,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_loss": state["best_val_loss"],
+        "val_acc": dict(zip(head_names, map(float, best_acc), strict=True)),
+        "val_majority_acc": majority_baseline(targets[train_idx], targets[val_idx], head_names),
         "stopped_early": state["stopped"],
         "skipped_train_images": skipped_total,
         "interrupted": False,
     }
+    if env.main:
+        write_json(out / "summary.json", _json_safe(summary))
     log.info("done: %s", summary)
     return summary
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by ``None`` (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def majority_baseline(
+    train_targets: np.ndarray, val_targets: np.ndarray, heads: Sequence[str]
+) -> dict[str, float]:
+    """Validation accuracy of always answering the training split's most common class, per head.
+
+    The chance level a trained predictor must beat (NaN for a head without validation rows).
+
+    Args:
+        train_targets: ``(n,)`` or ``(n, k)`` training labels (``k`` heads, in ``heads`` order).
+        val_targets: Validation labels, same layout.
+        heads: Head names.
+
+    """
+    tr = train_targets[:, None] if train_targets.ndim == 1 else train_targets
+    va = val_targets[:, None] if val_targets.ndim == 1 else val_targets
+    out: dict[str, float] = {}
+    for k, head in enumerate(heads):
+        if len(va) == 0 or len(tr) == 0:
+            out[head] = math.nan
+            continue
+        top = int(np.bincount(tr[:, k]).argmax())
+        out[head] = float(np.mean(va[:, k] == top))
+    return out
 
 
 def early_stopping_update(state: dict[str, Any], val_loss: float | None, epoch: int, patience: int) -> bool:
