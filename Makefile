@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --profile profiles/default results/figures/rva.pdf
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default all
 
 report: demo
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default --report report.html

@@ -1,7 +1,8 @@
 """Benchmark: training throughput (images/s) vs data-loading throughput from msgpack shards, on CPU.
 
-* training step (forward + backward + AdamW) on random tensors for the demo backbone (resnet18 @ 64 px) and
-  the paper's BiT-M R50x1 (``resnetv2_50x1_bit``, random init) @ 224 px;
+* training step (forward + backward + AdamW) on random tensors for the demo backbone (LCNet-0.5, timm
+  ``lcnet_050`` @ 64 px), resnet18 @ 64 px, and the paper's BiT-M R50x1 (``resnetv2_50x1_bit``, random init)
+  @ 224 px;
 * data loading alone (shard read + JPEG decode + training augmentation + collate) with DataLoader workers;
 * ratio loading / training: > 1 means the loader keeps up with the model.
 
@@ -121,13 +122,15 @@ def main() -> None:
     if args.device == "cuda":
         # GPU check: same backbones, batches that fill a data-centre GPU; loading still on the CPUs.
         configs = [
-            ("demo resnet18@64", "resnet18", 64, (64, 64), 512, 20, 4096),
+            ("demo lcnet_050@64", "lcnet_050", 64, (64, 64), 512, 20, 4096),
+            ("resnet18@64", "resnet18", 64, (64, 64), 512, 20, 4096),
             ("BiT-M R50x1@224", "resnetv2_50x1_bit", 224, (240, 320), 128, 20, 2048),
         ]
     else:
         configs = [
         # name, backbone, training size, stored JPEG size (h, w), train batch, steps, loader images
-        ("demo resnet18@64", "resnet18", 64, (64, 64), 32, 2 if small else 5, 256 if small else 2048),
+        ("demo lcnet_050@64", "lcnet_050", 64, (64, 64), 32, 3 if small else 10, 256 if small else 2048),
+        ("resnet18@64", "resnet18", 64, (64, 64), 32, 2 if small else 5, 256 if small else 2048),
         ("BiT-M R50x1@224", "resnetv2_50x1_bit", 224, (240, 320), 4 if small else 8, 1 if small else 3,
          64 if small else 512),
         ]  # fmt: skip

@@ -311,6 +311,22 @@ def test_buildings_follow_population():
     assert greyness(city) > greyness(rural) + 0.05
 
 
+def test_farmsteads_mark_sparsely_populated_land():
+    fields = demo.WorldFields.from_seed(0)
+    n = 200
+    lc = np.full(n, 130, np.uint8)
+    lat, lon = np.zeros(n), np.linspace(-170, 170, n)
+
+    def roofs(pop: float) -> float:  # share of images with red-brown roof pixels
+        img = demo.render_images(demo.RenderInputs(lc, np.full(n, pop), lat, lon), 64, "flickr", 1, fields)
+        a = img.astype(int)
+        red = (a[..., 0] - a[..., 1] > 45) & (a[..., 0] - a[..., 2] > 55) & (a[..., 1] < 100)  # roof colour
+        return float(np.mean(red.sum(axis=(1, 2)) >= 6))  # a few pixels: noise alone
+
+    empty, sparse = roofs(1.0), roofs(300.0)
+    assert empty < 0.1 and sparse > empty + 0.5, (empty, sparse)
+
+
 def test_write_sample_dataset(tmp_path):
     rows = demo.write_sample_dataset(tmp_path / "s", n=12, seed=2, image_size=24)
     assert len(rows) == 12

@@ -104,8 +104,9 @@ def test_training_table_compares_with_majority(tmp_path: Path) -> None:
         "ls": {**common, "val_acc": {"ls": 0.6}, "val_majority_acc": {"ls": 0.3}},
         "geoest": {
             **common,
-            "val_acc": {"coarse": 0.2, "middle": 0.1, "fine": 0.05},
-            "val_majority_acc": {"coarse": 0.1, "middle": None, "fine": 0.0},
+            "heads": ["coarse", "middle", "fine"],  # the JSON file's dicts come back sorted by key
+            "val_acc": {"coarse": 0.2, "fine": 0.05, "middle": 0.1},
+            "val_majority_acc": {"coarse": 0.1, "fine": 0.0, "middle": None},
         },
     }
     df = report.write_training_table(summaries, tmp_path / "t.csv", tmp_path / "t.md", demo=True)

@@ -171,7 +171,7 @@ def test_overfits_handful_of_images(tmp_path: Path) -> None:
     # the four val images are one of each class)
     saved = json.loads((out / "summary.json").read_text())
     best = metrics.loc[metrics["epoch"] == saved["best_epoch"], "val_acc"].item()
-    assert saved["val_acc"] == {"ls": pytest.approx(best)}
+    assert saved["heads"] == ["ls"] and saved["val_acc"] == {"ls": pytest.approx(best)}
     assert saved["val_majority_acc"] == {"ls": 0.25}
     assert (saved["n_train"], saved["n_val"]) == (11, 4)
 
@@ -224,6 +224,9 @@ def test_geoest_with_corrupt_images_and_cached_predictions(tmp_path: Path) -> No
     assert summary["skipped_train_images"] == 2
     _, meta = load_model(out / "model.pt")
     assert meta["heads"] == {"coarse": 2, "middle": 3, "fine": 4}
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["heads"] == ["coarse", "middle", "fine"]
+    assert set(saved["val_majority_acc"]) == set(saved["val_acc"]) == {"coarse", "middle", "fine"}
     # test-set style folder with one undecodable image
     folder = tmp_path / "testset"
     folder.mkdir()

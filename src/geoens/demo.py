@@ -653,6 +653,9 @@ _PALETTE: Final[dict[int, tuple[tuple[float, float, float], tuple[float, float, 
 }
 _WATER = ((0.12, 0.30, 0.55), (0.22, 0.45, 0.70))
 _SNOW = ((0.95, 0.96, 0.98), (0.78, 0.84, 0.92))
+#: Farmstead colours (whitewashed wall, red-brown roof).
+_HOUSE_WALL: Final[F64] = np.array([0.85, 0.80, 0.70])
+_HOUSE_ROOF: Final[F64] = np.array([0.55, 0.22, 0.15])
 #: Probability that an image's ground looks like another class (realistic confusion).
 CONFUSION: Final[float] = 0.12
 
@@ -708,6 +711,9 @@ def render_images(
     lp = np.log10(np.maximum(inputs.pop, 0.0) + 1.0)
     n_build = rng.poisson(np.clip(0.9 * (lp - 1.6), 0.0, None) ** 1.6)
     n_build = np.minimum(n_build, 14)
+    # Farmsteads (sparse settlement): small houses with red-brown roofs from ~10 people per cell upward, so
+    # that sparsely populated land looks different from empty land.
+    n_huts = np.minimum(rng.poisson(np.clip(1.4 * (lp - 1.0), 0.0, 3.0)), 5)
     params = {
         "horizon": np.clip(cam.horizon + rng.normal(0, cam.horizon_sd, n), 0.2, 0.75),
         "freq": cam.zoom * rng.uniform(0.8, 1.25, n),
@@ -832,6 +838,31 @@ def render_images(
             colr = np.stack([shade + warm, shade, shade - warm], axis=1)[:, None, None, :]
             bimg = np.where(win[..., None], colr * 0.55 + 0.25, colr)
             img[idx] = np.where(inside[..., None], bimg, img[idx])
+        # --- farmsteads: small houses with pitched red-brown roofs on the ground below the horizon
+        nh = n_huts[sl]
+        for j in range(int(nh.max()) if m else 0):
+            idx = np.flatnonzero(nh > j)
+            if idx.size == 0:
+                continue
+            r3 = lambda a: a[:, None, None]  # noqa: E731
+            x0 = brng.uniform(0.0, 0.9, idx.size).astype(np.float32)
+            below = brng.uniform(0.06, 0.35, idx.size).astype(np.float32)
+            base = hz[idx, 0, 0] + below
+            hw = brng.uniform(0.05, 0.08, idx.size).astype(np.float32) * (0.7 + 2.0 * below)  # nearer: larger
+            wall_h = 0.6 * hw
+            roof_h = 0.5 * hw
+            dx = np.abs(xx - r3(x0 + hw / 2))
+            wall = (dx < r3(hw / 2)) & (yy < r3(base)) & (yy >= r3(base - wall_h))
+            # triangle roof: narrower towards its ridge
+            top = r3(base - wall_h)
+            roof = (yy < top) & (yy >= top - r3(roof_h) * (1.0 - dx / r3(hw / 2 + np.float32(1e-6))))
+            roof &= dx < r3(hw / 2 + 0.01)
+            tone = brng.uniform(0.8, 1.1, idx.size)[:, None]
+            wc = (_HOUSE_WALL * tone).astype(np.float32)[:, None, None, :]
+            rc_ = (_HOUSE_ROOF * tone).astype(np.float32)[:, None, None, :]
+            sub = img[idx]
+            sub = np.where(wall[..., None], wc, sub)
+            img[idx] = np.where(roof[..., None], rc_, sub)
         # --- road (street-view camera)
         if cam.road:
             half = 0.02 + 0.28 * np.clip((yy - hz) / (1 - hz + 1e-3), 0, 1)

@@ -36,8 +36,8 @@ import importlib.util
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from torch import Tensor, nn
 
-from geoens.data import AugmentConfig
 from geoens.io import atomic_path, write_json
 from geoens.models import build_backbone
+from geoens.train import TrainerConfig
 
 log = logging.getLogger("geoens.geoclip")
 
@@ -601,60 +601,36 @@ def clip_transform() -> Callable[[Any], Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TowerTrainConfig:
-    """Hyper-parameters of :func:`train_tower` (the ``geoclip.tower`` config plus GeoCLIP's extras).
+@dataclass(frozen=True)
+class TowerTrainConfig(TrainerConfig):
+    """Hyper-parameters of :func:`train_tower`: the ``geoclip.tower`` trainer settings plus GeoCLIP's extras.
 
-    Attributes:
-        backbone: timm model name.
-        pretrained: Load timm pretrained weights (local cache only).
-        pretrained_file: Optional local backbone weights file.
-        image_size: Training image size (the transforms come from the caller).
-        epochs: Maximum epochs.
-        batch_size: Images per step.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        patience: Early stopping after this many epochs without a lower validation loss.
+    Attributes (beyond :class:`geoens.train.TrainerConfig`'s):
         queue_size: Dynamic queue of recent batches' GPS embeddings used as negatives (GeoCLIP: 4096).
         gallery_negatives: GPS-gallery points (sampled once, seeded) used as extra fixed negatives.
         learn_logit_scale: Learn the logit scale (initialised from GeoCLIP's shipped value).
         seed: Random seed.
         device: ``auto``, ``cpu`` or ``cuda``.
         num_workers: DataLoader workers.
-        max_train_images: Cap on the training images (``None``: all).
-        augment: Training augmentations (:class:`geoens.data.AugmentConfig`).
 
     """
 
-    backbone: str = "resnet18"
-    pretrained: bool = False
-    pretrained_file: str | None = None
-    image_size: int = 64
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 0.002
-    weight_decay: float = 1e-4
-    patience: int = 3
     queue_size: int = 1024
     gallery_negatives: int = 2048
     learn_logit_scale: bool = True
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
-    max_train_images: int | None = None
-    augment: AugmentConfig = AugmentConfig()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], **overrides: Any) -> TowerTrainConfig:
-        """Build from a config mapping; unknown keys go to ``extra`` (``gpus`` and the like)."""
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        merged = {**cfg, **overrides}
-        kwargs = {k: v for k, v in merged.items() if k in known}
-        if "augment" in kwargs and not isinstance(kwargs["augment"], AugmentConfig):
-            kwargs["augment"] = AugmentConfig.from_mapping(kwargs["augment"])
-        extra = {k: v for k, v in merged.items() if k not in known}
-        return cls(**kwargs, extra=extra)
+    def from_config(cls, cfg: Mapping[str, Any], **overrides: Any) -> TowerTrainConfig:
+        """Build from the ``geoclip.tower`` mapping plus the ``geoclip`` section's extras.
+
+        Raises:
+            ValueError: On a key that is not a setting (naming it).
+
+        """
+        return cls.from_mapping({**cfg, **overrides})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -840,7 +816,7 @@ def save_tower(
         "embed_dim": EMBED_DIM,
         "state_dict": tower.state_dict(),
         "logit_scale": float(tower.logit_scale().detach()),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "config": asdict(cfg),
         "history": history,
         "location_encoder_sha256": _file_sha256(weights_dir() / "location_encoder_weights.pth"),
     }

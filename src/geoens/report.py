@@ -215,7 +215,7 @@ def write_tables(
     return out
 
 
-def training_frame(summaries: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
+def training_frame(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per predictor head: validation accuracy at the best epoch against the majority baseline.
 
     Args:
@@ -233,15 +233,16 @@ def training_frame(summaries: Mapping[str, Mapping[str, object]]) -> pd.DataFram
     rows = []
     for model, summ in summaries.items():
         try:
-            acc = dict(summ["val_acc"])  # type: ignore[call-overload]
-            maj = dict(summ["val_majority_acc"])  # type: ignore[call-overload]
+            acc = dict(summ["val_acc"])
+            maj = dict(summ["val_majority_acc"])
             common = {
                 k: summ[k] for k in ("backbone", "image_size", "n_train", "n_val", "best_epoch", "epochs")
             }
         except KeyError as exc:
             raise KeyError(f"training summary of model '{model}' lacks key {exc}") from None
-        for head, a in acc.items():
-            m = maj.get(head)
+        order = list(summ.get("heads") or acc)
+        for head in order:
+            a, m = acc.get(head), maj.get(head)
             a_f = math.nan if a is None else float(a)
             m_f = math.nan if m is None else float(m)
             ratio = a_f / m_f if m_f and math.isfinite(m_f) and m_f > 0 else math.nan
@@ -252,7 +253,7 @@ def training_frame(summaries: Mapping[str, Mapping[str, object]]) -> pd.DataFram
 
 
 def write_training_table(
-    summaries: Mapping[str, Mapping[str, object]], out_csv: str | Path, out_md: str | Path, demo: bool = False
+    summaries: Mapping[str, Mapping[str, Any]], out_csv: str | Path, out_md: str | Path, demo: bool = False
 ) -> pd.DataFrame:
     """Write :func:`training_frame` as CSV and as a Markdown table (accuracies in percent)."""
     df = training_frame(summaries)

@@ -33,7 +33,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ class TrainerConfig:
     augment: AugmentConfig = AugmentConfig()
 
     @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | str) -> TrainerConfig:
+    def from_mapping(cls, cfg: Mapping[str, Any] | str) -> Self:
         """Build from a config mapping or its JSON string.
 
         Raises:
@@ -647,6 +647,7 @@ def train_model(
             dist.barrier()
 
     # ---- final outputs
+    majority = majority_baseline(targets[train_idx], targets[val_idx], head_names)
     if env.main:
         if best_path.exists():
             net.load_state_dict(torch.load(best_path, map_location=env.device, weights_only=True))
@@ -668,7 +669,7 @@ def train_model(
         save_model(net, meta, out / "model.pt")
         write_metrics(state["history"], out / "metrics.csv")
         plot_curves(state["history"], out / "curve.png", model)
-        plot_confusion(state, heads, out / "confusion.png", model)
+        plot_confusion(state, heads, out / "confusion.png", model, majority)
     if env.world > 1:
         dist.barrier()
     best_acc = state["best_acc"] if state["best_acc"] is not None else [math.nan] * len(head_names)
@@ -681,8 +682,9 @@ def train_model(
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_loss": state["best_val_loss"],
+        "heads": head_names,
         "val_acc": dict(zip(head_names, map(float, best_acc), strict=True)),
-        "val_majority_acc": majority_baseline(targets[train_idx], targets[val_idx], head_names),
+        "val_majority_acc": majority,
         "stopped_early": state["stopped"],
         "skipped_train_images": skipped_total,
         "interrupted": False,
@@ -802,19 +804,30 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, model: s
     plt.close(fig)
 
 
-def plot_confusion(state: Mapping[str, Any], heads: Mapping[str, int], path: str | Path, model: str) -> None:
-    """Plot the best epoch's validation confusion matrix (``ls``, ``lc``) or head accuracies (``geoest``)."""
+def plot_confusion(
+    state: Mapping[str, Any],
+    heads: Mapping[str, int],
+    path: str | Path,
+    model: str,
+    majority: Mapping[str, float] | None = None,
+) -> None:
+    """Plot the best epoch's validation confusion matrix (``ls``, ``lc``) or head accuracies (``geoest``).
+
+    With ``majority`` (head -> majority-baseline accuracy) the baseline is shown beside the accuracy.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    base = dict(majority or {})
     conf = state.get("best_confusion")
+    epoch = state.get("best_epoch")
     if model in CLASS_NAMES and conf is not None and np.asarray(conf).size:
         conf = np.asarray(conf)
         names = CLASS_NAMES[model]
         share = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
-        fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 0.9 * len(names) + 2))
+        fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 0.9 * len(names) + 2.3))
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(names)):
             for j in range(len(names)):
@@ -822,17 +835,25 @@ def plot_confusion(state: Mapping[str, Any], heads: Mapping[str, int], path: str
                         color="white" if share[i, j] > 0.5 else "black")  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set(
-            xlabel="predicted", ylabel="true", title=f"{model}: validation (epoch {state.get('best_epoch')})"
-        )
+        acc = np.trace(conf) / max(conf.sum(), 1)
+        title = f"{model}: validation (epoch {epoch})\naccuracy {100 * acc:.1f}%"
+        if model in base:
+            title += f", majority baseline {100 * base[model]:.1f}%"
+        ax.set(xlabel="predicted", ylabel="true", title=title)
     else:
-        acc = state.get("best_acc") or [math.nan] * len(heads)
+        accs = state.get("best_acc") or [math.nan] * len(heads)
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        ax.bar(list(heads), acc, color="tab:blue")
-        for k, (h, a) in enumerate(zip(heads, acc, strict=True)):
-            ax.text(k, (a if a == a else 0) + 0.02, f"{a:.3f}\n{heads[h]} cells", ha="center", fontsize=8)
+        xs = np.arange(len(heads))
+        ax.bar(xs - 0.2, accs, width=0.4, color="tab:blue", label="model")
+        maj = [base.get(h, math.nan) for h in heads]
+        ax.bar(xs + 0.2, maj, width=0.4, color="lightgrey", label="majority baseline")
+        for k, (h, a) in enumerate(zip(heads, accs, strict=True)):
+            label = f"{a:.3f}\n{heads[h]} cells"
+            ax.text(k - 0.2, (a if a == a else 0) + 0.02, label, ha="center", fontsize=7)
+        ax.set_xticks(xs, list(heads))
+        ax.legend(fontsize=7, loc="upper right")
         ax.set(ylim=(0, 1.15), ylabel="validation top-1 accuracy",
-               title=f"{model}: per-partition accuracy (epoch {state.get('best_epoch')})")  # fmt: skip
+               title=f"{model}: per-partition accuracy (epoch {epoch})")  # fmt: skip
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
