@@ -10,6 +10,7 @@ summaries = {
     model: read_json(path)
     for model, path in zip(snakemake.params.models, snakemake.input.summaries, strict=True)
 }
-df = write_training_table(summaries, snakemake.output.csv, snakemake.output.md, demo=bool(snakemake.params.demo))
+out = snakemake.output
+df = write_training_table(summaries, out.csv, out.md, demo=bool(snakemake.params.demo))
 for row in df.itertuples(index=False):
     log.info("%s/%s: val accuracy %.3f, majority %.3f", row.model, row.head, row.val_acc, row.majority_acc)

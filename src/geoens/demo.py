@@ -15,9 +15,10 @@ same world at every resolution of a given config:
   another camera) test sets as image folders plus metadata;
 * contact sheets of the rendered images grouped by land-cover class and population bucket.
 
-Images are rendered, vectorised over a batch, from the land cover at the point, the population (buildings)
-and a smooth regional style (tint, texture orientation, sky), with noise and occasional look-alike classes,
-so attributes are visible with realistic confusion and location is only partly inferable.
+Images are rendered, vectorised over a batch, from the land cover at the point, the population (farmsteads
+from ~10 people per cell, town and city buildings from a few hundred) and a smooth regional style (tint,
+texture orientation, sky), with noise and occasional look-alike classes, so attributes are visible with
+realistic confusion and location is only partly inferable.
 """
 
 from __future__ import annotations
