@@ -108,7 +108,7 @@ class TrainerConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown trainer config key(s) {unknown}; known: {sorted(names)}")
-        if not isinstance(data.get("augment", AugmentConfig()), AugmentConfig):
+        if "augment" in data and not isinstance(data["augment"], AugmentConfig):
             data["augment"] = AugmentConfig.from_mapping(data["augment"])
         return cls(**data)
 
