@@ -7,12 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: env demo test test-fast lint bench bench-small report clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	# torch and torchvision in one command (see DESIGN section 8), then the package with its extras.
-	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev]'
+	# Everything in one pip command, at the exact versions of constraints.txt (torch and torchvision together).
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 env: $(STAMP)

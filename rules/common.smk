@@ -1,13 +1,17 @@
-# Shared helpers: config validation (before any job), input functions, names used by every stage.
+# Shared helpers: the effective config (validated before any job), input functions, names used by every stage.
 import json
 
-from snakemake.utils import validate
+from geoens.config import check_inputs_exist, effective_config
 
-from geoens.config import check_inputs_exist, validate_config
-
-# Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
-config.update(validate_config(config))
+# The config of this run, by the one function `geoens validate` uses too: the user's --configfile(s), or the
+# demo's config.yaml only when none is given (never merged under a user's file), then --config values, then
+# the schema's defaults for every key left out; validated (naming the key) and its input files checked.
+_effective = effective_config(
+    [str(f) for f in workflow.overwrite_configfiles or ()],
+    overrides=workflow.config_settings.config,
+)
+config.clear()
+config.update(_effective)
 check_inputs_exist(config)
 
 DEMO = bool(config["demo"]["enabled"])

@@ -366,7 +366,7 @@ def test_snakemake_demo_rule(tmp_path):
     work.mkdir()
     for item in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / item, work / item)
-    for item in ("rules", "workflow_scripts", "schemas", "envs"):
+    for item in ("rules", "workflow_scripts", "envs"):
         shutil.copytree(REPO / item, work / item)
     for line in (REPO / "Snakefile").read_text().splitlines():
         if line.startswith("include:"):

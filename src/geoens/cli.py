@@ -18,7 +18,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from geoens.config import ConfigError, grid_from_config, load_config
+from geoens import __version__
+from geoens.config import (
+    ConfigError,
+    deep_update,
+    effective_config,
+    explicit_keys,
+    grid_from_config,
+    load_config,
+    read_config_file,
+    render_config,
+)
 
 log = logging.getLogger("geoens.cli")
 
@@ -49,11 +59,21 @@ def _predict_family(
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """``geoens validate``: schema, grid and (optionally) input files."""
-    cfg = load_config(args.config, check_files=args.check_files)
+    """``geoens validate``: the effective config of a run with these files, checked and printed."""
+    cfg = effective_config(args.config)
+    if args.check_files:
+        load_config(args.config, check_files=True)
     grid = grid_from_config(cfg)
     testsets = sorted(cfg["inputs"]["testsets"])
-    print(f"{args.config}: valid; grid {grid.height} x {grid.width}; test sets {testsets}")
+    names = " + ".join(args.config)
+    print(f"{names}: valid; grid {grid.height} x {grid.width}; test sets {testsets}")
+    if not args.quiet:
+        given: dict[str, Any] = {}
+        for path in args.config:
+            deep_update(given, read_config_file(path))
+        print("# The effective config of `snakemake ... --configfile " + " ".join(args.config) + "`;")
+        print("# values marked 'default' are not in your file(s) and come from the schema's defaults.")
+        print(render_config(cfg, explicit_keys(given)), end="")
     return 0
 
 
@@ -112,10 +132,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``geoens`` argument parser."""
     parser = argparse.ArgumentParser(prog="geoens", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"geoens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="validate a workflow config against the schema")
-    v.add_argument("config")
+    v = sub.add_parser(
+        "validate", help="check config file(s) as a run would use them, and print the effective config"
+    )
+    v.add_argument("config", nargs="+", help="config file(s), merged in order like repeated --configfile")
     v.add_argument("--check-files", action="store_true", help="also require the input files to exist")
+    v.add_argument("-q", "--quiet", action="store_true", help="print only the one-line verdict")
     v.set_defaults(func=cmd_validate)
     s = sub.add_parser("search", help="ranked regions to search for photos, within an area budget")
     s.add_argument("images", nargs="+", help="photo file(s)")

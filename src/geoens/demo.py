@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgpack
 import numpy as np
@@ -496,22 +496,53 @@ def _lccs_flags() -> tuple[npt.NDArray[np.uint8], str]:
     return codes, " ".join(LCCS_NAMES[int(c)] for c in codes)
 
 
-def write_landcover_netcdf(path: str | Path, lc: npt.NDArray[np.uint8]) -> None:
-    """Write land cover like ESA CCI LC's NetCDF: ``lccs_class(time, lat, lon)`` int8, ``_Unsigned="true"``.
+#: The two encodings real ESA CCI LC NetCDF copies come in: ``byte`` = ``lccs_class`` NC_BYTE with
+#: ``_Unsigned="true"`` in the NetCDF-4 classic model (ESA's own files); ``ubyte`` = NC_UBYTE (NetCDF-4).
+LC_NETCDF_ENCODINGS: Final[tuple[str, ...]] = ("byte", "ubyte")
 
-    Latitudes descend (north first, as ESA's), a ``crs`` grid-mapping variable carries EPSG:4326, and the
-    file uses the NetCDF-4 classic model (GDAL's netCDF driver reads ``_Unsigned`` bytes from it as uint8;
-    from the enhanced model it fails with "Numeric conversion not representable"). Codes above 127 are
-    stored as negative int8 values: read through GDAL/rasterio or cast with ``.view(np.uint8)``.
+
+def write_landcover_netcdf(path: str | Path, lc: npt.NDArray[np.uint8], encoding: str = "byte") -> None:
+    """Write land cover like ESA CCI LC's NetCDF (see :func:`write_lccs_netcdf`) from an array in memory."""
+    write_lccs_netcdf(path, lc.shape, lambda r0, n: lc[r0 : r0 + n], encoding=encoding)
+
+
+def write_lccs_netcdf(
+    path: str | Path,
+    shape: tuple[int, int],
+    rows: Callable[[int, int], npt.NDArray[np.uint8]],
+    encoding: str = "byte",
+    strip: int = 2025,
+    complevel: int = 4,
+    title: str = f"ESA CCI Land Cover Map ({DEMO_LABEL})",
+) -> None:
+    """Write LCCS codes in ESA CCI LC's NetCDF layout, strip by strip: ``lccs_class(time, lat, lon)``.
+
+    Latitudes descend (north first, as ESA's), a ``crs`` grid-mapping variable carries EPSG:4326, chunks are
+    2025 x 2025 like ESA's. ``encoding="byte"``: NC_BYTE with ``_Unsigned="true"`` in the NetCDF-4 classic
+    model, as ESA distributes it (codes above 127 are stored as negative int8; GDAL's netCDF driver reads
+    ``_Unsigned`` bytes from the classic model as uint8, from the enhanced model it fails with "Numeric
+    conversion not representable"). ``encoding="ubyte"``: NC_UBYTE (NetCDF-4), as re-encoded copies have it.
+
+    Args:
+        path: The file to write (atomically).
+        shape: ``(rows, cols)`` of the global raster.
+        rows: ``rows(r0, n)`` returns the ``n x cols`` uint8 codes of rows ``r0 .. r0 + n - 1``.
+        encoding: ``byte`` or ``ubyte`` (:data:`LC_NETCDF_ENCODINGS`).
+        strip: Rows written per call of ``rows``.
+        complevel: zlib level.
+        title: The file's ``title`` attribute.
     """
     import netCDF4
 
-    h, w = lc.shape
+    if encoding not in LC_NETCDF_ENCODINGS:
+        raise ValueError(f"NetCDF encoding {encoding!r}: expected one of {LC_NETCDF_ENCODINGS}")
+    h, w = shape
     codes, meanings = _lccs_flags()
-    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4_CLASSIC") as ds:
-        ds.title = f"ESA CCI Land Cover Map ({DEMO_LABEL})"
+    fmt: Literal["NETCDF4_CLASSIC", "NETCDF4"] = "NETCDF4_CLASSIC" if encoding == "byte" else "NETCDF4"
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format=fmt) as ds:
+        ds.title = title
         ds.Conventions = "CF-1.6"
-        ds.source = "geoens.demo"
+        ds.source = "geoens"
         ds.geospatial_lat_min, ds.geospatial_lat_max = -90.0, 90.0
         ds.geospatial_lon_min, ds.geospatial_lon_max = -180.0, 180.0
         ds.createDimension("time", 1)
@@ -530,23 +561,28 @@ def write_landcover_netcdf(path: str | Path, lc: npt.NDArray[np.uint8]) -> None:
         crs.grid_mapping_name = "latitude_longitude"
         crs.wkt = crs.crs_wkt = rasterio.crs.CRS.from_epsg(4326).to_wkt()
         crs.semi_major_axis, crs.inverse_flattening = 6378137.0, 298.257223563
+        dtype = "i1" if encoding == "byte" else "u1"
         v = ds.createVariable(
             "lccs_class",
-            "i1",
+            dtype,
             ("time", "lat", "lon"),
             zlib=True,
-            complevel=4,
+            complevel=complevel,  # type: ignore[arg-type]
             chunksizes=(1, min(h, 2025), min(w, 2025)),
-            fill_value=np.int8(0),
+            fill_value=np.int8(0) if encoding == "byte" else np.uint8(0),
         )
         v.set_auto_maskandscale(False)
-        v.setncattr("_Unsigned", "true")
+        if encoding == "byte":
+            v.setncattr("_Unsigned", "true")
         v.long_name = "Land cover class defined in LCCS"
         v.standard_name = "land_cover_lccs"
         v.grid_mapping = "crs"
-        v.flag_values = codes.view(np.int8)
+        v.flag_values = codes.view(np.int8) if encoding == "byte" else codes
         v.flag_meanings = meanings
-        v[0, :, :] = lc.view(np.int8)
+        for r0 in range(0, h, strip):
+            n = min(strip, h - r0)
+            block = np.ascontiguousarray(rows(r0, n), dtype=np.uint8)
+            v[0, r0 : r0 + n, :] = block.view(np.int8) if encoding == "byte" else block
 
 
 def write_landcover_geotiff(path: str | Path, lc: npt.NDArray[np.uint8]) -> None:

@@ -1,6 +1,6 @@
 """Helpers to run the real workflow (or a small test Snakefile) in a temporary copy, as a subprocess.
 
-``copy_workflow(dest)`` copies what Snakemake needs (Snakefile, rules/, workflow_scripts/, schemas/,
+``copy_workflow(dest)`` copies what Snakemake needs (Snakefile, rules/, workflow_scripts/,
 envs/, config.yaml, tests/data/tiny.yaml) so a test can run and modify the workflow without touching
 the repository. The package itself is installed editable, so ``import geoens`` works from the copy.
 """
@@ -22,7 +22,6 @@ WORKFLOW_PARTS = (
     "Snakefile",
     "rules",
     "workflow_scripts",
-    "schemas",
     "envs",
     "config.yaml",
     "config",
