@@ -562,12 +562,12 @@ def write_lccs_netcdf(
         crs.wkt = crs.crs_wkt = rasterio.crs.CRS.from_epsg(4326).to_wkt()
         crs.semi_major_axis, crs.inverse_flattening = 6378137.0, 298.257223563
         dtype = "i1" if encoding == "byte" else "u1"
-        v = ds.createVariable(
+        v = ds.createVariable(  # type: ignore[call-overload]  # complevel: int, not Literal[0..9]
             "lccs_class",
             dtype,
             ("time", "lat", "lon"),
             zlib=True,
-            complevel=complevel,  # type: ignore[arg-type]
+            complevel=complevel,
             chunksizes=(1, min(h, 2025), min(w, 2025)),
             fill_value=np.int8(0) if encoding == "byte" else np.uint8(0),
         )
