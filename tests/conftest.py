@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from cluster.slurm import SlurmCluster, start_cluster, unavailable_reason
+from cluster.workflow import REPO, snakemake_env
+
+#: The peers' reference data beside the checkout (tests that need them skip when absent).
+PEERS = REPO.parent / "shared" / "reference" / "peers"
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +32,20 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small rehearsal folder (``python -m geoens.rehearsal --scale 20``): the real input layouts at the
+    paths of config/paper.yaml, a ``my.yaml``, the workflow linked in. Skips without the peers' data."""
+    if not PEERS.is_dir():
+        pytest.skip(f"peers' reference data not found at {PEERS}")
+    out = tmp_path_factory.mktemp("rehearsal") / "r"
+    args = ["--scale", "20", "--geotags", "3000", "--places", "200", "--streetview", "50"]
+    args += ["--workflow", str(REPO), "--peers", str(PEERS)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoens.rehearsal", str(out), *args],
+        capture_output=True, text=True, env=snakemake_env(), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -302,7 +302,8 @@ def test_missing_clip_cache_names_model_and_command(tmp_path: Path) -> None:
     with pytest.raises(gc.ClipNotCachedError, match=r"openai/clip-vit-large-patch14") as err:
         gc.ClipImageTower(model_id, cache_dir=tmp_path / "empty-hf-cache")
     msg = str(err.value)
-    assert f"huggingface-cli download {model_id}" in msg
+    assert f"`hf download {model_id}`" in msg
+    _assert_hint_command_works(msg)
     assert "geoclip.clip_model" in msg and "HF_HOME" in msg and str(tmp_path / "empty-hf-cache") in msg
     with pytest.raises(gc.ClipNotCachedError, match="geoens-test/no-such-clip"):
         gc.load_image_tower("clip", None, "geoens-test/no-such-clip")
@@ -325,3 +326,17 @@ def test_reads_real_geoestimation_fine_partition(tmp_path: Path, encoder: gc.Loc
     emb = gc.cell_embeddings(head, tmp_path / "c.parquet", encoder=encoder)
     want = gc.embed_locations(part["latitude_mean"][:50], part["longitude_mean"][:50], encoder)
     np.testing.assert_allclose(emb, want, atol=1e-6)
+
+
+def _assert_hint_command_works(msg: str) -> None:
+    """The download command a hint names exists in the installed huggingface_hub client."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = re.search(r"`(hf download [^`]+)`", msg)
+    assert cmd, msg
+    exe = Path(sys.executable).with_name("hf")
+    proc = subprocess.run([str(exe), "download", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "REPO_ID" in proc.stdout

@@ -23,12 +23,13 @@ realistic confusion and location is only partly inferable.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -928,20 +929,17 @@ def encode_jpeg(img: U8, quality: int = 90) -> bytes:
 # --------------------------------------------------------------------------------------------------
 # writers and readers of the image sets
 # --------------------------------------------------------------------------------------------------
-def write_shards(
-    folder: str | Path, records: Iterator[tuple[str, bytes]] | list[tuple[str, bytes]], n_shards: int
-) -> None:
-    """Write ``(id, jpeg)`` records round-robin into ``shard-NNN.msgpack`` files (MP-16's layout).
+def write_shards(folder: str | Path, records: Iterable[tuple[str, bytes]], n_shards: int) -> None:
+    """Write ``(id, jpeg)`` records round-robin into ``shard-NNN.msgpack`` files (MP-16's layout), streaming.
 
-    Each shard is a stream of msgpack maps ``{"id": str, "image": bytes}``, one after another.
+    Each shard is a stream of msgpack maps ``{"id": str, "image": bytes}``, one after another; record ``i``
+    goes to shard ``i mod n_shards``.
     """
-    recs = list(records)
-    with atomic_path(folder, is_dir=True) as tmp:
-        packer = msgpack.Packer(use_bin_type=True)
-        for k in range(n_shards):
-            with open(tmp / f"shard-{k:03d}.msgpack", "wb") as fh:
-                for img_id, data in recs[k::n_shards]:
-                    fh.write(packer.pack({"id": img_id, "image": data}))
+    packer = msgpack.Packer(use_bin_type=True)
+    with atomic_path(folder, is_dir=True) as tmp, contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(tmp / f"shard-{k:03d}.msgpack", "wb")) for k in range(n_shards)]
+        for i, (img_id, data) in enumerate(records):
+            files[i % n_shards].write(packer.pack({"id": img_id, "image": data}))
 
 
 def read_shards(path: str | Path) -> Iterator[tuple[str, bytes]]:

@@ -542,8 +542,8 @@ def resolve_clip_model(model_id: str = DEFAULT_CLIP_MODEL, cache_dir: str | Path
             f"GeoCLIP's image tower needs the CLIP model '{model_id}' (config key geoclip.clip_model) in the "
             f"local Hugging Face cache ({cache_dir or _hf_cache_dir()}, set by HF_HOME), and it is not "
             "there. "
-            f"Download it once on a machine with internet: `huggingface-cli download {model_id}` "
-            f"(or `hf download {model_id}`), with HF_HOME pointing at the cache this workflow uses; "
+            f"Download it once on a machine with internet: `hf download {model_id}` "
+            "(the huggingface_hub client's command), with HF_HOME pointing at the cache this workflow uses; "
             f"or set geoclip.image_tower: trained. ({type(exc).__name__}: {exc})"
         ) from exc
 

@@ -114,7 +114,7 @@ def build_backbone(
                 raise PretrainedWeightsMissingError(
                     f"pretrained weights for backbone '{name}' are not in the local Hugging Face cache "
                     f"(HF_HUB_OFFLINE=1). Download them on a machine with internet, e.g. "
-                    f"`huggingface-cli download {hub_id}` (then copy ~/.cache/huggingface), or set "
+                    f"`hf download {hub_id}` (then copy ~/.cache/huggingface), or set "
                     f"train.models.<model>.pretrained_file to a local weights file, or set "
                     f"{ALLOW_DOWNLOAD_ENV}=1 to allow downloads"
                 )
