@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench bench-small report clean
+.PHONY: env demo test test-fast lint bench bench-small report rehearsal rehearsal-small clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(STAMP)
 
 bench-small: $(STAMP)
 	$(BIN)/python bench/run_all.py --small
+
+# The real-data path at full size on synthetic inputs in the real layouts (README, "Rehearsal").
+rehearsal: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.rehearsal rehearsal --run
+
+rehearsal-small: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.rehearsal rehearsal-small --scale 20 --geotags 20000 --run
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html
