@@ -140,7 +140,7 @@ def test_a_wrong_landscan_is_named_on_the_real_path(rehearsal: Path, tmp_path: P
             width=data.shape[1],
             transform=rasterio.transform.from_bounds(-180, -90, 180, 90, *data.shape[::-1]),
         )
-        expect = "native size 1080 x 2153"
+        expect = "raster is 1080 x 2153 pixels; a global lat/lon raster has twice as many columns"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     run = run_snakemake(work, "results/masks/ls.tif", "--cores", "2", "--configfile", "my.yaml")

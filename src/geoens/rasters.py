@@ -101,8 +101,18 @@ class NativeRaster:
 
     @property
     def native_grid(self) -> Grid:
-        """The native raster as a :class:`Grid` (for point -> native pixel; needs ``width == 2 height``)."""
-        return Grid(self.height, self.width)
+        """The native raster as a :class:`Grid` (for point -> native pixel).
+
+        Raises:
+            ValueError: Naming the file, if the raster is not a global ``H x 2H`` lat/lon grid.
+        """
+        try:
+            return Grid(self.height, self.width)
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.path}: {self.kind} raster is {self.height} x {self.width} pixels; a global lat/lon "
+                "raster has twice as many columns as rows (LandScan 21600 x 43200, ESA CCI LC 64800 x 129600)"
+            ) from exc
 
     def sample(self, lat: npt.ArrayLike, lon: npt.ArrayLike, max_rows: int = 512) -> np.ndarray:
         """Values of the native pixels containing the points (DESIGN 2 pixel convention), nodata included.
