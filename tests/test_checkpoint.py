@@ -35,13 +35,13 @@ STEPS = 47
 TRAINER = {**FAST, "batch_size": BATCH, "epochs": 2}
 
 
-def _command(paths: dict[str, Path], out: Path, every: int) -> list[str]:
+def _command(paths: dict[str, Path], out: Path, every: int, gpus: int = 0) -> list[str]:
     return [
         sys.executable, "-m", "geoens.train", "--model", "lc",
         "--labels", str(paths["labels"]), "--shards", str(paths["shards"]), "--out", str(out),
         "--trainer", json.dumps(TRAINER), "--device", "cpu", "--num-workers", "0", "--seed", "3",
         "--threads", "1", "--logfile", str(out / "train.log"),
-        "--checkpoint-every-steps", str(every), "--progress-every-s", "0",
+        "--checkpoint-every-steps", str(every), "--progress-every-s", "0", "--gpus", str(gpus),
     ]  # fmt: skip
 
 
@@ -50,35 +50,46 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _run(paths: dict[str, Path], out: Path, every: int) -> subprocess.CompletedProcess[str]:
+def _run(paths: dict[str, Path], out: Path, every: int, gpus: int = 0) -> subprocess.CompletedProcess[str]:
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        _command(paths, out, every), env=_env(), capture_output=True, text=True, timeout=600, check=False
+        _command(paths, out, every, gpus),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
-def _interrupt(paths: dict[str, Path], out: Path, every: int, sig: signal.Signals, min_step: int) -> int:
-    """Start training, send ``sig`` once the log shows step >= ``min_step`` of epoch 1; return the status."""
+def _interrupt(
+    paths: dict[str, Path], out: Path, every: int, sig: signal.Signals, min_step: int, gpus: int = 0
+) -> int:
+    """Start training, send ``sig`` once the log shows step >= ``min_step`` of epoch 1; return the status.
+
+    The signal goes to the whole process group, as SLURM signals every process of a job step.
+    """
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        _command(paths, out, every), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    pattern = re.compile(rf"train lc epoch 1/2 step (\d+)/{STEPS}")
+        _command(paths, out, every, gpus), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    pattern = re.compile(r"train lc epoch 1/2 step (\d+)/")
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             text = (out / "train.log").read_text() if (out / "train.log").exists() else ""
             if any(int(m) >= min_step for m in pattern.findall(text)):
-                proc.send_signal(sig)
+                os.killpg(proc.pid, sig)
                 break
             time.sleep(0.01)
         else:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"training never reached step {min_step}: {proc.communicate()[1][-3000:]}")
         proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode
 
 
@@ -168,4 +179,26 @@ def test_skip_sampler_and_progress_line(caplog: pytest.LogCaptureFixture) -> Non
     assert re.fullmatch(
         r"train x epoch 2/3 step 4/10 \(40%\): [\d.]+ images/s; epoch ETA \S+, run ETA \S+",
         caplog.messages[0],
+    )
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_at_the_same_step_and_resume(world: dict[str, Path], tmp_path: Path) -> None:
+    """Two DDP processes (torchrun, gloo on CPU): SIGTERM to the whole job, one checkpoint, same weights."""
+    ref = _run(world, tmp_path / "ref", every=0, gpus=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "run"
+    status = _interrupt(world, out, every=0, sig=signal.SIGTERM, min_step=3, gpus=2)
+    assert status != 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    step = ckpt["partial"]["step"]
+    assert ckpt["state"]["epoch"] == 0 and 3 <= step < STEPS // 2, step
+    assert ckpt["partial"]["n_seen"] == 2 * BATCH * step  # the sums of both ranks
+    assert "SIGTERM: saved checkpoint" in (out / "train.log").read_text()
+    resumed = _run(world, out, every=0, gpus=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_weights(tmp_path / "ref" / "model.pt", out / "model.pt")
+    cols = ["train_loss", "val_loss", "val_acc"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "ref" / "metrics.csv")[cols], pd.read_csv(out / "metrics.csv")[cols]
     )
