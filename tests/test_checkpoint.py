@@ -26,7 +26,8 @@ import torch
 
 import geoens
 from geoens.checkpoint import ProgressLog, SkipSampler, format_duration
-from geoens.constants import EXIT_RESUMABLE
+from geoens.constants import CHECKPOINT_EVERY_STEPS, EXIT_RESUMABLE, PROGRESS_EVERY_S
+from geoens.train import build_parser
 from test_train import FAST, make_world
 
 N_IMAGES, N_VAL, BATCH = 100, 4, 2
@@ -162,6 +163,17 @@ def test_killed_job_resumes_from_periodic_checkpoint(world: dict[str, Path], tmp
     resumed = _run(world, out, every=5)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_weights(world["reference"] / "model.pt", out / "model.pt")
+
+
+def test_schema_defaults_are_the_constants() -> None:
+    from geoens.config import load_schema
+
+    train = load_schema()["properties"]["train"]["properties"]
+    assert train["checkpoint_every_steps"]["default"] == CHECKPOINT_EVERY_STEPS
+    assert train["progress_every_s"]["default"] == PROGRESS_EVERY_S
+    parser_defaults = build_parser().parse_args(["--model", "lc", "--labels", "l", "--shards", "s",
+                                                 "--out", "o", "--trainer", "{}"])  # fmt: skip
+    assert parser_defaults.checkpoint_every_steps == CHECKPOINT_EVERY_STEPS
 
 
 def test_skip_sampler_and_progress_line(caplog: pytest.LogCaptureFixture) -> None:
