@@ -60,6 +60,19 @@ TRAIN_LABELS = "results/labels/train"
 SHARD_INDEX = "results/models/shard_index.parquet"
 
 
+def by_attempt(base, growth):
+    """Resource callable: `base` (a number or a function of the wildcards) on the first attempt, and
+    `growth * base` more for each retry (Snakemake passes `attempt`, 1 on the first run; profiles set
+    `retries`). A training job killed at its time limit resumes from its checkpoint with more time.
+    """
+
+    def resource(wildcards, attempt):
+        value = base(wildcards) if callable(base) else base
+        return int(value * (1 + growth * (attempt - 1)))
+
+    return resource
+
+
 def train_inputs(wildcards):
     """Label shards, the image shards and their index, and the partitions (geoest only)."""
     inputs = {

@@ -144,3 +144,11 @@ rule figure_probmap:
         demo=DEMO,
     script:
         "../workflow_scripts/report_probmap.py"
+
+
+# Tables and figures take seconds: run them on the submitting node instead of the cluster queue.
+localrules:
+    tables,
+    figure_rva,
+    figure_buckets,
+    figure_probmap,

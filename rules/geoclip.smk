@@ -42,9 +42,10 @@ rule geoclip_tower:
         "../envs/torch.yaml"
     threads: max(1, config["train"]["num_workers"])
     resources:
-        mem_mb=8000,
-        runtime=720,
-        gpu=config["geoclip"]["tower"]["gpus"],
+        mem_mb=by_attempt(8000, 1.0),
+        runtime=by_attempt(720, 0.5),
+        # one process, one device (no DistributedDataParallel): never more than 1 GPU
+        gpu=min(1, config["geoclip"]["tower"]["gpus"]),
     params:
         tower=params_of("geoclip", "tower"),
         queue_size=config["geoclip"]["queue_size"],
@@ -71,8 +72,8 @@ rule geoclip_predict:
         "../envs/torch.yaml"
     threads: max(1, config["train"]["num_workers"])
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=by_attempt(8000, 1.0),
+        runtime=by_attempt(240, 0.5),
         gpu=min(1, config["geoclip"]["tower"]["gpus"]),
     params:
         image_tower=config["geoclip"]["image_tower"],

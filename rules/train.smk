@@ -3,6 +3,8 @@
 # cached for every prediction dataset (each test set and the training set's val split).
 # Training resumes from results/models/<model>/checkpoint.pt (not an output, never temp) after a kill.
 # With train.models.<model>.gpus > 1 the script re-launches itself as `torchrun --nproc_per_node=<gpus>`.
+# SIGTERM/SIGUSR1 (SLURM's warning before a time limit or preemption) make train checkpoint mid-epoch and exit
+# 75; the retry (more memory and time per attempt) resumes there. docs/cluster.md, "Time limits".
 
 
 rule shard_index:
@@ -53,8 +55,10 @@ rule train:
         "../envs/torch.yaml"
     threads: max(2, config["train"]["num_workers"])
     resources:
-        mem_mb=lambda wc: 8000 * max(1, config["train"]["models"][wc.model]["gpus"]),
-        runtime=lambda wc: 240 if DEMO else 2880,
+        mem_mb=by_attempt(
+            lambda wc: 8000 * max(1, config["train"]["models"][wc.model]["gpus"]), 1.0
+        ),
+        runtime=by_attempt(lambda wc: 240 if DEMO else 2880, 0.5),
         gpu=lambda wc: config["train"]["models"][wc.model]["gpus"],
     params:
         trainer=lambda wc: params_of("train", "models", wc.model),
@@ -81,8 +85,8 @@ rule predict:
         "../envs/torch.yaml"
     threads: max(2, config["train"]["num_workers"])
     resources:
-        mem_mb=8000,
-        runtime=lambda wc: 60 if DEMO else 720,
+        mem_mb=by_attempt(8000, 1.0),
+        runtime=by_attempt(lambda wc: 60 if DEMO else 720, 0.5),
         gpu=lambda wc: min(1, config["train"]["models"][wc.model]["gpus"]),
     params:
         device=config["train"]["device"],
@@ -117,3 +121,8 @@ rule training_table:
         demo=DEMO,
     script:
         "../workflow_scripts/report_training.py"
+
+
+# A few seconds of pandas: run on the submitting node instead of waiting in the cluster queue.
+localrules:
+    training_table,

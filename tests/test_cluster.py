@@ -235,3 +235,93 @@ def test_tiny_demo_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, t
     assert by_rule["train"] == ("gpu", "COMPLETED") and by_rule["predict"] == ("gpu", "COMPLETED"), by_rule
     assert by_rule["atoms"] == ("cpu", "COMPLETED"), by_rule
     assert all(state == "COMPLETED" for _, state in by_rule.values()), by_rule
+
+
+# A long job that SLURM warns before its end (what `--signal=TERM@<seconds>` or a preemption does; here
+# `scancel --signal=TERM`, which reaches the same processes: every process of the job's steps, including
+# Snakemake's job process, which on SIGTERM waits for its running script). The job's script
+# uses geoens' StopSignals like the training loops: it saves its step, exits 75, Snakemake resubmits it
+# (retries: 1 in the profile) with the runtime of attempt 2, and the retry resumes from the saved step.
+# (Snakemake passes `attempt` to resource functions, not to scripts: the script sees the runtime.)
+PREEMPT_SNAKEFILE = textwrap.dedent(
+    """
+    rule all:
+        input:
+            "results/done.json",
+
+    rule long_job:
+        output:
+            "results/done.json",
+        log:
+            "logs/long_job.log",
+        resources:
+            mem_mb=200,
+            runtime=lambda wc, attempt: 5 * attempt,
+            # as docs/cluster.md advises for train/geoclip_tower (here far too late to matter: the test
+            # signals the job itself after a few seconds)
+            slurm_extra="'--signal=TERM@30'",
+        script:
+            "long_job.py"
+    """
+)
+PREEMPT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+
+    from geoens.checkpoint import StopSignals
+    from geoens.constants import EXIT_RESUMABLE
+
+    snakemake = globals()["snakemake"]
+    state_file = Path("results/state.json")
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"step": 0, "resumed_at": []}
+    state["resumed_at"].append(state["step"])
+    with StopSignals() as signals, open(snakemake.log[0], "a") as log:
+        while state["step"] < 30:
+            time.sleep(0.5)
+            state["step"] += 1
+            print(f"runtime {snakemake.resources.runtime} job {os.environ.get('SLURM_JOB_ID')} "
+                  f"step {state['step']}", file=log, flush=True)
+            if signals.received:
+                state["signal"] = signals.received
+                state_file.write_text(json.dumps(state))
+                print(f"{signals.received}: saved step {state['step']}, will resume", file=log, flush=True)
+                sys.exit(EXIT_RESUMABLE)
+    state["runtime"] = snakemake.resources.runtime
+    Path(snakemake.output[0]).write_text(json.dumps(state))
+    """
+)
+
+
+@pytest.mark.slurm
+def test_signalled_job_checkpoints_and_resumes_on_retry(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    import json
+    import time
+
+    sig = "TERM"
+    workdir = _write(tmp_path / sig, PREEMPT_SNAKEFILE)
+    (workdir / "long_job.py").write_text(PREEMPT_SCRIPT)
+    args = ["all", "--profile", str(PROFILES["slurm"]), *FAST_POLL["slurm"], "--latency-wait", "5"]
+    env = snakemake_env({"SLURM_CONF": str(slurm_cluster.conf)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    log = workdir / "logs" / "long_job.log"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and "step 3" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-6000:]
+            time.sleep(0.2)
+        job = re.search(r"job (\d+) step 3", log.read_text())
+        assert job is not None
+        slurm_cluster.run("scancel", f"--signal={sig}", job.group(1))
+        out = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-6000:]
+    done = json.loads((workdir / "results" / "done.json").read_text())
+    # the retry ran with the runtime of attempt 2 and resumed where the signalled attempt saved
+    assert done["signal"] == f"SIG{sig}" and done["runtime"] == 10, done
+    assert done["resumed_at"][0] == 0 and done["resumed_at"][1] >= 3, done

@@ -1,9 +1,17 @@
-"""Train the demo image tower into GeoCLIP's frozen location-embedding space (contrastive, GPS queue)."""
+"""Train the demo image tower into GeoCLIP's frozen location-embedding space (contrastive, GPS queue).
+
+Resumable like rule train: a checkpoint every ``train.checkpoint_every_steps`` steps and after
+SIGTERM/SIGUSR1, then exit 75 so that the retried job resumes mid-epoch. The tower trains in one process on
+one device (no DistributedDataParallel), so the rule requests ``min(1, geoclip.tower.gpus)`` GPUs.
+"""
 
 import json
+import sys
 
 import torch
 
+from geoens.checkpoint import StopSignals, TrainingInterrupted
+from geoens.constants import EXIT_RESUMABLE
 from geoens.geoclip_adapter import TowerTrainConfig, run_train_tower
 from geoens.logs import setup_logging
 
@@ -21,12 +29,22 @@ cfg = TowerTrainConfig.from_config(
     num_workers=int(p.num_workers),
 )
 log.info("geoclip tower config: %s", cfg)
-history = run_train_tower(
-    snakemake.input.shards,
-    snakemake.input.labels,
-    snakemake.output.model,
-    cfg,
-    snakemake.output.metrics,
-    shard_index=snakemake.input.index,
-)
+if cfg.gpus > 1:
+    log.warning("geoclip.tower.gpus is %d but the tower trains on one GPU; the job requests 1", cfg.gpus)
+train_cfg = snakemake.config["train"]
+with StopSignals() as signals:
+    try:
+        history = run_train_tower(
+            snakemake.input.shards,
+            snakemake.input.labels,
+            snakemake.output.model,
+            cfg,
+            snakemake.output.metrics,
+            shard_index=snakemake.input.index,
+            checkpoint_every_steps=int(train_cfg["checkpoint_every_steps"]),
+            progress_every_s=float(train_cfg["progress_every_s"]),
+            signals=signals,
+        )
+    except TrainingInterrupted:
+        sys.exit(EXIT_RESUMABLE)
 log.info("final epoch: %s", history[-1] if history else None)

@@ -1,4 +1,9 @@
-"""Rule train: run ``python -m geoens.train`` for one predictor (as torchrun when gpus > 1)."""
+"""Rule train: run ``python -m geoens.train`` for one predictor (as torchrun when gpus > 1).
+
+Exits 75 after SIGTERM/SIGUSR1 once a checkpoint is saved, so the retried job resumes mid-epoch. The
+checkpoint and progress intervals come from ``config["train"]``, not from ``params:``: changing them does
+not make a finished model stale.
+"""
 
 import json
 import os
@@ -22,6 +27,8 @@ argv = [
     "--threads", str(snakemake.threads),
     "--gpus", str(trainer.get("gpus", 0)),
     "--logfile", snakemake.log[0],
+    "--checkpoint-every-steps", str(snakemake.config["train"]["checkpoint_every_steps"]),
+    "--progress-every-s", str(snakemake.config["train"]["progress_every_s"]),
 ]  # fmt: skip
 if snakemake.wildcards.model == "geoest":
     argv += ["--partitions", os.path.dirname(snakemake.input.hierarchy)]

@@ -104,3 +104,14 @@ METHOD_VARIANTS: Final[tuple[tuple[str, tuple[str, ...], bool], ...]] = (
 
 #: Label value meaning "no class" in every label raster and label column.
 NO_CLASS: Final[int] = -1
+
+# --- training on a cluster queue ------------------------------------------------------------------
+#: Exit status of a training job that saved a checkpoint after SIGTERM/SIGUSR1 (sysexits' EX_TEMPFAIL):
+#: non-zero, so Snakemake/SLURM retry the job, which then resumes from the checkpoint.
+EXIT_RESUMABLE: Final[int] = 75
+#: Signals that make a training loop checkpoint at the next step boundary and exit with EXIT_RESUMABLE.
+STOP_SIGNALS: Final[tuple[str, ...]] = ("SIGTERM", "SIGUSR1")
+#: Default of ``train.checkpoint_every_steps`` (optimizer steps between mid-epoch checkpoints; 0: none).
+CHECKPOINT_EVERY_STEPS: Final[int] = 500
+#: Default of ``train.progress_every_s`` (seconds between in-epoch progress lines in the training log).
+PROGRESS_EVERY_S: Final[float] = 60.0

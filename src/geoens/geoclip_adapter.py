@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -50,6 +51,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from torch import Tensor, nn
 
+from geoens.checkpoint import Checkpointer, ProgressLog, StopSignals, rng_state, set_rng_state
+from geoens.constants import CHECKPOINT_EVERY_STEPS, PROGRESS_EVERY_S
 from geoens.io import atomic_path, write_json
 from geoens.models import build_backbone
 from geoens.train import TrainerConfig
@@ -77,6 +80,8 @@ MAX_LOGIT_SCALE = 100.0
 PARTITION_COLUMNS = ("class_label", "hex_id", "latitude_mean", "longitude_mean")
 #: Format version of the cell-embedding cache (bump when its layout or meaning changes).
 CACHE_VERSION = "1"
+#: Format version of the tower's training checkpoint (``results/models/geoclip_tower/checkpoint.pt``).
+TOWER_CHECKPOINT_VERSION = 1
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -716,12 +721,17 @@ def evaluate_loss(
 
 
 def train_tower(
-    train_batches: Callable[[int], Iterable[Batch]],
+    train_batches: Callable[[int, int], Iterable[Batch]],
     val_batches: Callable[[], Iterable[Batch]] | None,
     cfg: TowerTrainConfig,
     encoder: LocationEncoder | None = None,
     gallery: FloatArray | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    *,
+    checkpoint: Checkpointer | None = None,
+    steps_per_epoch: int | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[TrainedImageTower, list[dict[str, float]]]:
     """Train a small image tower into GeoCLIP's frozen location space with GeoCLIP's objective.
 
@@ -730,13 +740,23 @@ def train_tower(
     of GeoCLIP's GPS gallery; cross-entropy on ``logit_scale * cos``. The location encoder stays frozen.
     The tower with the lowest validation loss is kept (early stopping with ``cfg.patience``).
 
+    With ``checkpoint``, the whole training state (weights, optimizer, schedule, GPS queue, early-stopping
+    state, RNG) is saved at every epoch end, every ``checkpoint.every_steps`` steps and after a stop signal
+    (then :class:`~geoens.checkpoint.TrainingInterrupted` is raised), and a matching checkpoint is resumed,
+    also in the middle of an epoch, ending with the same weights as an uninterrupted run.
+
     Args:
-        train_batches: ``epoch -> iterable of (images, gps)``, shuffled per epoch by the caller.
+        train_batches: ``(epoch, first batch) -> iterable of (images, gps)``, shuffled per epoch by the
+            caller; a resume asks for the batches from ``first batch`` on (:func:`gps_batches`).
         val_batches: ``() -> iterable of (images, gps)`` or ``None`` (then the last epoch is kept).
         cfg: Hyper-parameters.
         encoder: GeoCLIP's location encoder (default: the shipped weights).
         gallery: ``(n, 2)`` GPS gallery (default: GeoCLIP's 100K gallery).
         on_epoch: Called with each epoch's metrics row.
+        checkpoint: Where and when to checkpoint (``None``: no checkpoint, no resume).
+        steps_per_epoch: Batches per epoch, for the progress line's ETA (``None``: no ETA).
+        progress_every_s: Seconds between in-epoch progress lines (images/s, ETA) in the log.
+        on_step: Called with ``(epoch, step)`` after each optimizer step.
 
     Returns:
         The trained tower (eval mode, on CPU) and one metrics row per epoch
@@ -765,12 +785,43 @@ def train_tower(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
 
-    history: list[dict[str, float]] = []
-    best_loss, best_state, stale = math.inf, copy.deepcopy(tower.state_dict()), 0
-    for epoch in range(cfg.epochs):
+    # the loop's state; a checkpoint stores it with the weights, optimizer, schedule, queue and RNG
+    st: dict[str, Any] = {
+        "epoch": 0, "step": 0, "global_step": 0, "total": 0.0, "count": 0, "history": [],
+        "best_loss": math.inf, "best_state": copy.deepcopy(tower.state_dict()), "stale": 0, "done": False,
+    }  # fmt: skip
+    saved = checkpoint.load("cpu") if checkpoint is not None else None
+    if checkpoint is not None and saved is not None:
+        tower.load_state_dict(saved["tower"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        queue.buf, queue.ptr = saved["queue"].to(device), int(saved["queue_ptr"])
+        set_rng_state(saved["rng"])
+        st = saved["state"]
+        log.info(
+            "geoclip tower: resumed from %s at epoch %d step %d", checkpoint.path, st["epoch"] + 1, st["step"]
+        )
+
+    def save() -> None:
+        assert checkpoint is not None
+        checkpoint.save(
+            {
+                "tower": tower.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "queue": queue.buf,
+                "queue_ptr": queue.ptr,
+                "rng": rng_state(),
+                "state": st,
+            }
+        )
+
+    progress = ProgressLog(log, "geoclip tower", cfg.epochs, steps_per_epoch, progress_every_s)
+    while st["epoch"] < cfg.epochs and not st["done"]:
+        epoch = st["epoch"]
         tower.train()
-        total, count = 0.0, 0
-        for images, gps in train_batches(epoch):
+        progress.start_epoch(epoch)
+        for step, (images, gps) in enumerate(train_batches(epoch, st["step"]), start=st["step"] + 1):
             images, gps = images.to(device), gps.to(device, torch.float32)
             with torch.no_grad():
                 pos = enc(gps)
@@ -780,28 +831,48 @@ def train_tower(
             loss.backward()
             opt.step()
             queue.push(pos)
-            total += float(loss.detach()) * images.shape[0]
-            count += images.shape[0]
+            loss_value = float(loss.detach())
+            st["total"] += loss_value * images.shape[0]
+            st["count"] += images.shape[0]
+            st["step"], st["global_step"] = step, st["global_step"] + 1
+            progress.update(step, images.shape[0], loss_value)
+            if on_step is not None:
+                on_step(epoch, step)
+            if checkpoint is not None:
+                stop = checkpoint.stop_requested()
+                if stop or checkpoint.step_due(st["global_step"]):
+                    save()
+                    if stop:
+                        raise checkpoint.interrupt(epoch, step)
         sched.step()
         row = {
             "epoch": float(epoch),
-            "train_loss": total / max(count, 1),
+            "train_loss": st["total"] / max(st["count"], 1),
             "logit_scale": float(tower.logit_scale().detach()),
         }
         if val_batches is not None:
             row["val_loss"] = evaluate_loss(tower, val_batches(), enc, gal_emb, device)
-        history.append(row)
+        st["history"].append(row)
         log.info("geoclip tower epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if on_epoch is not None:
             on_epoch(row)
         score = row.get("val_loss", row["train_loss"] if val_batches is None else math.inf)
-        if val_batches is None or score < best_loss:
-            best_loss, best_state, stale = score, copy.deepcopy(tower.state_dict()), 0
+        if val_batches is None or score < st["best_loss"]:
+            st.update(best_loss=score, best_state=copy.deepcopy(tower.state_dict()), stale=0)
         else:
-            stale += 1
-            if stale >= cfg.patience:
-                log.info("early stopping after epoch %d (no val improvement in %d epochs)", epoch, stale)
-                break
+            st["stale"] += 1
+            if st["stale"] >= cfg.patience:
+                log.info(
+                    "early stopping after epoch %d (no val improvement in %d epochs)", epoch, st["stale"]
+                )
+                st["done"] = True
+        st.update(epoch=epoch + 1, step=0, total=0.0, count=0)
+        if checkpoint is not None:
+            save()
+            if checkpoint.stop_requested() and st["epoch"] < cfg.epochs and not st["done"]:
+                raise checkpoint.interrupt(epoch + 1, 0)
+    history: list[dict[str, float]] = st["history"]
+    best_state = st["best_state"]
     tower.load_state_dict(best_state)
     return tower.cpu().eval(), history
 
@@ -969,25 +1040,28 @@ def gps_batches(
     seed: int,
     num_workers: int = 0,
     skipped: list[int] | None = None,
-) -> Callable[[int], Iterator[Batch]]:
-    """``epoch -> iterator of (images, gps)`` over the labelled images of ``source``.
+) -> Callable[..., Iterator[Batch]]:
+    """``(epoch, first batch = 0) -> iterator of (images, gps)`` over the labelled images of ``source``.
 
     Undecodable or missing images are dropped (their indices appended to ``skipped``). Shuffling and
-    augmentation are seeded by ``(seed, epoch)``.
+    augmentation are seeded by ``(seed, epoch)``; starting at a later batch (a mid-epoch resume) gives the
+    rest of the same epoch's batches without reading the images before it.
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
+    from geoens.checkpoint import SkipSampler
     from geoens.data import ImageDataset, collate_skip
 
     coords = torch.from_numpy(np.array(labels[["lat", "lon"]].to_numpy(np.float32)))
     ds = ImageDataset(source, labels["image_id"].tolist(), np.arange(len(labels)), transform, seed=seed)
 
-    def run(epoch: int) -> Iterator[Batch]:
+    def run(epoch: int, start: int = 0) -> Iterator[Batch]:
         ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = RandomSampler(ds, generator=gen) if shuffle else SequentialSampler(ds)
         loader = DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
-            collate_fn=collate_skip, drop_last=False,
+            ds, batch_size=batch_size, sampler=SkipSampler(order, start * batch_size), generator=gen,
+            num_workers=num_workers, collate_fn=collate_skip, drop_last=False,
         )  # fmt: skip
         for batch in loader:
             if skipped is not None and batch.skipped:
@@ -1035,8 +1109,15 @@ def run_train_tower(
     cfg: TowerTrainConfig,
     metrics_csv: str | Path | None = None,
     shard_index: str | Path | None = None,
+    *,
+    checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
+    progress_every_s: float = PROGRESS_EVERY_S,
+    signals: StopSignals | None = None,
 ) -> list[dict[str, float]]:
     """Train the demo image tower on the ``train`` split, early-stop on ``val``, save ``out_model``.
+
+    Resumable: ``checkpoint.pt`` beside ``out_model`` (every epoch, every ``checkpoint_every_steps`` steps
+    and after SIGTERM/SIGUSR1 while ``signals`` is active; see :func:`train_tower`).
 
     Args:
         shards_dir: msgpack shards of the training images.
@@ -1045,9 +1126,15 @@ def run_train_tower(
         cfg: Hyper-parameters.
         metrics_csv: Optional per-epoch metrics CSV.
         shard_index: Cached shard index (``results/models/shard_index.parquet``; built if missing).
+        checkpoint_every_steps: Optimizer steps between mid-epoch checkpoints (0: epoch ends only).
+        progress_every_s: Seconds between in-epoch progress lines in the log.
+        signals: Active :class:`~geoens.checkpoint.StopSignals` (the workflow script installs them).
 
     Returns:
         The per-epoch metrics.
+
+    Raises:
+        TrainingInterrupted: After a stop signal, once the checkpoint is saved.
 
     """
     from geoens.data import ShardSource
@@ -1071,7 +1158,29 @@ def run_train_tower(
         source, val, _tower_transforms(cfg, False), cfg.batch_size, False, cfg.seed,
         cfg.num_workers,
     )  # fmt: skip
-    tower, history = train_tower(train_it, lambda: val_it(0), cfg)
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [{k: v for k, v in asdict(cfg).items() if k not in ("device", "num_workers")},
+             train["image_id"].tolist(), val["image_id"].tolist()],
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    checkpoint = Checkpointer(
+        Path(out_model).with_name("checkpoint.pt"),
+        version=TOWER_CHECKPOINT_VERSION,
+        fingerprint=fingerprint,
+        every_steps=checkpoint_every_steps,
+        signals=signals,
+        label="geoclip tower",
+    )
+    tower, history = train_tower(
+        train_it,
+        lambda: val_it(0),
+        cfg,
+        checkpoint=checkpoint,
+        steps_per_epoch=math.ceil(len(train) / cfg.batch_size),
+        progress_every_s=progress_every_s,
+    )
     if skipped:
         log.warning("geoclip tower: skipped %d undecodable/missing training image reads", len(skipped))
     save_tower(out_model, tower, cfg, history)

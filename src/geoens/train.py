@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 import zlib
@@ -45,7 +44,23 @@ from torch import nn
 from torch.nn import functional
 from torch.utils.data import DataLoader, DistributedSampler
 
-from geoens.constants import LC_CLASSES, LS_BUCKETS
+from geoens.checkpoint import (
+    Checkpointer,
+    ProgressLog,
+    SkipSampler,
+    StopSignals,
+    TrainingInterrupted,
+    rng_state,
+    run_child_ignoring_stop_signals,
+    set_rng_state,
+)
+from geoens.constants import (
+    CHECKPOINT_EVERY_STEPS,
+    EXIT_RESUMABLE,
+    LC_CLASSES,
+    LS_BUCKETS,
+    PROGRESS_EVERY_S,
+)
 from geoens.data import (
     AugmentConfig,
     Batch,
@@ -252,23 +267,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return zlib.crc32(f"geoens-train:{seed}:{epoch}".encode())
 
 
-def rng_state() -> dict[str, Any]:
-    """RNG states of python, numpy and torch (and CUDA when present)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore :func:`rng_state` output."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # --------------------------------------------------------------------------------------------------------
 # training
 
@@ -373,9 +371,12 @@ def _make_loader(
     shuffle: bool,
     seed: int,
     drop_last: bool = False,
-) -> tuple[DataLoader[Any], DistributedSampler[Any]]:
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        dataset, num_replicas=env.world, rank=env.rank, shuffle=shuffle, seed=seed, drop_last=False
+) -> tuple[DataLoader[Any], SkipSampler]:
+    # SkipSampler: a mid-epoch resume skips the samples of the batches already done (skip = 0 otherwise)
+    sampler = SkipSampler(
+        DistributedSampler(
+            dataset, num_replicas=env.world, rank=env.rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
     )
     loader = DataLoader(
         dataset,
@@ -405,10 +406,14 @@ def train_model(
     seed: int = 0,
     threads: int | None = None,
     stop_after_epochs: int | None = None,
+    checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
+    progress_every_s: float = PROGRESS_EVERY_S,
+    signals: StopSignals | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) one predictor and write its outputs to ``out_dir``.
 
-    Writes ``checkpoint.pt`` (resume state, every epoch), ``best.pt`` (best weights so far) and, at the end,
+    Writes ``checkpoint.pt`` (resume state: every epoch, every ``checkpoint_every_steps`` optimizer steps and
+    after a stop signal; a resume continues mid-epoch), ``best.pt`` (best weights so far) and, at the end,
     ``model.pt``, ``metrics.csv``, ``curve.png`` and ``confusion.png``. Rank 0 only under torchrun.
 
     Args:
@@ -425,12 +430,18 @@ def train_model(
         threads: ``torch.set_num_threads`` (the Snakemake job's threads).
         stop_after_epochs: Stop (as if killed) once this many epochs are done, without writing the final
             outputs; for tests of resuming.
+        checkpoint_every_steps: Optimizer steps between mid-epoch checkpoints (0: only at epoch ends).
+        progress_every_s: Seconds between in-epoch progress lines (images/s, ETA) in the log.
+        signals: Active :class:`~geoens.checkpoint.StopSignals` (the command line installs them): after
+            SIGTERM/SIGUSR1 the loop checkpoints at the next step boundary and raises
+            :class:`~geoens.checkpoint.TrainingInterrupted`.
 
     Returns:
         A summary: epochs run, best epoch and validation loss, skipped images, whether it stopped early.
 
     Raises:
         TrainingError: If no training row is left or no label id is in the shards.
+        TrainingInterrupted: After a stop signal, once the checkpoint is saved.
 
     """
     cfg = trainer if isinstance(trainer, TrainerConfig) else TrainerConfig.from_mapping(trainer)
@@ -528,6 +539,18 @@ def train_model(
     # ---- resume
     fingerprint = _fingerprint(model, cfg, seed, heads, train_ids + ["|"] + val_ids)
     ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    sync = (lambda flag: _all_reduce([float(flag)], env)[0] > 0) if env.world > 1 else None
+    checkpoints = Checkpointer(
+        ckpt_path,
+        version=CHECKPOINT_VERSION,
+        fingerprint=fingerprint,
+        every_steps=checkpoint_every_steps,
+        signals=signals,
+        main=env.main,
+        sync=sync,
+        label=f"train {model}",
+    )
+    progress = ProgressLog(log, f"train {model}", cfg.epochs, steps_per_epoch, progress_every_s)
     state: dict[str, Any] = {
         "epoch": 0,
         "best_val_loss": math.inf,
@@ -538,35 +561,58 @@ def train_model(
         "best_confusion": None,
         "best_acc": None,
     }
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=env.device, weights_only=False)
-        if ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("fingerprint") == fingerprint:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            state = ckpt["state"]
-            log.info("resumed from %s after epoch %d", ckpt_path, state["epoch"])
-        else:
-            log.warning("%s belongs to another config or label set: starting from scratch", ckpt_path)
-    if state["epoch"] == 0 and env.main:
+    # mid-epoch resume: optimizer steps done in epoch state["epoch"] and that epoch's running sums
+    partial: dict[str, Any] = {"step": 0}
+    ckpt = checkpoints.load(env.device)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        state = ckpt["state"]
+        partial = ckpt.get("partial") or partial
+        log.info("resumed from %s at epoch %d step %d", ckpt_path, state["epoch"] + 1, partial["step"])
+    if state["epoch"] == 0 and partial["step"] == 0 and env.main:
         best_path.unlink(missing_ok=True)  # never finish with a previous run's best weights
 
     # ---- epochs
     skipped_total = sum(int(r["skipped_train"]) for r in state["history"])
+
+    def save_checkpoint(step: int, sums: Mapping[str, Any] | None = None) -> None:
+        checkpoints.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "state": state,
+                "partial": {"step": step, **(sums or {})},
+            }
+        )
+
     while state["epoch"] < cfg.epochs and not state["stopped"]:
         if stop_after_epochs is not None and state["epoch"] >= stop_after_epochs:
             return {"epochs": state["epoch"], "interrupted": True}
         epoch = state["epoch"]
+        start_step = int(partial["step"])
         seed_everything(_epoch_seed(seed, epoch))
+        if start_step and ckpt is not None:  # the RNG state saved at that step boundary
+            set_rng_state(ckpt["rng"])
         train_sampler.set_epoch(epoch)
+        train_sampler.skip = start_step * cfg.batch_size
         train_ds.set_epoch(epoch)
         model_ddp.train()
-        lr_start = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        loss_sum, n_seen, n_skipped, correct = 0.0, 0, 0, 0.0
-        for batch in train_loader:
+        lr_start = partial.get("lr_start", optimizer.param_groups[0]["lr"])
+        t0 = time.perf_counter() - partial.get("seconds", 0.0)
+        loss_sum, n_seen = partial.get("loss_sum", 0.0), partial.get("n_seen", 0)
+        n_skipped, correct = partial.get("n_skipped", 0), partial.get("correct", 0.0)
+        if not env.main:  # rank 0 carries the sums of the steps before the resume
+            loss_sum, n_seen, n_skipped, correct = 0.0, 0, 0, 0.0
+        partial = {"step": 0}
+        progress.start_epoch(epoch)
+        for step, batch in enumerate(train_loader, start=start_step + 1):
             assert isinstance(batch, Batch)
             n_skipped += len(batch.skipped)
             empty = len(batch) < 2  # BatchNorm needs two samples
@@ -574,24 +620,41 @@ def train_model(
                 empty = _all_reduce([float(empty)], env)[0] > 0
             if empty:
                 scheduler.step()
-                continue
-            x = batch.images.to(env.device, non_blocking=True)
-            y = batch.targets.to(env.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            if ctx_factory is not None:
-                with _autocast(env.device)[0]:
-                    logits = model_ddp(x)
             else:
-                logits = model_ddp(x)
-            loss = _loss(logits, y, head_names)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(batch)
-            n_seen += len(batch)
-            y0 = y if y.ndim == 1 else y[:, -1]
-            correct += float((logits[head_names[-1]].argmax(1) == y0).sum())
+                x = batch.images.to(env.device, non_blocking=True)
+                y = batch.targets.to(env.device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                if ctx_factory is not None:
+                    with _autocast(env.device)[0]:
+                        logits = model_ddp(x)
+                else:
+                    logits = model_ddp(x)
+                loss = _loss(logits, y, head_names)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_value = float(loss.detach())
+                loss_sum += loss_value * len(batch)
+                n_seen += len(batch)
+                y0 = y if y.ndim == 1 else y[:, -1]
+                correct += float((logits[head_names[-1]].argmax(1) == y0).sum())
+                progress.update(step, len(batch) * env.world, loss_value)
+            stop = checkpoints.stop_requested()
+            if stop or (checkpoints.step_due(epoch * steps_per_epoch + step) and step < steps_per_epoch):
+                # the epoch's running sums over all ranks; a resume gives them to rank 0 only
+                tot = _all_reduce([loss_sum, n_seen, n_skipped, correct], env)
+                sums = {
+                    "loss_sum": tot[0],
+                    "n_seen": int(tot[1]),
+                    "n_skipped": int(tot[2]),
+                    "correct": tot[3],
+                }
+                save_checkpoint(step, {**sums, "lr_start": lr_start, "seconds": time.perf_counter() - t0})
+                if stop:
+                    if env.world > 1:
+                        dist.barrier()
+                    raise checkpoints.interrupt(epoch, step)
         train_time = time.perf_counter() - t0
         loss_sum, f_seen, f_skipped, correct = _all_reduce([loss_sum, n_seen, n_skipped, correct], env)
         n_seen, n_skipped = int(f_seen), int(f_skipped)
@@ -629,22 +692,13 @@ def train_model(
         log.info(
             "epoch %s", json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
         )
+        save_checkpoint(0)
         if env.main:
-            ckpt = {
-                "version": CHECKPOINT_VERSION,
-                "fingerprint": fingerprint,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "state": state,
-            }
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(ckpt, tmp)
             write_metrics(state["history"], out / "metrics.csv")
         if env.world > 1:
             dist.barrier()
+        if checkpoints.stop_requested() and state["epoch"] < cfg.epochs and not state["stopped"]:
+            raise checkpoints.interrupt(epoch + 1, 0)
 
     # ---- final outputs
     majority = majority_baseline(targets[train_idx], targets[val_idx], head_names)
@@ -1080,6 +1134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--logfile", default=None, help="log file (not --log: torchrun would take it)")
     p.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=CHECKPOINT_EVERY_STEPS,
+        help="optimizer steps between mid-epoch checkpoints (0: epoch ends only)",
+    )
+    p.add_argument(
+        "--progress-every-s",
+        type=float,
+        default=PROGRESS_EVERY_S,
+        help="seconds between progress lines (images/s, ETA) inside an epoch",
+    )
+    p.add_argument(
         "--gpus", type=int, default=0, help="> 1: relaunch under torchrun with this many processes"
     )
     return p
@@ -1096,6 +1162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     With ``--gpus N`` (N > 1) outside torchrun, re-launches itself as ``torchrun --nproc_per_node=N``; under
     torchrun (``WORLD_SIZE`` set) every process trains its share and rank 0 writes.
+
+    Returns:
+        0 when training finished; :data:`~geoens.constants.EXIT_RESUMABLE` (75) when SIGTERM/SIGUSR1 made it
+        save a checkpoint and stop (rerun to resume); under the launcher, torchrun's exit status.
+
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -1106,23 +1177,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         cmd = torchrun_command(argv, args.gpus)
         logger.info("launching %s", " ".join(cmd))
-        return subprocess.run(cmd, check=False).returncode
-    train_model(
-        args.model,
-        args.labels,
-        args.shards,
-        args.out,
-        args.trainer,
-        partitions_dir=args.partitions,
-        shard_index=args.shard_index,
-        device=args.device,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        threads=args.threads,
-    )
+        return run_child_ignoring_stop_signals(cmd)
+    status = 0
+    with StopSignals() as signals:
+        try:
+            train_model(
+                args.model,
+                args.labels,
+                args.shards,
+                args.out,
+                args.trainer,
+                partitions_dir=args.partitions,
+                shard_index=args.shard_index,
+                device=args.device,
+                num_workers=args.num_workers,
+                seed=args.seed,
+                threads=args.threads,
+                checkpoint_every_steps=args.checkpoint_every_steps,
+                progress_every_s=args.progress_every_s,
+                signals=signals,
+            )
+        except TrainingInterrupted:
+            status = EXIT_RESUMABLE
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
+    return status
 
 
 if __name__ == "__main__":
