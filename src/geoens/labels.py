@@ -153,12 +153,28 @@ class BadRows:
         }
 
 
+def _undecodable_line(path: Path) -> str:
+    """``"line N, byte B"`` of the first line of ``path`` that is not UTF-8 (a UTF-8 BOM is accepted)."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {number}, byte {exc.start + 1} ({raw[exc.start : exc.start + 1]!r})"
+    return "no line"  # pragma: no cover - only called after a decoding error
+
+
 def _read_header(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            first = next(csv_module.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as fh:
+            line = fh.readline()
+    except OSError as exc:
         raise MetadataError(f"{path}: cannot read the CSV header: {exc}") from exc
+    try:
+        # utf-8-sig: the byte-order mark that spreadsheet programs write is not part of the first name
+        first = next(csv_module.reader([line.decode("utf-8-sig")]), None)
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: not UTF-8 text at {_undecodable_line(path)}: save it as UTF-8") from exc
     if not first:
         raise MetadataError(f"{path}: empty file (expected a header with {', '.join(METADATA_COLUMNS)})")
     return [c.strip() for c in first]
@@ -237,6 +253,9 @@ def read_metadata(
                 raise
             table = _read_columns(path, numeric=False)
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as exc:
+        if "utf8" in str(exc).lower().replace("-", ""):
+            where = _undecodable_line(path)
+            raise MetadataError(f"{path}: not UTF-8 text at {where}: save it as UTF-8") from exc
         raise MetadataError(f"{path}: cannot parse the CSV: {exc}") from exc
     n = table.num_rows
     if n == 0:

@@ -1004,9 +1004,8 @@ def predict(
     probs = (
         np.concatenate([c[1] for c in chunks]).astype(np.float32) if chunks else np.zeros((0, n), np.float32)
     )
-    df = pd.DataFrame(
-        {"image_id": out_ids, "probs": list(probs), "top_class": probs.argmax(axis=1).astype(np.int32)}
-    )
+    top = probs.argmax(axis=1).astype(np.int32) if len(probs) else np.zeros(0, np.int32)
+    df = pd.DataFrame({"image_id": out_ids, "probs": list(probs), "top_class": top})
     df.attrs["skipped"] = skipped
     return df
 
