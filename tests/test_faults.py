@@ -5,9 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
+import numpy as np
 import pytest
+import rasterio
+from rasterio.transform import from_bounds
 
 from geoens import labels as lb
+from geoens import rasters
+from geoens.constants import LANDSCAN_NODATA
+from geoens.grid import Grid
 
 # ---------------------------------------------------------------------------------------------------
 # metadata CSVs
@@ -62,3 +69,74 @@ def test_partition_csv_errors_name_the_line(tmp_path: Path, rows: str, message: 
     path.write_text(PARTITION_HEADER + PARTITION_COLUMNS + rows)
     with pytest.raises(pt.PartitionError, match=r"cells\.csv: " + message):
         pt.read_partition_csv(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# rasters and shards cut short, population sentinels
+# ---------------------------------------------------------------------------------------------------
+
+
+def _global_tif(path: Path, arr: np.ndarray, nodata: float | None, **extra: object) -> Path:
+    h, w = arr.shape
+    profile = {
+        "driver": "GTiff", "height": h, "width": w, "count": 1, "dtype": arr.dtype.name,
+        "crs": "EPSG:4326", "transform": from_bounds(-180, -90, 180, 90, w, h), "nodata": nodata, **extra,
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(arr, 1)
+    return path
+
+
+def _population(h: int = 96, w: int = 192) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 5000, size=(h, w), dtype=np.int32)
+    arr[:10] = LANDSCAN_NODATA
+    return arr
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_truncated_geotiff_names_the_file_and_the_rows(tmp_path: Path, tiled: bool) -> None:
+    extra = {"tiled": True, "blockxsize": 64, "blockysize": 64} if tiled else {"blockysize": 8}
+    tif = _global_tif(tmp_path / "landscan.tif", _population(), LANDSCAN_NODATA, **extra)
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size * 2 // 3])  # header intact, data cut
+    grid = Grid(24, 48)
+    with pytest.raises(ValueError, match=r"landscan\.tif: reading rows \d+\.\.\d+, .*truncated or corrupt"):
+        rasters.ls_mask(tif, grid, [0, 1, 2, 3, 4])
+    # the relabel stage reads the same file point-wise: the same error
+    with pytest.raises(ValueError, match=r"landscan\.tif: reading rows \d+\.\.\d+, .*truncated or corrupt"):
+        lb.sample_landscan(tif, np.linspace(-89, 89, 500), np.linspace(-179, 179, 500))
+
+
+def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> None:
+    arr = _population()
+    arr[:10] = -9999  # ocean sentinel, but the file has no nodata tag
+    tif = _global_tif(tmp_path / "nonodata.tif", arr, None)
+    grid = Grid(24, 48)
+    msg = r"nonodata\.tif: 1920 pixel\(s\) hold negative population value\(s\) -9999, .*not the nodata"
+    with pytest.raises(ValueError, match=msg):
+        rasters.ls_mask(tif, grid, [0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match=msg.replace("1920", "1")):
+        lb.sample_landscan(tif, [89.5, 0.0], [0.0, 0.0])
+    # declared as nodata, the same values are simply "no data"
+    ok = _global_tif(tmp_path / "declared.tif", arr, -9999)
+    labels, n_nodata = rasters.ls_mask(ok, grid, [0, 1, 2, 3, 4])
+    assert n_nodata > 0 and (labels[:2] == -1).all()
+
+
+def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
+    from geoens.data import ShardIndex
+    from geoens.io import ShardFormatError
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    records = [msgpack.packb({"id": f"a/{i}.jpg", "image": bytes(100 + i)}) for i in range(5)]
+    (shards / "shard-000.msgpack").write_bytes(b"".join(records)[:-30])  # record 4 cut short
+    cut = sum(len(r) for r in records[:4])
+    msg = (
+        rf"shard-000\.msgpack: truncated record 4 at byte {cut} \(file has {cut + len(records[4]) - 30} bytes"
+    )
+    # the relabel stage (ids present) and the shard indexer (byte ranges) both stop with the same message
+    with pytest.raises(ShardFormatError, match=msg):
+        lb.available_ids(shards)
+    with pytest.raises(ShardFormatError, match=msg):
+        ShardIndex.build(shards)

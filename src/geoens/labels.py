@@ -44,8 +44,8 @@ from rasterio.windows import Window
 
 from geoens import s2
 from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
-from geoens.io import SHARD_PATTERNS, atomic_path, list_shards, read_json, write_json
-from geoens.rasters import Kind
+from geoens.io import SHARD_PATTERNS, ShardFormatError, atomic_path, list_shards, read_json, write_json
+from geoens.rasters import Kind, NegativePopulationError, check_population, read_window
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,7 @@ def read_metadata(
 def _shard_id_array(path: Path) -> pa.Array:
     """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
     out: list[str] = []
+    end = 0  # byte after the last complete record
     with open(path, "rb") as fh:
         unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
         try:
@@ -332,10 +333,17 @@ def _shard_id_array(path: Path) -> pa.Array:
                 if not isinstance(rec, dict) or "id" not in rec:
                     raise ValueError(f"{path}: record {index} is not a map with an 'id'")
                 out.append(str(rec["id"]))
+                end = unpacker.tell()
         except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
             if str(path) in str(exc):
                 raise
             raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
+    size = path.stat().st_size
+    if end != size:  # the unpacker stops silently at a record cut short
+        raise ShardFormatError(
+            f"{path}: truncated record {len(out)} at byte {end} (file has {size} bytes; "
+            f"{len(out)} complete records before it)"
+        )
     return pa.array(out, pa.string())
 
 
@@ -451,7 +459,7 @@ def read_pixels(
                 c1 = min(w, (int(chunk[-1]) + 1) * bw)
                 lo_i = s + int(np.searchsorted(c[s:e], c0, side="left"))
                 hi_i = s + int(np.searchsorted(c[s:e], c1, side="left"))
-                block = ds.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+                block = read_window(ds, ds.name, Window(c0, r0, c1 - c0, r1 - r0), band)
                 values[idx[lo_i:hi_i]] = block[r[lo_i:hi_i] - r0, c[lo_i:hi_i] - c0]
     return values.reshape(shape)
 
@@ -489,6 +497,9 @@ def sample_native(
 def sample_landscan(path: str | Path, lat: npt.ArrayLike, lon: npt.ArrayLike) -> FloatArray:
     """LandScan values at points (nearest native pixel), float64 with NaN for nodata."""
     raw, nodata = sample_native(path, "landscan", lat, lon)
+    n_neg, values = check_population(raw, nodata, path)
+    if n_neg:
+        raise NegativePopulationError(path, n_neg, values, nodata)
     out = raw.astype(np.float64)
     out[raw == nodata] = np.nan
     return out

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geoens.constants import LANDSCAN_NODATA, LC_CLASSES, LC_NODATA, LS_BUCKETS, NO_CLASS, lc_lookup_tables
@@ -171,6 +172,47 @@ def _is_netcdf(path: Path) -> bool:
     return head.startswith(b"CDF") or head.startswith(b"\x89HDF")
 
 
+def read_window(ds: Any, path: str | Path, window: Window, band: int = 1) -> np.ndarray:
+    """``ds.read(band, window=window)``; a failed read (truncated or corrupt file) names file and rows.
+
+    Raises:
+        ValueError: Naming the file, the rows and columns of the window and the file's size: GDAL's own
+            "Read failed" names neither the full path nor where the data stopped.
+
+    """
+    try:
+        return np.asarray(ds.read(band, window=window))
+    except RasterioError as exc:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ValueError(
+            f"{path}: reading rows {r0}..{r0 + int(window.height) - 1}, columns {c0}..{c0 + int(window.width) - 1} "
+            f"failed ({str(exc).strip()}); the file ({size} bytes) is truncated or corrupt: copy it again"
+        ) from exc
+
+
+def check_population(values: np.ndarray, nodata: int, path: str | Path) -> tuple[int, list[int]]:
+    """Count population values below 0 that are not ``nodata`` -> ``(count, up to 5 distinct values)``."""
+    neg = values < 0
+    if not neg.any():
+        return 0, []
+    neg &= values != nodata
+    if not neg.any():
+        return 0, []
+    return int(np.count_nonzero(neg)), np.unique(values[neg])[:5].tolist()
+
+
+class NegativePopulationError(ValueError):
+    """Negative LandScan values that are not the nodata value (an undeclared nodata sentinel)."""
+
+    def __init__(self, path: str | Path, count: int, values: Sequence[int], nodata: int) -> None:
+        shown = ", ".join(str(v) for v in values)
+        super().__init__(
+            f"{path}: {count} pixel(s) hold negative population value(s) {shown}, which are not the nodata "
+            f"value ({nodata}): declare the file's nodata value (e.g. gdal_edit.py -a_nodata {values[0]} {path})"
+        )
+
+
 @contextlib.contextmanager
 def _open_geotiff(path: Path, kind: str) -> Iterator[NativeRaster]:
     # A small block cache: strips are read once, top to bottom (GDAL's default is 5% of RAM).
@@ -189,7 +231,7 @@ def _open_geotiff(path: Path, kind: str) -> Iterator[NativeRaster]:
 
         def read(row0: int, nrows: int) -> np.ndarray:
             # Window read at native resolution (never out_shape: that would read an overview).
-            return ds.read(1, window=Window(0, row0, ds.width, nrows))
+            return read_window(ds, path, Window(0, row0, ds.width, nrows))
 
         yield NativeRaster(
             path, kind, ds.height, ds.width, np.dtype(ds.dtypes[0]), nodata, max(chunk, 1), read
@@ -401,9 +443,14 @@ def landscan_mean(path: str | Path, grid: Grid, progress: bool = False) -> Float
 
     """
     out = np.full(grid.shape, np.nan, dtype=np.float64)
+    n_neg, neg_values = 0, set()
     with open_checked(path, "landscan") as ls:
         for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
+            n, vals = check_population(rows, ls.nodata, path)
+            n_neg, neg_values = n_neg + n, neg_values | set(vals)
             out[r0 : r0 + k] = block_mean(rows, f, ls.nodata)
+        if n_neg:
+            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
     return out
 
 
@@ -471,11 +518,16 @@ def ls_mask(
     ls_bucket_of(np.zeros(0), edges_log10)  # validate the edges before reading
     out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
     n_nodata = 0
+    n_neg, neg_values = 0, set()
     with open_checked(path, "landscan") as ls:
         for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
+            n, vals = check_population(rows, ls.nodata, path)
+            n_neg, neg_values = n_neg + n, neg_values | set(vals)
             mean = block_mean(rows, f, ls.nodata)
             n_nodata += int(np.isnan(mean).sum())
             out[r0 : r0 + k] = ls_bucket_of(mean, edges_log10)
+        if n_neg:
+            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
     return out, n_nodata
 
 
