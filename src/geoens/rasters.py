@@ -184,9 +184,10 @@ def read_window(ds: Any, path: str | Path, window: Window, band: int = 1) -> np.
         return np.asarray(ds.read(band, window=window))
     except RasterioError as exc:
         r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height) - 1, c0 + int(window.width) - 1
         size = Path(path).stat().st_size if Path(path).exists() else 0
         raise ValueError(
-            f"{path}: reading rows {r0}..{r0 + int(window.height) - 1}, columns {c0}..{c0 + int(window.width) - 1} "
+            f"{path}: reading rows {r0}..{r1}, columns {c0}..{c1} "
             f"failed ({str(exc).strip()}); the file ({size} bytes) is truncated or corrupt: copy it again"
         ) from exc
 
@@ -209,7 +210,8 @@ class NegativePopulationError(ValueError):
         shown = ", ".join(str(v) for v in values)
         super().__init__(
             f"{path}: {count} pixel(s) hold negative population value(s) {shown}, which are not the nodata "
-            f"value ({nodata}): declare the file's nodata value (e.g. gdal_edit.py -a_nodata {values[0]} {path})"
+            f"value ({nodata}): declare the file's nodata value "
+            f"(e.g. gdal_edit.py -a_nodata {values[0]} {path})"
         )
 
 
