@@ -60,6 +60,7 @@ rule relabel_train:
         runtime=60,
     params:
         labels=params_of("labels"),
+        masks=params_of("masks"),
         seed=config["seed"],
         dataset=TRAIN_NAME,
     script:
@@ -91,5 +92,6 @@ rule relabel_testset:
         runtime=20,
     params:
         labels=params_of("labels"),
+        masks=params_of("masks"),
     script:
         "../workflow_scripts/labels_relabel_testset.py"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from rasterio.transform import from_bounds
@@ -140,3 +141,100 @@ def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
         lb.available_ids(shards)
     with pytest.raises(ShardFormatError, match=msg):
         ShardIndex.build(shards)
+
+
+# ---------------------------------------------------------------------------------------------------
+# land cover: unknown codes, fill values only, too little land with a class
+# ---------------------------------------------------------------------------------------------------
+
+
+def _lc_netcdf(path: Path, raw: np.ndarray, fill: int | None) -> Path:
+    """ESA CCI layout (int8 lccs_class with _Unsigned) holding the raw int8 values ``raw``."""
+    import netCDF4
+
+    h, w = raw.shape
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+        nc.createDimension("time", 1)
+        nc.createDimension("lat", h)
+        nc.createDimension("lon", w)
+        nc.createVariable("lat", "f8", ("lat",))[:] = 90 - (np.arange(h) + 0.5) * 180 / h
+        nc.createVariable("lon", "f8", ("lon",))[:] = -180 + (np.arange(w) + 0.5) * 360 / w
+        kw = {} if fill is None else {"fill_value": np.int8(fill)}
+        var = nc.createVariable("lccs_class", "i1", ("time", "lat", "lon"), zlib=True, **kw)
+        var.set_auto_maskandscale(False)
+        var._Unsigned = "true"
+        var[:] = raw[None]
+    return path
+
+
+def _codes(h: int = 48, w: int = 96) -> np.ndarray:
+    codes = np.full((h, w), 210, dtype=np.uint8)  # water
+    codes[: h // 2] = 10  # cropland in the north
+    codes[h // 2 :, : w // 2] = 50  # broadleaf trees
+    return codes
+
+
+def test_unknown_lc_codes_are_an_error_naming_codes_counts_and_file(tmp_path: Path) -> None:
+    codes = _codes()
+    codes[:2, :5] = 99  # not an LCCS code
+    codes[-1, :] = 17  # a code of another product's legend
+    nc = _lc_netcdf(tmp_path / "modis.nc", codes.view(np.int8), fill=0)
+    grid = Grid(12, 24)
+    msg = r"modis\.nc: 106 pixels hold codes outside the ESA CCI LCCS legend: "
+    msg += r"17 \(96 pixels\), 99 \(10 pixels\)"
+    with pytest.raises(rasters.LandCoverError, match=msg + r".*masks\.unknown_lc_codes: none"):
+        rasters.lc_mask(nc, grid)
+    # by choice they are no class, counted in the summary
+    summary = rasters.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes="none")
+    assert summary["unknown_codes"] == {"17": 96, "99": 10}
+    assert summary["native_classified"] == codes.size - 106
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_land_cover_of_fill_values_only_stops_the_mask_stage(tmp_path: Path, declared: bool) -> None:
+    # netCDF's default int8 fill value -127 reads as code 129 (uint8): declared as _FillValue it is
+    # nodata, undeclared it is an unknown code; either way no pixel has a class
+    raw = np.full((48, 96), -127, dtype=np.int8)
+    nc = _lc_netcdf(tmp_path / "fill.nc", raw, fill=-127 if declared else None)
+    grid = Grid(12, 24)
+    if declared:
+        match = r"fill\.nc: none of the 4,608 pixels holds a land-cover class: 4,608 are no data .*nodata 129"
+    else:
+        match = r"fill\.nc: 4,608 pixels hold codes outside the ESA CCI LCCS legend: 129 \(4,608 pixels\)"
+    with pytest.raises(rasters.LandCoverError, match=match):
+        rasters.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes="error")
+    with pytest.raises(rasters.LandCoverError, match=r"fill\.nc: none of the 4,608 pixels"):
+        rasters.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes="none")
+    assert not (tmp_path / "lc.tif").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_land_cover_missing_over_most_populated_land_is_an_error() -> None:
+    ls = np.full((12, 24), -1, dtype=np.int8)
+    ls[:6] = 2  # populated northern half
+    lc = np.full((12, 24), -1, dtype=np.int8)
+    lc[:2] = 0  # classes over a third of it only
+    with pytest.raises(rasters.LandCoverError, match=r"lc\.tif: only 33\.3% of the 144 pixels with LandScan"):
+        rasters.check_lc_coverage(ls, lc, 0.5, "lc.tif")
+    lc[:4] = 0
+    assert rasters.check_lc_coverage(ls, lc, 0.5, "lc.tif") == pytest.approx(4 / 6)
+
+
+def _label_frame(lc_code: list[int], ls_value: list[float]) -> pd.DataFrame:
+    top, cls = lb.lc_labels(lc_code)
+    return pd.DataFrame({"lc_code": np.asarray(lc_code, np.uint8), "lc7": cls, "ls_value": ls_value})
+
+
+def test_relabel_stops_when_the_images_have_no_land_cover_class() -> None:
+    # every training image with population data has lc7 = none (fill values sampled as nodata 0)
+    frame = _label_frame([0, 0, 0, 10], [5.0, 80.0, 3.0, np.nan])
+    with pytest.raises(
+        rasters.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: lc7 is 'none' for 3 of"
+    ):
+        lb.check_lc_labels(frame, "lc.nc", "mp16")
+    # unknown codes at the geotags: an error, or (by choice) counted in the summary
+    frame = _label_frame([99, 10, 10, 10], [5.0, 80.0, 3.0, 1.0])
+    with pytest.raises(
+        rasters.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: 1 pixels .*99 \(1 pixels\)"
+    ):
+        lb.check_lc_labels(frame, "lc.nc", "mp16")
+    assert lb.check_lc_labels(frame, "lc.nc", "mp16", {"unknown_lc_codes": "none"}) == {"99": 1}

@@ -827,6 +827,49 @@ def _partition_paths(partitions_dir_or_paths: str | Path | Mapping[str, str | Pa
     return read_partitions(paths)
 
 
+#: Defaults of the config's ``masks`` section (land-cover sanity checks).
+MASKS_DEFAULTS: dict[str, Any] = {"unknown_lc_codes": "error", "min_lc_share": 0.5}
+
+
+def check_lc_labels(
+    labels: pd.DataFrame, landcover: str | Path, dataset: str, masks_cfg: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Land-cover sanity of a labelled set: unknown LCCS codes, and the share of images with a class.
+
+    Args:
+        labels: The label table (``lc_code``, ``lc7``, ``ls_value``).
+        landcover: The land-cover raster the codes came from (for the messages).
+        dataset: The set's name (for the messages).
+        masks_cfg: The config's ``masks`` section (``unknown_lc_codes``: ``error`` | ``none``,
+            ``min_lc_share``); defaults :data:`MASKS_DEFAULTS`.
+
+    Returns:
+        ``{code: images}`` of the unknown codes (empty unless ``unknown_lc_codes: none``).
+
+    Raises:
+        LandCoverError: On an unknown code (``error`` mode), or when fewer than ``min_lc_share`` of the
+            images with LandScan data have a land-cover class (``lc7`` is "none" for the others).
+
+    """
+    from geoens.rasters import LandCoverError, handle_unknown_lc_codes, unknown_lc_codes
+
+    cfg = {**MASKS_DEFAULTS, **(masks_cfg or {})}
+    codes = labels["lc_code"].to_numpy(dtype=np.uint8)
+    unknown = unknown_lc_codes(codes, 0)
+    where = f"{landcover} at the {len(labels):,} geotags of {dataset}"
+    handle_unknown_lc_codes(unknown, where, cfg["unknown_lc_codes"])
+    with_ls = np.isfinite(labels["ls_value"].to_numpy(dtype=np.float64))
+    n_ls = int(with_ls.sum())
+    n_lc = int((with_ls & (labels["lc7"].to_numpy() >= 0)).sum())
+    if n_ls and n_lc / n_ls < float(cfg["min_lc_share"]):
+        raise LandCoverError(
+            f"{where}: lc7 is 'none' for {n_ls - n_lc:,} of the {n_ls:,} images with LandScan data (only "
+            f"{n_lc / n_ls:.1%} have a land-cover class, expected at least masks.min_lc_share = "
+            f"{float(cfg['min_lc_share']):.0%}): wrong land-cover file or legend, or only fill values?"
+        )
+    return {str(int(c)): int(unknown[c]) for c in np.flatnonzero(unknown)}
+
+
 def run_relabel_train(
     metadata: str | Path,
     shards_dir: str | Path,
@@ -840,6 +883,7 @@ def run_relabel_train(
     seed: int,
     dataset: str = "mp16",
     processes: int = 1,
+    masks_cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rule ``relabel_train``: clean the metadata against the shards, label, write shards, edges and summary.
 
@@ -857,6 +901,7 @@ def run_relabel_train(
         seed: The config's seed.
         dataset: Name in the summary.
         processes: Processes that read the shards' ids in parallel (the rule's threads).
+        masks_cfg: The config's ``masks`` section (land-cover checks, :func:`check_lc_labels`).
 
     Returns:
         The summary record.
@@ -876,10 +921,12 @@ def run_relabel_train(
         float(labels_cfg["urban_cap"]),
         int(seed),
     )
+    unknown = check_lc_labels(labels, landcover, dataset, masks_cfg)
     write_label_shards(labels, out_dir, int(labels_cfg["rows_per_shard"]))
     write_json(edges_json, edges)
     summary = summarize(dataset, labels, bad)
     summary["ls_edges"] = edges
+    summary["lc_unknown_codes"] = unknown
     write_summary(summary_json, summary)
     log.info(
         "relabelled %d images; LS edges %s, counts %s", len(labels), edges["edges_log10"], edges["counts"]
@@ -898,6 +945,7 @@ def run_relabel_testset(
     summary_json: str | Path,
     labels_cfg: Mapping[str, Any],
     dataset: str,
+    masks_cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rule ``relabel_testset``: like :func:`run_relabel_train` with the train's edges, ``split = "test"``."""
     ids = available_ids(images_dir)
@@ -905,8 +953,10 @@ def run_relabel_testset(
     labels = relabel_testset(
         meta, landscan, landcover, _partition_paths(partitions), load_ls_edges(edges_json)
     )
+    unknown = check_lc_labels(labels, landcover, dataset, masks_cfg)
     write_label_table(labels, out_parquet)
     summary = summarize(dataset, labels, bad)
+    summary["lc_unknown_codes"] = unknown
     write_summary(summary_json, summary)
     log.info("relabelled %d test images of %s", len(labels), dataset)
     return summary
