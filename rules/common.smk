@@ -4,6 +4,7 @@ import json
 from snakemake.utils import validate
 
 from geoens.config import check_inputs_exist, validate_config
+from geoens.io import check_writable
 
 # Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
@@ -105,3 +106,7 @@ def geoclip_predict_inputs(wildcards):
         inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
         inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
     return inputs
+
+
+# --- nothing runs when an output folder cannot be written (a read-only results/, full quota) ---
+check_writable(["results", "logs", "benchmarks"])

@@ -238,3 +238,71 @@ def test_relabel_stops_when_the_images_have_no_land_cover_class() -> None:
     ):
         lb.check_lc_labels(frame, "lc.nc", "mp16")
     assert lb.check_lc_labels(frame, "lc.nc", "mp16", {"unknown_lc_codes": "none"}) == {"99": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing: a full disk, a read-only results folder
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_dir", [False, True])
+def test_disk_full_during_a_write_leaves_the_old_output_and_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, is_dir: bool
+) -> None:
+    import errno
+
+    from geoens.io import atomic_path, write_json
+
+    out = tmp_path / "results" / ("labels" if is_dir else "summary.json")
+    if is_dir:
+        out.mkdir(parents=True)
+        (out / "part-00000.parquet").write_bytes(b"old part")
+    else:
+        write_json(out, {"version": "old"})
+    before = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+
+    def write_then_fail(target: Path) -> None:
+        target.write_bytes(b"x" * 4096)  # part of the new output is on disk ...
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))  # ... then the disk is full
+
+    with pytest.raises(OSError, match="No space left on device"), atomic_path(out, is_dir=is_dir) as tmp:
+        write_then_fail(tmp / "part-00000.parquet" if is_dir else tmp)
+    after = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+    assert after == before  # the previous output untouched, no temporary file left behind
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def _without_root_override() -> list[str]:
+    """Command prefix that makes root respect file permissions (drops CAP_DAC_OVERRIDE), or [] if not root."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_read_only_results_stop_before_any_job_with_one_clear_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cluster.workflow import TINY_CONFIG, copy_workflow, snakemake_env
+
+    workdir = copy_workflow(tmp_path / "wf")
+    results = workdir / "results"
+    (results / "masks").mkdir(parents=True)
+    results.chmod(0o555)
+    try:
+        proc = subprocess.run(
+            [*_without_root_override(), sys.executable, "-m", "snakemake", "all", "--cores", "1",
+             "--configfile", str(TINY_CONFIG)],
+            cwd=workdir, env=snakemake_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        results.chmod(0o755)
+    assert proc.returncode != 0
+    assert "cannot write to results/ (Permission denied)" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list(results.rglob("*")) == [results / "masks"]  # nothing was run

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,40 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+class NotWritableError(PermissionError):
+    """An output folder (``results/``, ``logs/``, ``benchmarks/``) that cannot be written."""
+
+
+def check_writable(folders: Iterable[str | Path]) -> None:
+    """Fail before any job if an output folder, or a folder directly below it, cannot be written.
+
+    Each existing folder is tried by creating (and removing) a temporary file, the only test that also
+    holds for read-only mounts and for root without ``CAP_DAC_OVERRIDE``. Missing folders are fine
+    (Snakemake creates them) as long as their parent is writable.
+
+    Raises:
+        NotWritableError: Naming every folder that cannot be written and the reason.
+
+    """
+    bad: list[str] = []
+    for folder in folders:
+        root = Path(folder)
+        probe = root if root.is_dir() else root.parent
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        for path in [probe, *subdirs]:
+            try:
+                with tempfile.TemporaryFile(dir=path):
+                    pass
+            except OSError as exc:
+                bad.append(f"{path}/ ({exc.strerror or exc})")
+    if bad:
+        raise NotWritableError(
+            "cannot write to " + ", ".join(bad) + ": geoens writes every output, log and benchmark there. "
+            "Make the folder writable (chmod -R u+w results logs benchmarks) or run the workflow from a "
+            "writable copy; nothing was run"
+        )
 
 
 def write_json(path: str | Path, obj: Any) -> None:
