@@ -4,7 +4,7 @@ import json
 from snakemake.utils import validate
 
 from geoens.config import check_inputs_exist, validate_config
-from geoens.io import check_writable
+from geoens.io import check_writable, folder_fingerprint
 
 # Schema validation with defaults; then our own checks (grid shape, partition CSVs, files that exist).
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
@@ -106,6 +106,26 @@ def geoclip_predict_inputs(wildcards):
         inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
         inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
     return inputs
+
+
+# --- folder inputs: Snakemake sees only a folder's own mtime, so the rules that read an image or shard
+# folder carry its fingerprint (names, sizes, mtimes of the files inside) as a param; with the profiles'
+# rerun-triggers (params) a changed, added or removed file reruns them and everything downstream.
+def shards_fingerprint(wildcards):
+    """Fingerprint of the training shards folder (`geoens.io.folder_fingerprint`)."""
+    return folder_fingerprint(config["inputs"]["train"]["shards_dir"])
+
+
+def testset_fingerprint(wildcards):
+    """Fingerprint of a test set's image folder."""
+    return folder_fingerprint(config["inputs"]["testsets"][wildcards.testset]["images"])
+
+
+def dataset_fingerprint(wildcards):
+    """Fingerprint of the images a prediction dataset reads: the shards (val) or a test set's folder."""
+    if wildcards.dataset == "val":
+        return shards_fingerprint(wildcards)
+    return folder_fingerprint(config["inputs"]["testsets"][wildcards.dataset]["images"])
 
 
 # --- nothing runs when an output folder cannot be written (a read-only results/, full quota) ---

@@ -61,6 +61,7 @@ rule relabel_train:
     params:
         labels=params_of("labels"),
         masks=params_of("masks"),
+        shards=shards_fingerprint,
         seed=config["seed"],
         dataset=TRAIN_NAME,
     script:
@@ -93,5 +94,6 @@ rule relabel_testset:
     params:
         labels=params_of("labels"),
         masks=params_of("masks"),
+        images=testset_fingerprint,
     script:
         "../workflow_scripts/labels_relabel_testset.py"

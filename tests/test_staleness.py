@@ -8,7 +8,9 @@ untouched stages must keep their modification times. Every test restores what it
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,6 +200,62 @@ def test_changing_an_input_raster_reruns_from_the_masks_on(tiny_run: TinyRun) ->
     assert not RASTER_UNAFFECTED & set(plan), plan
     assert "mask_lc" not in plan, plan
     assert plan == RASTER_DESCENDANTS
+    assert tiny_run.plan() == {}
+
+
+# Folder inputs (inputs.train.shards_dir, inputs.testsets.<name>.images): Snakemake sees only the folder's
+# own mtime; the rules that read a folder carry its fingerprint (names, sizes, mtimes) as a param.
+SHARD_DESCENDANTS = {"shard_index": 1, **RASTER_DESCENDANTS}  # every rule below the training labels
+ONE_TESTSET = {
+    "relabel_testset": 1,
+    "predict": BASE_MODELS,
+    "geoclip_predict": 1,
+    "evaluate": 1,
+    "figure_rva": 1,
+}
+
+
+@contextlib.contextmanager
+def _restored(folder: Path) -> Iterator[None]:
+    """Put back every file of ``folder`` (bytes and mtimes) and the folder's own mtime afterwards."""
+    files = {p: (p.read_bytes(), p.stat()) for p in folder.rglob("*") if p.is_file()}
+    folder_stat = folder.stat()
+    try:
+        yield
+    finally:
+        for p in set(folder.rglob("*")) - set(files):
+            p.unlink()
+        for p, (data, st) in files.items():
+            p.write_bytes(data)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(folder, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+
+
+def test_replacing_a_shard_reruns_everything_that_reads_the_training_images(tiny_run: TinyRun) -> None:
+    import msgpack
+
+    shards = tiny_run.workdir / tiny_run.config["inputs"]["train"]["shards_dir"]
+    shard = sorted(shards.glob("*.msgpack"))[-1]
+    with _restored(shards):
+        records = list(msgpack.Unpacker(io.BytesIO(shard.read_bytes()), raw=False))
+        records[0]["image"] = records[1]["image"]  # a new version of the shard: one image replaced
+        shard.write_bytes(b"".join(msgpack.packb(r) for r in records))
+        plan = tiny_run.plan()
+    assert plan == SHARD_DESCENDANTS
+    assert tiny_run.plan() == {}  # the original shard back: nothing to be done
+
+
+def test_fixing_or_adding_a_test_image_reruns_that_test_set_only(tiny_run: TinyRun) -> None:
+    images = tiny_run.workdir / tiny_run.config["inputs"]["testsets"]["im2gps3k"]["images"]
+    first = sorted(images.iterdir())[0]
+    with _restored(images):
+        first.write_bytes(first.read_bytes() + b"\0")  # fixed in place (same name)
+        fixed = tiny_run.plan()
+    with _restored(images):
+        (images / "new_photo.jpg").write_bytes(first.read_bytes())  # added
+        added = tiny_run.plan()
+    assert fixed == ONE_TESTSET
+    assert added == ONE_TESTSET
     assert tiny_run.plan() == {}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -116,3 +117,57 @@ def list_shards(shards_dir: str | Path) -> list[Path]:
     if not paths:
         raise ShardFormatError(f"no *.msgpack shard in {root}")
     return paths
+
+
+# Fingerprints of input folders, per process: key = (folder, its inode and mtime), so a folder that is
+# (re)created during a run (the demo world, before the jobs that read it) is walked again.
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """A short text that changes when any file below ``path`` is added, removed, renamed or rewritten.
+
+    The fingerprint hashes (BLAKE2b) the sorted relative path, size and modification time (ns) of every
+    file below the folder (hidden files and folders, ``.*``, skipped, as the image and shard readers skip
+    them); contents are not read, so it costs one ``stat`` per file (measured in
+    ``bench/bench_fingerprint.py``). It is cached per process as long as the folder itself keeps its
+    inode and mtime. A file rewritten with the same size and mtime (``cp -p`` of a same-size file) is not
+    seen: touch it.
+
+    Args:
+        path: The folder.
+
+    Returns:
+        ``"<n> files, <bytes> bytes, <hash>"``, or ``"missing"`` when the folder does not exist (yet).
+
+    """
+    root = Path(path)
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        return "missing"
+    key = (str(root.resolve()), st.st_ino, st.st_mtime_ns)
+    cached = _FINGERPRINTS.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.blake2b(digest_size=16)
+    n_files = n_bytes = 0
+    stack = [""]  # relative folders still to list (POSIX separators)
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        subdirs = []
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():
+                subdirs.append(name)
+                continue
+            est = entry.stat()
+            digest.update(f"{name}\0{est.st_size}\0{est.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            n_files += 1
+            n_bytes += est.st_size
+        stack.extend(reversed(subdirs))  # depth first, in name order
+    value = f"{n_files} files, {n_bytes} bytes, {digest.hexdigest()}"
+    _FINGERPRINTS[key] = value
+    return value
