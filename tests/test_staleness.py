@@ -259,6 +259,43 @@ def test_fixing_or_adding_a_test_image_reruns_that_test_set_only(tiny_run: TinyR
     assert tiny_run.plan() == {}
 
 
+def test_land_cover_of_fill_values_only_stops_before_any_training_job(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    import shutil
+
+    import netCDF4
+
+    # a user's data folder: the tiny world's inputs, with an ESA-CCI-layout land cover whose lccs_class
+    # holds only netCDF's default fill value (-127, read as code 129)
+    workdir = copy_workflow(tmp_path / "wf")
+    shutil.copytree(tiny_run.workdir / "results" / "demo", workdir / "data")
+    lc = workdir / "data" / "landcover.nc"
+    with netCDF4.Dataset(lc, "r+") as nc:
+        var = nc.variables["lccs_class"]
+        var.set_auto_maskandscale(False)
+        var[:] = -127
+    cfg = copy.deepcopy(tiny_run.config)
+    cfg["demo"]["enabled"] = False
+    inputs = cfg["inputs"]
+    for key in ("landscan", "landcover"):
+        inputs[key] = inputs[key].replace("results/demo", "data")
+    for entry in [inputs["train"], *inputs["testsets"].values()]:
+        for key, value in entry.items():
+            entry[key] = value.replace("results/demo", "data")
+    (workdir / "user.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = run_snakemake(workdir, TARGET, "--cores", "2", "--configfile", "user.yaml")
+    assert run.returncode != 0
+    # the mask stage names the file and the reason; the relabel stage, which every training job waits
+    # for, stops too: no training job starts
+    messages = (
+        "data/landcover.nc: none of the 165,888 pixels holds a land-cover class",
+        "geotags of mp16: lc7 is 'none'",
+    )
+    assert any(m in run.output for m in messages), run.output[-4000:]
+    assert "rule train:" not in run.output and not (workdir / "results" / "models").exists()
+
+
 def test_lint_is_clean(tiny_run: TinyRun) -> None:
     run = run_snakemake(tiny_run.workdir, "--lint", "--configfile", str(TINY_CONFIG))
     # (input functions belong in rules/common.smk: a rules file that mixes rules and functions is a lint)

@@ -851,22 +851,24 @@ def check_lc_labels(
             images with LandScan data have a land-cover class (``lc7`` is "none" for the others).
 
     """
-    from geoens.rasters import LandCoverError, handle_unknown_lc_codes, unknown_lc_codes
+    from geoens.rasters import LandCoverError, describe_codes, handle_unknown_lc_codes, unknown_lc_codes
 
     cfg = {**MASKS_DEFAULTS, **(masks_cfg or {})}
     codes = labels["lc_code"].to_numpy(dtype=np.uint8)
     unknown = unknown_lc_codes(codes, 0)
     where = f"{landcover} at the {len(labels):,} geotags of {dataset}"
-    handle_unknown_lc_codes(unknown, where, cfg["unknown_lc_codes"])
     with_ls = np.isfinite(labels["ls_value"].to_numpy(dtype=np.float64))
     n_ls = int(with_ls.sum())
     n_lc = int((with_ls & (labels["lc7"].to_numpy() >= 0)).sum())
     if n_ls and n_lc / n_ls < float(cfg["min_lc_share"]):
+        codes_seen = f"; unknown codes {describe_codes(unknown)}" if unknown.any() else ""
         raise LandCoverError(
             f"{where}: lc7 is 'none' for {n_ls - n_lc:,} of the {n_ls:,} images with LandScan data (only "
             f"{n_lc / n_ls:.1%} have a land-cover class, expected at least masks.min_lc_share = "
-            f"{float(cfg['min_lc_share']):.0%}): wrong land-cover file or legend, or only fill values?"
+            f"{float(cfg['min_lc_share']):.0%}){codes_seen}: wrong land-cover file or legend, or only fill "
+            "values?"
         )
+    handle_unknown_lc_codes(unknown, where, cfg["unknown_lc_codes"])
     return {str(int(c)): int(unknown[c]) for c in np.flatnonzero(unknown)}
 
 

@@ -602,6 +602,9 @@ def block_counts(
     return cnt
 
 
+#: How netCDF's default int8 fill value shows up in an ``_Unsigned`` LCCS variable.
+FILL_HINT = "netCDF's default int8 fill value -127 reads as code 129"
+
 #: What to do with land-cover codes outside the LCCS legend (config ``masks.unknown_lc_codes``).
 UnknownCodes = Literal["error", "none"]
 
@@ -665,6 +668,8 @@ def handle_unknown_lc_codes(counts: npt.NDArray[np.int64], path: str | Path, mod
         return 0
     known = ", ".join(str(c) for c in LC_TOP_CODES)
     what = f"{path}: {n:,} pixels hold codes outside the ESA CCI LCCS legend: {describe_codes(counts)}"
+    if counts[129]:
+        what += f" ({FILL_HINT}: no data was written there)"
     if mode == "error":
         raise LandCoverError(
             f"{what}. Expected LCCS codes ({known} and their regional subclasses; 0 = no data). "
@@ -725,14 +730,16 @@ def lc_mask_stats(
             stats.n_classified += classified
             stats.n_nodata += nodata
         nodata_code = lc.nodata
-    handle_unknown_lc_codes(stats.unknown, path, unknown_codes)
     if stats.n_classified == 0:
+        unknown = (
+            f", the others hold unknown codes {describe_codes(stats.unknown)}" if stats.unknown.any() else ""
+        )
         raise LandCoverError(
             f"{path}: none of the {stats.n_pixels:,} pixels holds a land-cover class: {stats.n_nodata:,} are "
-            f"no data (code 0 or the file's nodata {nodata_code})"
-            + (f", {int(stats.unknown.sum()):,} unknown codes" if stats.unknown.any() else "")
-            + ". Is the variable lccs_class filled only with its fill value?"
+            f"no data (code 0 or the file's nodata {nodata_code}){unknown}. "
+            f"Does lccs_class hold only its fill value ({FILL_HINT})?"
         )
+    handle_unknown_lc_codes(stats.unknown, path, unknown_codes)
     return out, stats
 
 
