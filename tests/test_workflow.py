@@ -173,7 +173,7 @@ def test_search_command_reports_each_bad_photo_budget_or_path_in_one_line(tiny: 
     import sys
 
     images = tiny / "results" / "demo" / "testsets" / "im2gps3k" / "images"
-    good = str(sorted(images.iterdir())[0])
+    good = str(sorted(images.glob("*.jpg"))[0])
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(Path(good).read_bytes()[:40])  # a photo cut short: cannot be decoded
     out = tmp_path / "out"
