@@ -246,9 +246,10 @@ def test_relabel_stops_when_the_images_have_no_land_cover_class() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fault", ["disk full", "killed"])
 @pytest.mark.parametrize("is_dir", [False, True])
 def test_disk_full_during_a_write_leaves_the_old_output_and_no_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, is_dir: bool
+    tmp_path: Path, is_dir: bool, fault: str
 ) -> None:
     import errno
 
@@ -264,9 +265,12 @@ def test_disk_full_during_a_write_leaves_the_old_output_and_no_partial_file(
 
     def write_then_fail(target: Path) -> None:
         target.write_bytes(b"x" * 4096)  # part of the new output is on disk ...
-        raise OSError(errno.ENOSPC, "No space left on device", str(target))  # ... then the disk is full
+        if fault == "killed":  # ... then Snakemake stops the job (SIGINT) ...
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))  # ... or the disk is full
 
-    with pytest.raises(OSError, match="No space left on device"), atomic_path(out, is_dir=is_dir) as tmp:
+    error = KeyboardInterrupt if fault == "killed" else OSError
+    with pytest.raises(error), atomic_path(out, is_dir=is_dir) as tmp:
         write_then_fail(tmp / "part-00000.parquet" if is_dir else tmp)
     after = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
     assert after == before  # the previous output untouched, no temporary file left behind
@@ -375,3 +379,20 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
     finally:
         os.killpg(first.pid, signal.SIGTERM)
         first.wait(timeout=60)
+
+
+def test_readme_fault_table_names_tests_that_exist_and_states_its_count() -> None:
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## What happens when things go wrong", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r.split("|")[1]) for r in rows] == list(range(1, len(rows) + 1))
+    assert f"**{len(rows)} cases**" in section
+    for row in rows:
+        file, name = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)[-1]
+        source = (repo / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {name}\(", source, re.M), (
+            f"README fault table: {file}::{name} does not exist"
+        )
