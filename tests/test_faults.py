@@ -396,3 +396,42 @@ def test_readme_fault_table_names_tests_that_exist_and_states_its_count() -> Non
         assert re.search(rf"^def {name}\(", source, re.M), (
             f"README fault table: {file}::{name} does not exist"
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# fidelity: mixed precision never decides the ranking of cells
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from geoens import train
+    from geoens.data import FolderSource
+    from geoens.models import build_model
+
+    torch.manual_seed(0)
+    n_fine = 400
+    net = build_model("geoest", "test_resnet", n_cells=[1, 1, n_fine])
+    heads = {name: net.heads[name].out_features for name in net.head_names}
+    meta = {"model": "geoest", "backbone": "test_resnet", "image_size": 32, "heads": heads}
+    meta |= {"mean": [0.5] * 3, "std": [0.25] * 3, "hierarchy": np.zeros((n_fine, 2), dtype=np.int64)}
+    train.save_model(net, meta, tmp_path / "m.pt")
+    rng = np.random.default_rng(1)
+    ids = [f"{i}.png" for i in range(4)]
+    for name in ids:
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+
+    # the GPU path (bf16 autocast), run on the CPU
+    def bf16_autocast(device: torch.device) -> tuple[object, torch.dtype]:
+        return torch.autocast("cpu", dtype=torch.bfloat16), torch.bfloat16
+
+    monkeypatch.setattr(train, "_autocast", bf16_autocast)
+    chunks = list(train.iter_predictions(tmp_path / "m.pt", FolderSource(tmp_path), ids, device="cpu"))
+    probs = np.concatenate([c[1] for c in chunks])
+    assert probs.shape == (4, n_fine) and probs.dtype == np.float64
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    # 400 near-equal logits of an untrained head: bf16 logits (8 significant bits) would tie many of them
+    assert min(np.unique(row).size for row in probs) == n_fine

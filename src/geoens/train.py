@@ -927,7 +927,10 @@ def iter_predictions(
             x = batch.images.to(dev)
             if ctx_factory is not None:
                 with _autocast(dev)[0]:
-                    logits = net(x)
+                    features = net.backbone(x)
+                # the heads leave autocast: float32 logits, so bf16 cannot tie or reorder near-equal cells
+                features = features.float()
+                logits = {h: net.heads[h](features) for h in heads}
             else:
                 logits = net(x)
             probs = {h: torch.softmax(logits[h].double(), dim=1).cpu().numpy() for h in heads}
