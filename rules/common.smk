@@ -2,6 +2,7 @@
 import json
 
 from geoens.config import check_inputs_exist, effective_config
+from geoens.io import check_writable, folder_fingerprint
 
 # The config of this run, by the one function `geoens validate` uses too: the user's --configfile(s), or the
 # demo's config.yaml only when none is given (never merged under a user's file), then --config values, then
@@ -122,3 +123,27 @@ def geoclip_predict_inputs(wildcards):
         inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
         inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
     return inputs
+
+
+# --- folder inputs: Snakemake sees only a folder's own mtime, so the rules that read an image or shard
+# folder carry its fingerprint (names, sizes, mtimes of the files inside) as a param; with the profiles'
+# rerun-triggers (params) a changed, added or removed file reruns them and everything downstream.
+def shards_fingerprint(wildcards):
+    """Fingerprint of the training shards folder (`geoens.io.folder_fingerprint`)."""
+    return folder_fingerprint(config["inputs"]["train"]["shards_dir"])
+
+
+def testset_fingerprint(wildcards):
+    """Fingerprint of a test set's image folder."""
+    return folder_fingerprint(config["inputs"]["testsets"][wildcards.testset]["images"])
+
+
+def dataset_fingerprint(wildcards):
+    """Fingerprint of the images a prediction dataset reads: the shards (val) or a test set's folder."""
+    if wildcards.dataset == "val":
+        return shards_fingerprint(wildcards)
+    return folder_fingerprint(config["inputs"]["testsets"][wildcards.dataset]["images"])
+
+
+# --- nothing runs when an output folder cannot be written (a read-only results/, full quota) ---
+check_writable(["results", "logs", "benchmarks"])

@@ -48,6 +48,7 @@ rule geoclip_tower:
         gpu=min(1, config["geoclip"]["tower"]["gpus"]),
     params:
         tower=params_of("geoclip", "tower"),
+        shards=shards_fingerprint,
         queue_size=config["geoclip"]["queue_size"],
         gallery_negatives=config["geoclip"]["gallery_negatives"],
         learn_logit_scale=config["geoclip"]["learn_logit_scale"],
@@ -77,6 +78,7 @@ rule geoclip_predict:
         gpu=min(1, config["geoclip"]["tower"]["gpus"]),
     params:
         image_tower=config["geoclip"]["image_tower"],
+        images=dataset_fingerprint,
         clip_model=config["geoclip"]["clip_model"],
         batch_size=config["geoclip"]["predict_batch_size"],
         device=config["train"]["device"],

@@ -60,6 +60,8 @@ rule relabel_train:
         runtime=60,
     params:
         labels=params_of("labels"),
+        masks=params_of("masks"),
+        shards=shards_fingerprint,
         seed=config["seed"],
         dataset=TRAIN_NAME,
     script:
@@ -91,5 +93,7 @@ rule relabel_testset:
         runtime=20,
     params:
         labels=params_of("labels"),
+        masks=params_of("masks"),
+        images=testset_fingerprint,
     script:
         "../workflow_scripts/labels_relabel_testset.py"

@@ -44,6 +44,7 @@ rule mask_lc:
         runtime=60,
     params:
         grid=params_of("grid"),
+        unknown_lc_codes=config["masks"]["unknown_lc_codes"],
     script:
         "../workflow_scripts/masks_lc.py"
 
@@ -91,5 +92,7 @@ rule atoms:
         runtime=30,
     params:
         grid=params_of("grid"),
+        min_lc_share=config["masks"]["min_lc_share"],
+        landcover=config["inputs"]["landcover"],
     script:
         "../workflow_scripts/atoms_build.py"

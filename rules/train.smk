@@ -22,6 +22,8 @@ rule shard_index:
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        shards=shards_fingerprint,
     script:
         "../workflow_scripts/shard_index.py"
 
@@ -62,6 +64,7 @@ rule train:
         gpu=lambda wc: config["train"]["models"][wc.model]["gpus"],
     params:
         trainer=lambda wc: params_of("train", "models", wc.model),
+        shards=shards_fingerprint,
         device=config["train"]["device"],
         num_workers=config["train"]["num_workers"],
         seed=config["seed"],
@@ -92,6 +95,7 @@ rule predict:
         device=config["train"]["device"],
         num_workers=config["train"]["num_workers"],
         batch_size=lambda wc: config["train"]["models"][wc.model]["batch_size"],
+        images=dataset_fingerprint,
     script:
         "../workflow_scripts/predict.py"
 

@@ -130,7 +130,7 @@ def test_stage_entry_points_end_to_end(tmp_path: Path) -> None:
     m = tmp_path / "masks"
     info = rasters.make_ls_mask(ls_tif, edges, g, m / "ls.tif", m / "ls.png")
     assert info["edges_log10"] == [0, 1, 2, 3, 4.7]
-    rasters.make_lc_mask(lc_nc, g, m / "lc.tif", m / "lc.png")
+    rasters.make_lc_mask(lc_nc, g, m / "lc.tif", m / "lc.png", unknown_codes="none")  # codes 5, 99, 255
     counts = s2.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet", m / "s2_fine.png")
     assert counts["cells"] == counts["cells_with_pixels"] + counts["absorbed"]
     a = tmp_path / "atoms"

@@ -13,7 +13,7 @@ import pytest
 
 from _rva_world import make_world, random_probs, raster_reference, write_inputs
 from geoens import rva
-from geoens.constants import CAP_AREAS_KM2, GCD_RADIUS_KM, GCD_THRESHOLDS_KM
+from geoens.constants import CAP_AREAS_KM2, EARTH_RADIUS_KM, GCD_RADIUS_KM, GCD_THRESHOLDS_KM, cap_area_km2
 from geoens.grid import haversine_km
 
 PEER = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "peers" / "GeoEstimation"
@@ -134,7 +134,9 @@ def test_reference_atom_builder_matches_masks_stage() -> None:
 
 
 def test_cap_areas() -> None:
-    R = GCD_RADIUS_KM
+    # areas are measured with the area radius (DESIGN 2), like every pixel area, not the GCD radius
+    R = EARTH_RADIUS_KM
+    assert cap_area_km2(2500.0) != pytest.approx(cap_area_km2(2500.0, GCD_RADIUS_KM), rel=1e-9)
     for r, a in zip(GCD_THRESHOLDS_KM, CAP_AREAS_KM2, strict=True):
         assert a == pytest.approx(2 * math.pi * R**2 * (1 - math.cos(r / R)), rel=1e-12)
     # the paper's rounded values (its 2.0e7 is pi r^2 = 1.96e7; the cap is 1.94e7)

@@ -8,7 +8,9 @@ untouched stages must keep their modification times. Every test restores what it
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,6 +201,100 @@ def test_changing_an_input_raster_reruns_from_the_masks_on(tiny_run: TinyRun) ->
     assert "mask_lc" not in plan, plan
     assert plan == RASTER_DESCENDANTS
     assert tiny_run.plan() == {}
+
+
+# Folder inputs (inputs.train.shards_dir, inputs.testsets.<name>.images): Snakemake sees only the folder's
+# own mtime; the rules that read a folder carry its fingerprint (names, sizes, mtimes) as a param.
+SHARD_DESCENDANTS = {"shard_index": 1, **RASTER_DESCENDANTS}  # every rule below the training labels
+ONE_TESTSET = {
+    "relabel_testset": 1,
+    "predict": BASE_MODELS,
+    "geoclip_predict": 1,
+    "evaluate": 1,
+    "figure_rva": 1,
+}
+
+
+@contextlib.contextmanager
+def _restored(folder: Path) -> Iterator[None]:
+    """Put back every file of ``folder`` (bytes and mtimes) and the folder's own mtime afterwards."""
+    files = {p: (p.read_bytes(), p.stat()) for p in folder.rglob("*") if p.is_file()}
+    folder_stat = folder.stat()
+    try:
+        yield
+    finally:
+        for p in set(folder.rglob("*")) - set(files):
+            p.unlink()
+        for p, (data, st) in files.items():
+            p.write_bytes(data)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(folder, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+
+
+def test_replacing_a_shard_reruns_everything_that_reads_the_training_images(tiny_run: TinyRun) -> None:
+    import msgpack
+
+    shards = tiny_run.workdir / tiny_run.config["inputs"]["train"]["shards_dir"]
+    shard = sorted(shards.glob("*.msgpack"))[-1]
+    with _restored(shards):
+        records = list(msgpack.Unpacker(io.BytesIO(shard.read_bytes()), raw=False))
+        records[0]["image"] = records[1]["image"]  # a new version of the shard: one image replaced
+        shard.write_bytes(b"".join(msgpack.packb(r) for r in records))
+        plan = tiny_run.plan()
+    assert plan == SHARD_DESCENDANTS
+    assert tiny_run.plan() == {}  # the original shard back: nothing to be done
+
+
+def test_fixing_or_adding_a_test_image_reruns_that_test_set_only(tiny_run: TinyRun) -> None:
+    images = tiny_run.workdir / tiny_run.config["inputs"]["testsets"]["im2gps3k"]["images"]
+    first = sorted(images.glob("*.jpg"))[0]
+    with _restored(images):
+        first.write_bytes(first.read_bytes() + b"\0")  # fixed in place (same name)
+        fixed = tiny_run.plan()
+    with _restored(images):
+        (images / "new_photo.jpg").write_bytes(first.read_bytes())  # added
+        added = tiny_run.plan()
+    assert fixed == ONE_TESTSET
+    assert added == ONE_TESTSET
+    assert tiny_run.plan() == {}
+
+
+def test_land_cover_of_fill_values_only_stops_before_any_training_job(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    import shutil
+
+    import netCDF4
+
+    # a user's data folder: the tiny world's inputs, with an ESA-CCI-layout land cover whose lccs_class
+    # holds only netCDF's default fill value (-127, read as code 129)
+    workdir = copy_workflow(tmp_path / "wf")
+    shutil.copytree(tiny_run.workdir / "results" / "demo", workdir / "data")
+    lc = workdir / "data" / "landcover.nc"
+    with netCDF4.Dataset(lc, "r+") as nc:
+        var = nc.variables["lccs_class"]
+        var.set_auto_maskandscale(False)
+        var[:] = -127
+    cfg = copy.deepcopy(tiny_run.config)
+    cfg["demo"]["enabled"] = False
+    inputs = cfg["inputs"]
+    for key in ("landscan", "landcover"):
+        inputs[key] = inputs[key].replace("results/demo", "data")
+    for entry in [inputs["train"], *inputs["testsets"].values()]:
+        for key, value in entry.items():
+            entry[key] = value.replace("results/demo", "data")
+    (workdir / "user.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = run_snakemake(workdir, TARGET, "--cores", "2", "--configfile", "user.yaml")
+    assert run.returncode != 0
+    # the mask stage names the file and the reason; the relabel stage, which every training job waits
+    # for, stops too: no training job starts
+    messages = (
+        "data/landcover.nc: none of the 165,888 pixels holds a land-cover class",
+        "geotags of mp16: lc7 is 'none'",
+    )
+    assert any(m in run.output for m in messages), run.output[-4000:]
+    assert "rule train:" not in run.output
+    assert not list((workdir / "results" / "models").glob("*/model.pt"))
 
 
 def test_lint_is_clean(tiny_run: TinyRun) -> None:

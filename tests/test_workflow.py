@@ -165,3 +165,56 @@ def test_search_command_rejects_missing_image(tiny: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "image(s) not found: nope.jpg" in proc.stderr
+
+
+def test_search_command_reports_each_bad_photo_budget_or_path_in_one_line(tiny: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    images = tiny / "results" / "demo" / "testsets" / "im2gps3k" / "images"
+    good = str(sorted(images.glob("*.jpg"))[0])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(Path(good).read_bytes()[:40])  # a photo cut short: cannot be decoded
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def search(*args: str, config: Path = TINY_CONFIG) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "geoens.cli",
+            "search",
+            *args,
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ]
+        return subprocess.run(cmd, cwd=tiny, capture_output=True, text=True, env=env)
+
+    budget = ("--budget-km2", "1e6")
+    cases = {
+        # name: (arguments, expected exit status, the one line on stderr)
+        "undecodable": ((str(bad), *budget), 1, f"{bad}: cannot decode the photo; skipped"),
+        "negative budget": ((good, "--budget-km2", "-5"), 2, "--budget-km2 must be a positive area"),
+        "nan budget": ((good, "--budget-km2", "nan"), 2, "--budget-km2 must be a positive area"),
+        "no results": ((good, *budget, "--results", "nowhere"), 2, "nowhere/atoms/atoms.parquet is missing"),
+        "bad attribute": ((good, *budget, "--attributes", "ls,xx"), 2, "unknown families ['xx']"),
+        "a folder": ((str(images), *budget), 2, "image(s) not found"),
+    }
+    for name, (args, status, line) in cases.items():
+        proc = search(*args)
+        assert proc.returncode == status, (name, proc.stderr)
+        assert line in proc.stderr, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr, (name, proc.stderr)
+    # bad photos among good ones: the good one is searched, each bad one named, exit 0
+    proc = search(str(bad), good, "missing.jpg", *budget)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{bad}: cannot decode the photo; skipped" in proc.stderr
+    assert "missing.jpg: no such photo file; skipped" in proc.stderr
+    assert (out / f"{Path(good).stem}.geojson").stat().st_size > 0
+    # a config that is not valid
+    (tmp_path / "bad.yaml").write_text("grid: {height: tall}\n")
+    proc = search(good, *budget, config=tmp_path / "bad.yaml")
+    assert proc.returncode == 2 and "bad.yaml" in proc.stderr and "Traceback" not in proc.stderr

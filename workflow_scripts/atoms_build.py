@@ -6,11 +6,20 @@ import time
 from geoens.atoms import make_atoms
 from geoens.config import grid_from_config
 from geoens.logs import setup_logging
+from geoens.rasters import check_lc_coverage, read_label_raster
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 grid = grid_from_config({"grid": json.loads(snakemake.params.grid)})
 start = time.perf_counter()
+# before the atoms: a land cover that leaves most populated land without a class is the wrong file
+share = check_lc_coverage(
+    read_label_raster(snakemake.input.ls, grid)[0],
+    read_label_raster(snakemake.input.lc, grid)[0],
+    float(snakemake.params.min_lc_share),
+    f"{snakemake.input.lc} (from {snakemake.params.landcover})",
+)
+log.info("land cover covers %.1f%% of the pixels with LandScan data", 100 * share)
 summary = make_atoms(
     snakemake.input.s2,
     snakemake.input.ls,

@@ -19,5 +19,6 @@ summary = run_relabel_testset(
     summary_json=out.summary,
     labels_cfg=json.loads(snakemake.params.labels),
     dataset=snakemake.wildcards.testset,
+    masks_cfg=json.loads(snakemake.params.masks),
 )
 log.info("kept %d of %d rows", summary["rows_kept"], summary["rows_total"])

@@ -21,5 +21,6 @@ summary = run_relabel_train(
     seed=int(snakemake.params.seed),
     dataset=snakemake.params.dataset,
     processes=snakemake.threads,
+    masks_cfg=json.loads(snakemake.params.masks),
 )
 log.info("kept %d of %d rows; split %s", summary["rows_kept"], summary["rows_total"], summary["split"])

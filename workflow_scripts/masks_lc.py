@@ -12,7 +12,12 @@ log = setup_logging(snakemake.log[0])
 grid = grid_from_config({"grid": json.loads(snakemake.params.grid)})
 start = time.perf_counter()
 summary = make_lc_mask(
-    snakemake.input.landcover, grid, snakemake.output.tif, snakemake.output.png, progress=True
+    snakemake.input.landcover,
+    grid,
+    snakemake.output.tif,
+    snakemake.output.png,
+    progress=True,
+    unknown_codes=snakemake.params.unknown_lc_codes,
 )
 log.info("LC mask: %s", json.dumps(summary, sort_keys=True))
 log.info("done in %.1f s", time.perf_counter() - start)

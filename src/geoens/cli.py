@@ -81,33 +81,48 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``geoens search``: ranked regions within the budget for each photo."""
     from geoens.search import plan_search
 
+    if not (np.isfinite(args.budget_km2) and args.budget_km2 > 0):
+        raise ValueError(f"--budget-km2 must be a positive area in km^2, got {args.budget_km2}")
     cfg = load_config(args.config)
     results = Path(args.results)
-    images = [Path(p) for p in args.images]
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
-    for needed in ("atoms/atoms.parquet", "atoms/atom_index.tif", "masks/s2_absorption.parquet"):
-        if not (results / needed).exists():
-            raise FileNotFoundError(
-                f"{results / needed} is missing: run the workflow first (snakemake ... results/{needed})"
-            )
     families = [f for f in args.attributes.split(",") if f] if args.attributes else []
     unknown = set(families) - {"ls", "lc"}
     if unknown:
         raise ValueError(f"--attributes: unknown families {sorted(unknown)} (choose from ls, lc)")
+    needed = ["atoms/atoms.parquet", "atoms/atom_index.tif", "masks/s2_absorption.parquet"]
+    for m in [args.base, *families]:
+        if m != "geoclip":
+            needed.append(f"models/{m}/model.pt")
+        else:
+            needed.append("geoclip/cell_embeddings.parquet")
+            if cfg["geoclip"]["image_tower"] == "trained":
+                needed.append("models/geoclip_tower/model.pt")
+    for need in needed:
+        if not (results / need).exists():
+            raise FileNotFoundError(
+                f"{results / need} is missing: run the workflow first (snakemake ... results/{need})"
+            )
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    images = [p for p in paths if p.is_file()]
+    if not images:
+        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    for name in missing:
+        print(f"geoens: error: {name}: no such photo file; skipped", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     by_folder: dict[Path, list[str]] = {}
     for p in images:
         by_folder.setdefault(p.resolve().parent, []).append(p.name)
+    searched = 0
     for folder, ids in by_folder.items():
         preds = {
             m: _predict_family(m, results, cfg, folder, ids, args.device) for m in [args.base, *families]
         }
         for image_id in ids:
             if any(image_id not in p for p in preds.values()):
-                log.error("%s: the image could not be decoded; skipped", folder / image_id)
+                bad = folder / image_id
+                print(f"geoens: error: {bad}: cannot decode the photo; skipped", file=sys.stderr)
                 continue
             probs = {"s2": preds[args.base][image_id], **{f: preds[f][image_id] for f in families}}
             stem = Path(image_id).stem
@@ -126,6 +141,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{folder / image_id}: {len(regions)} region group(s), {total:.4g} km^2 of "
                 f"{args.budget_km2:.4g} km^2 -> {out / (stem + '.geojson')}"
             )
+            searched += 1
+    if searched == 0:
+        print(f"geoens: error: none of the {len(paths)} photo(s) could be searched", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -165,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"geoens: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - one line naming the problem, never a traceback
+        print(f"geoens: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,8 +18,12 @@ GCD_THRESHOLDS_KM: Final[tuple[float, ...]] = (1.0, 25.0, 200.0, 750.0, 2500.0)
 GCD_THRESHOLD_NAMES: Final[tuple[str, ...]] = ("street", "city", "region", "country", "continent")
 
 
-def cap_area_km2(radius_km: float, earth_radius_km: float = GCD_RADIUS_KM) -> float:
-    """Area (km^2) of a spherical cap of geodesic radius ``radius_km``: ``2 pi R^2 (1 - cos(r / R))``."""
+def cap_area_km2(radius_km: float, earth_radius_km: float = EARTH_RADIUS_KM) -> float:
+    """Area (km^2) of a spherical cap of geodesic radius ``radius_km``: ``2 pi R^2 (1 - cos(r / R))``.
+
+    ``R`` is the area radius (6371.0088 km, DESIGN 2), the one the pixel areas use, so that a cap and a
+    region of the grid are measured alike; distances use :data:`GCD_RADIUS_KM` (6371 km).
+    """
     return 2.0 * math.pi * earth_radius_km**2 * (1.0 - math.cos(radius_km / earth_radius_km))
 
 

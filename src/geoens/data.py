@@ -134,8 +134,10 @@ class ShardIndex:
                     start = end
                 size = path.stat().st_size
                 if start != size:
+                    n_done = sum(1 for k in shard_no if k == s)
                     raise ShardFormatError(
-                        f"{path}: truncated record at byte {start} (file has {size} bytes)"
+                        f"{path}: truncated record {n_done} at byte {start} (file has {size} bytes; "
+                        f"{n_done} complete records before it)"
                     )
         return cls(
             shards=[p.name for p in paths],

@@ -44,8 +44,8 @@ from rasterio.windows import Window
 
 from geoens import s2
 from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
-from geoens.io import SHARD_PATTERNS, atomic_path, list_shards, read_json, write_json
-from geoens.rasters import Kind
+from geoens.io import SHARD_PATTERNS, ShardFormatError, atomic_path, list_shards, read_json, write_json
+from geoens.rasters import Kind, NegativePopulationError, check_population, read_window
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,28 @@ class BadRows:
         }
 
 
+def _undecodable_line(path: Path) -> str:
+    """``"line N, byte B"`` of the first line of ``path`` that is not UTF-8 (a UTF-8 BOM is accepted)."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {number}, byte {exc.start + 1} ({raw[exc.start : exc.start + 1]!r})"
+    return "no line"  # pragma: no cover - only called after a decoding error
+
+
 def _read_header(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            first = next(csv_module.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as fh:
+            line = fh.readline()
+    except OSError as exc:
         raise MetadataError(f"{path}: cannot read the CSV header: {exc}") from exc
+    try:
+        # utf-8-sig: the byte-order mark that spreadsheet programs write is not part of the first name
+        first = next(csv_module.reader([line.decode("utf-8-sig")]), None)
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{path}: not UTF-8 text at {_undecodable_line(path)}: save it as UTF-8") from exc
     if not first:
         raise MetadataError(f"{path}: empty file (expected a header with {', '.join(METADATA_COLUMNS)})")
     return [c.strip() for c in first]
@@ -237,6 +253,9 @@ def read_metadata(
                 raise
             table = _read_columns(path, numeric=False)
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as exc:
+        if "utf8" in str(exc).lower().replace("-", ""):
+            where = _undecodable_line(path)
+            raise MetadataError(f"{path}: not UTF-8 text at {where}: save it as UTF-8") from exc
         raise MetadataError(f"{path}: cannot parse the CSV: {exc}") from exc
     n = table.num_rows
     if n == 0:
@@ -306,6 +325,7 @@ def read_metadata(
 def _shard_id_array(path: Path) -> pa.Array:
     """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
     out: list[str] = []
+    end = 0  # byte after the last complete record
     with open(path, "rb") as fh:
         unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
         try:
@@ -313,10 +333,17 @@ def _shard_id_array(path: Path) -> pa.Array:
                 if not isinstance(rec, dict) or "id" not in rec:
                     raise ValueError(f"{path}: record {index} is not a map with an 'id'")
                 out.append(str(rec["id"]))
+                end = unpacker.tell()
         except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
             if str(path) in str(exc):
                 raise
             raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
+    size = path.stat().st_size
+    if end != size:  # the unpacker stops silently at a record cut short
+        raise ShardFormatError(
+            f"{path}: truncated record {len(out)} at byte {end} (file has {size} bytes; "
+            f"{len(out)} complete records before it)"
+        )
     return pa.array(out, pa.string())
 
 
@@ -432,7 +459,7 @@ def read_pixels(
                 c1 = min(w, (int(chunk[-1]) + 1) * bw)
                 lo_i = s + int(np.searchsorted(c[s:e], c0, side="left"))
                 hi_i = s + int(np.searchsorted(c[s:e], c1, side="left"))
-                block = ds.read(band, window=Window(c0, r0, c1 - c0, r1 - r0))
+                block = read_window(ds, ds.name, Window(c0, r0, c1 - c0, r1 - r0), band)
                 values[idx[lo_i:hi_i]] = block[r[lo_i:hi_i] - r0, c[lo_i:hi_i] - c0]
     return values.reshape(shape)
 
@@ -470,6 +497,9 @@ def sample_native(
 def sample_landscan(path: str | Path, lat: npt.ArrayLike, lon: npt.ArrayLike) -> FloatArray:
     """LandScan values at points (nearest native pixel), float64 with NaN for nodata."""
     raw, nodata = sample_native(path, "landscan", lat, lon)
+    n_neg, values = check_population(raw, nodata, path)
+    if n_neg:
+        raise NegativePopulationError(path, n_neg, values, nodata)
     out = raw.astype(np.float64)
     out[raw == nodata] = np.nan
     return out
@@ -797,6 +827,51 @@ def _partition_paths(partitions_dir_or_paths: str | Path | Mapping[str, str | Pa
     return read_partitions(paths)
 
 
+#: Defaults of the config's ``masks`` section (land-cover sanity checks).
+MASKS_DEFAULTS: dict[str, Any] = {"unknown_lc_codes": "error", "min_lc_share": 0.5}
+
+
+def check_lc_labels(
+    labels: pd.DataFrame, landcover: str | Path, dataset: str, masks_cfg: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Land-cover sanity of a labelled set: unknown LCCS codes, and the share of images with a class.
+
+    Args:
+        labels: The label table (``lc_code``, ``lc7``, ``ls_value``).
+        landcover: The land-cover raster the codes came from (for the messages).
+        dataset: The set's name (for the messages).
+        masks_cfg: The config's ``masks`` section (``unknown_lc_codes``: ``error`` | ``none``,
+            ``min_lc_share``); defaults :data:`MASKS_DEFAULTS`.
+
+    Returns:
+        ``{code: images}`` of the unknown codes (empty unless ``unknown_lc_codes: none``).
+
+    Raises:
+        LandCoverError: On an unknown code (``error`` mode), or when fewer than ``min_lc_share`` of the
+            images with LandScan data have a land-cover class (``lc7`` is "none" for the others).
+
+    """
+    from geoens.rasters import LandCoverError, describe_codes, handle_unknown_lc_codes, unknown_lc_codes
+
+    cfg = {**MASKS_DEFAULTS, **(masks_cfg or {})}
+    codes = labels["lc_code"].to_numpy(dtype=np.uint8)
+    unknown = unknown_lc_codes(codes, 0)
+    where = f"{landcover} at the {len(labels):,} geotags of {dataset}"
+    with_ls = np.isfinite(labels["ls_value"].to_numpy(dtype=np.float64))
+    n_ls = int(with_ls.sum())
+    n_lc = int((with_ls & (labels["lc7"].to_numpy() >= 0)).sum())
+    if n_ls and n_lc / n_ls < float(cfg["min_lc_share"]):
+        codes_seen = f"; unknown codes {describe_codes(unknown)}" if unknown.any() else ""
+        raise LandCoverError(
+            f"{where}: lc7 is 'none' for {n_ls - n_lc:,} of the {n_ls:,} images with LandScan data (only "
+            f"{n_lc / n_ls:.1%} have a land-cover class, expected at least masks.min_lc_share = "
+            f"{float(cfg['min_lc_share']):.0%}){codes_seen}: wrong land-cover file or legend, or only fill "
+            "values?"
+        )
+    handle_unknown_lc_codes(unknown, where, cfg["unknown_lc_codes"])
+    return {str(int(c)): int(unknown[c]) for c in np.flatnonzero(unknown)}
+
+
 def run_relabel_train(
     metadata: str | Path,
     shards_dir: str | Path,
@@ -810,6 +885,7 @@ def run_relabel_train(
     seed: int,
     dataset: str = "mp16",
     processes: int = 1,
+    masks_cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rule ``relabel_train``: clean the metadata against the shards, label, write shards, edges and summary.
 
@@ -827,6 +903,7 @@ def run_relabel_train(
         seed: The config's seed.
         dataset: Name in the summary.
         processes: Processes that read the shards' ids in parallel (the rule's threads).
+        masks_cfg: The config's ``masks`` section (land-cover checks, :func:`check_lc_labels`).
 
     Returns:
         The summary record.
@@ -846,10 +923,12 @@ def run_relabel_train(
         float(labels_cfg["urban_cap"]),
         int(seed),
     )
+    unknown = check_lc_labels(labels, landcover, dataset, masks_cfg)
     write_label_shards(labels, out_dir, int(labels_cfg["rows_per_shard"]))
     write_json(edges_json, edges)
     summary = summarize(dataset, labels, bad)
     summary["ls_edges"] = edges
+    summary["lc_unknown_codes"] = unknown
     write_summary(summary_json, summary)
     log.info(
         "relabelled %d images; LS edges %s, counts %s", len(labels), edges["edges_log10"], edges["counts"]
@@ -868,6 +947,7 @@ def run_relabel_testset(
     summary_json: str | Path,
     labels_cfg: Mapping[str, Any],
     dataset: str,
+    masks_cfg: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rule ``relabel_testset``: like :func:`run_relabel_train` with the train's edges, ``split = "test"``."""
     ids = available_ids(images_dir)
@@ -875,8 +955,10 @@ def run_relabel_testset(
     labels = relabel_testset(
         meta, landscan, landcover, _partition_paths(partitions), load_ls_edges(edges_json)
     )
+    unknown = check_lc_labels(labels, landcover, dataset, masks_cfg)
     write_label_table(labels, out_parquet)
     summary = summarize(dataset, labels, bad)
+    summary["lc_unknown_codes"] = unknown
     write_summary(summary_json, summary)
     log.info("relabelled %d test images of %s", len(labels), dataset)
     return summary

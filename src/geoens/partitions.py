@@ -251,6 +251,60 @@ def write_partition_csv(partition: Partition, path: str | Path) -> None:
         frame.to_csv(fh, index=False, lineterminator="\n", float_format="%.15g")
 
 
+def _check_partition_rows(path: Path, df: pd.DataFrame, first_line: int) -> None:
+    """Raise :class:`PartitionError` naming the file line of the first bad value of a partition CSV.
+
+    Checks, in this order: every value present and numeric (``hex_id`` a valid S2 token), then the class
+    labels ``0..n-1`` each once (naming the first duplicate or the first missing label).
+    """
+    line = np.arange(len(df)) + first_line  # file line of each row (1-based)
+    for col in CSV_COLUMNS:
+        raw = df[col]
+        if col == "hex_id":
+            text = raw.astype(str).str.strip()
+            bad = np.array(raw.isna().to_numpy() | (text == "").to_numpy(), dtype=bool)
+            what = "an S2 cell token"
+            if not bad.any():
+                try:
+                    s2.level(s2.token_to_id(text))
+                except ValueError:  # find the row (error path only)
+                    for i in range(len(text)):
+                        try:
+                            s2.level(s2.token_to_id([text.iloc[i]]))
+                        except ValueError as exc:
+                            bad[i] = True
+                            what = f"an S2 cell token ({exc})"
+                            break
+        else:
+            num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            bad = ~np.isfinite(num)
+            if col in ("class_label", "imgs_per_cell"):
+                with np.errstate(invalid="ignore"):
+                    bad |= num % 1 != 0
+            what = "an integer" if col in ("class_label", "imgs_per_cell") else "a number"
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = raw.iloc[i]
+            shown = "empty" if pd.isna(value) or str(value).strip() == "" else repr(str(value))
+            raise PartitionError(f"{path}: line {line[i]}: {col} is {shown}, expected {what}")
+    labels = df["class_label"].to_numpy(dtype=np.float64).astype(np.int64)
+    order = np.argsort(labels, kind="stable")
+    srt = labels[order]
+    dup = np.flatnonzero(srt[1:] == srt[:-1])
+    if dup.size:
+        a, b = sorted((int(line[order[dup[0]]]), int(line[order[dup[0] + 1]])))
+        raise PartitionError(f"{path}: class_label {srt[dup[0]]} appears twice, on lines {a} and {b}")
+    expected = np.arange(len(df))
+    off = np.flatnonzero(srt != expected)
+    if off.size:
+        k = int(off[0])
+        after = f" (after line {line[order[k - 1]]}, class_label {k - 1})" if k > 0 else ""
+        raise PartitionError(
+            f"{path}: class_label {k} is missing{after}; line {line[order[k]]} has {srt[k]}: "
+            f"class_label must be 0..{len(df) - 1}, each once"
+        )
+
+
 def read_partition_csv(path: str | Path, name: str = "") -> Partition:
     """Read a GeoEstimation partition CSV (two comment lines, then :data:`CSV_COLUMNS`).
 
@@ -285,10 +339,9 @@ def read_partition_csv(path: str | Path, name: str = "") -> Partition:
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
         raise PartitionError(f"{p}: missing column(s) {missing} (columns: {list(df.columns)})")
-    labels = df["class_label"].to_numpy()
-    if not np.array_equal(np.sort(labels), np.arange(len(df))):
-        raise PartitionError(f"{p}: class_label must be 0..{len(df) - 1}, each once")
+    _check_partition_rows(p, df, first_line=skip + 2)
     df = df.sort_values("class_label", kind="stable").reset_index(drop=True)
+    df["class_label"] = df["class_label"].astype(np.int64)
     try:
         cells = s2.token_to_id(df["hex_id"].astype(str))
         s2.level(cells)

@@ -40,9 +40,18 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geoens.constants import LANDSCAN_NODATA, LC_CLASSES, LC_NODATA, LS_BUCKETS, NO_CLASS, lc_lookup_tables
+from geoens.constants import (
+    LANDSCAN_NODATA,
+    LC_CLASSES,
+    LC_NODATA,
+    LC_TOP_CODES,
+    LS_BUCKETS,
+    NO_CLASS,
+    lc_lookup_tables,
+)
 from geoens.grid import Grid
 from geoens.logs import TqdmToLogger
 
@@ -181,6 +190,49 @@ def _is_netcdf(path: Path) -> bool:
     return head.startswith(b"CDF") or head.startswith(b"\x89HDF")
 
 
+def read_window(ds: Any, path: str | Path, window: Window, band: int = 1) -> np.ndarray:
+    """``ds.read(band, window=window)``; a failed read (truncated or corrupt file) names file and rows.
+
+    Raises:
+        ValueError: Naming the file, the rows and columns of the window and the file's size: GDAL's own
+            "Read failed" names neither the full path nor where the data stopped.
+
+    """
+    try:
+        return np.asarray(ds.read(band, window=window))
+    except RasterioError as exc:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height) - 1, c0 + int(window.width) - 1
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ValueError(
+            f"{path}: reading rows {r0}..{r1}, columns {c0}..{c1} "
+            f"failed ({str(exc).strip()}); the file ({size} bytes) is truncated or corrupt: copy it again"
+        ) from exc
+
+
+def check_population(values: np.ndarray, nodata: int, path: str | Path) -> tuple[int, list[int]]:
+    """Count population values below 0 that are not ``nodata`` -> ``(count, up to 5 distinct values)``."""
+    neg = values < 0
+    if not neg.any():
+        return 0, []
+    neg &= values != nodata
+    if not neg.any():
+        return 0, []
+    return int(np.count_nonzero(neg)), np.unique(values[neg])[:5].tolist()
+
+
+class NegativePopulationError(ValueError):
+    """Negative LandScan values that are not the nodata value (an undeclared nodata sentinel)."""
+
+    def __init__(self, path: str | Path, count: int, values: Sequence[int], nodata: int) -> None:
+        shown = ", ".join(str(v) for v in values)
+        super().__init__(
+            f"{path}: {count} pixel(s) hold negative population value(s) {shown}, which are not the nodata "
+            f"value ({nodata}): declare the file's nodata value "
+            f"(e.g. gdal_edit.py -a_nodata {values[0]} {path})"
+        )
+
+
 @contextlib.contextmanager
 def _open_geotiff(path: Path, kind: str) -> Iterator[NativeRaster]:
     # A small block cache: strips are read once, top to bottom (GDAL's default is 5% of RAM).
@@ -199,7 +251,7 @@ def _open_geotiff(path: Path, kind: str) -> Iterator[NativeRaster]:
 
         def read(row0: int, nrows: int) -> np.ndarray:
             # Window read at native resolution (never out_shape: that would read an overview).
-            return ds.read(1, window=Window(0, row0, ds.width, nrows))
+            return read_window(ds, path, Window(0, row0, ds.width, nrows))
 
         yield NativeRaster(
             path, kind, ds.height, ds.width, np.dtype(ds.dtypes[0]), nodata, max(chunk, 1), read
@@ -411,9 +463,14 @@ def landscan_mean(path: str | Path, grid: Grid, progress: bool = False) -> Float
 
     """
     out = np.full(grid.shape, np.nan, dtype=np.float64)
+    n_neg, neg_values = 0, set[int]()
     with open_checked(path, "landscan") as ls:
         for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
+            n, vals = check_population(rows, ls.nodata, path)
+            n_neg, neg_values = n_neg + n, neg_values | set(vals)
             out[r0 : r0 + k] = block_mean(rows, f, ls.nodata)
+        if n_neg:
+            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
     return out
 
 
@@ -481,11 +538,16 @@ def ls_mask(
     ls_bucket_of(np.zeros(0), edges_log10)  # validate the edges before reading
     out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
     n_nodata = 0
+    n_neg, neg_values = 0, set[int]()
     with open_checked(path, "landscan") as ls:
         for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
+            n, vals = check_population(rows, ls.nodata, path)
+            n_neg, neg_values = n_neg + n, neg_values | set(vals)
             mean = block_mean(rows, f, ls.nodata)
             n_nodata += int(np.isnan(mean).sum())
             out[r0 : r0 + k] = ls_bucket_of(mean, edges_log10)
+        if n_neg:
+            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
     return out, n_nodata
 
 
@@ -512,11 +574,14 @@ def block_mode(
 
     """
     h, w = classes.shape
-    hb, wb = h // factor, w // factor
-    counts = block_counts(classes, factor, n_classes, lut)
+    return _mode_of_counts(block_counts(classes, factor, n_classes, lut)).reshape(h // factor, w // factor)
+
+
+def _mode_of_counts(counts: np.ndarray) -> npt.NDArray[np.int8]:
+    """Class with the most pixels per block (ties -> lowest index; -1 where no pixel has a class)."""
     best = np.argmax(counts, axis=0).astype(np.int8)  # first maximum = lowest class index
     best[counts.max(axis=0) == 0] = NO_CLASS
-    return best.reshape(hb, wb)
+    return best
 
 
 def block_counts(
@@ -547,22 +612,181 @@ def block_counts(
     return cnt
 
 
-def lc_mask(path: str | Path, grid: Grid, progress: bool = False) -> npt.NDArray[np.int8]:
-    """LC label raster on the grid: block mode of the 7 merged classes (int8, -1 none).
+#: How netCDF's default int8 fill value shows up in an ``_Unsigned`` LCCS variable.
+FILL_HINT = "netCDF's default int8 fill value -127 reads as code 129"
+
+#: What to do with land-cover codes outside the LCCS legend (config ``masks.unknown_lc_codes``).
+UnknownCodes = Literal["error", "none"]
+
+
+class LandCoverError(ValueError):
+    """A land-cover raster whose codes are not (or not enough) LCCS codes."""
+
+
+def unknown_lc_codes(
+    codes: np.ndarray, nodata: int, counts: npt.NDArray[np.int64] | None = None
+) -> npt.NDArray[np.int64]:
+    """Add the pixels per code of ``codes`` that are neither LCCS codes nor nodata (0 or ``nodata``).
+
+    Args:
+        codes: uint8 (or int8 viewed as uint8) land-cover codes.
+        nodata: The file's nodata code (besides the LCCS nodata 0).
+        counts: 256-entry count array to add to (a new one when ``None``).
+
+    Returns:
+        ``counts``: pixels per code, non-zero only for unknown codes.
+
+    """
+    out = np.zeros(256, dtype=np.int64) if counts is None else counts
+    known = lc_class_lut() >= 0
+    known[LC_NODATA] = True
+    if 0 <= nodata < 256:
+        known[nodata] = True
+    c = (
+        np.asarray(codes).view(np.uint8)
+        if np.asarray(codes).dtype == np.int8
+        else np.asarray(codes, np.uint8)
+    )
+    hist = np.bincount(c.ravel(), minlength=256)  # 10x faster than np.unique over the unknown pixels
+    hist[known] = 0
+    out += hist
+    return out
+
+
+def describe_codes(counts: npt.NDArray[np.int64], limit: int = 10) -> str:
+    """``"99 (1,234 pixels), 129 (5 pixels)"`` for the non-zero entries of a 256-entry count array."""
+    nz = np.flatnonzero(counts)
+    parts = [f"{int(c)} ({int(counts[c]):,} pixels)" for c in nz[:limit]]
+    more = f" and {nz.size - limit} more" if nz.size > limit else ""
+    return ", ".join(parts) + more
+
+
+def handle_unknown_lc_codes(counts: npt.NDArray[np.int64], path: str | Path, mode: UnknownCodes) -> int:
+    """Raise (``mode="error"``) or warn (``"none"``: the pixels count as no class) about unknown codes.
+
+    Returns:
+        The number of pixels with an unknown code.
+
+    Raises:
+        LandCoverError: In ``error`` mode when any code is unknown, naming the codes, their pixel counts
+            and the file.
+
+    """
+    n = int(counts.sum())
+    if n == 0:
+        return 0
+    known = ", ".join(str(c) for c in LC_TOP_CODES)
+    what = f"{path}: {n:,} pixels hold codes outside the ESA CCI LCCS legend: {describe_codes(counts)}"
+    if counts[129]:
+        what += f" ({FILL_HINT}: no data was written there)"
+    if mode == "error":
+        raise LandCoverError(
+            f"{what}. Expected LCCS codes ({known} and their regional subclasses; 0 = no data). "
+            "Is this a land cover from another product? To treat them as 'no class', set "
+            "masks.unknown_lc_codes: none"
+        )
+    log.warning("%s; treated as no class (masks.unknown_lc_codes: none)", what)
+    return n
+
+
+@dataclass
+class LcStats:
+    """What the land-cover mask found in the native raster.
+
+    Attributes:
+        n_pixels: Native pixels read.
+        n_classified: Pixels with one of the 7 classes.
+        n_nodata: Pixels with the nodata code (0 or the file's).
+        unknown: 256-entry pixel counts of unknown codes.
+
+    """
+
+    n_pixels: int = 0
+    n_classified: int = 0
+    n_nodata: int = 0
+    unknown: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+
+
+def lc_mask_stats(
+    path: str | Path, grid: Grid, progress: bool = False, unknown_codes: UnknownCodes = "error"
+) -> tuple[npt.NDArray[np.int8], LcStats]:
+    """LC label raster on the grid (block mode of the 7 merged classes, int8, -1 none) and its statistics.
 
     Raises:
         ValueError: If the file fails validation or its size is not a multiple of the grid.
+        LandCoverError: If no native pixel holds an LCCS class (e.g. a file of fill values only), or
+            (``unknown_codes="error"``) if any pixel holds a code outside the LCCS legend.
 
     """
     lut = lc_class_lut()
     n = len(LC_CLASSES)
     out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
+    stats = LcStats()
     with open_checked(path, "landcover") as lc:
         if 0 <= lc.nodata < 256:
             lut[lc.nodata] = NO_CLASS  # a declared nodata code is never a class
         for r0, k, f, rows in _strip_rows(lc, grid, 1 + 8 + 1, progress):
-            out[r0 : r0 + k] = block_mode(rows, f, n, lut)
-    return out
+            counts = block_counts(rows, f, n, lut)
+            out[r0 : r0 + k] = _mode_of_counts(counts).reshape(k, grid.width)
+            classified = int(counts.sum(dtype=np.int64))
+            codes = rows.view(np.uint8)
+            nodata = int(np.count_nonzero(codes == LC_NODATA))
+            if lc.nodata != LC_NODATA and 0 <= lc.nodata < 256:
+                nodata += int(np.count_nonzero(codes == lc.nodata))
+            if classified + nodata < rows.size:  # some code is unknown: find which (rare, so cheap)
+                unknown_lc_codes(codes, lc.nodata, stats.unknown)
+            stats.n_pixels += rows.size
+            stats.n_classified += classified
+            stats.n_nodata += nodata
+        nodata_code = lc.nodata
+    if stats.n_classified == 0:
+        unknown = (
+            f", the others hold unknown codes {describe_codes(stats.unknown)}" if stats.unknown.any() else ""
+        )
+        raise LandCoverError(
+            f"{path}: none of the {stats.n_pixels:,} pixels holds a land-cover class: {stats.n_nodata:,} are "
+            f"no data (code 0 or the file's nodata {nodata_code}){unknown}. "
+            f"Does lccs_class hold only its fill value ({FILL_HINT})?"
+        )
+    handle_unknown_lc_codes(stats.unknown, path, unknown_codes)
+    return out, stats
+
+
+def lc_mask(
+    path: str | Path, grid: Grid, progress: bool = False, unknown_codes: UnknownCodes = "error"
+) -> npt.NDArray[np.int8]:
+    """LC label raster on the grid: block mode of the 7 merged classes (int8, -1 none).
+
+    Raises:
+        ValueError: If the file fails validation or its size is not a multiple of the grid.
+        LandCoverError: See :func:`lc_mask_stats`.
+
+    """
+    return lc_mask_stats(path, grid, progress, unknown_codes)[0]
+
+
+def check_lc_coverage(ls_labels: np.ndarray, lc_labels: np.ndarray, min_share: float, what: str) -> float:
+    """Share of the LandScan-valid pixels (``ls >= 0``) that have a land-cover class (``lc >= 0``).
+
+    Land under people has land cover: a land cover that leaves most of it without a class is the wrong
+    file or legend.
+
+    Raises:
+        LandCoverError: If the share is below ``min_share`` (naming it and ``what``).
+
+    """
+    valid = np.asarray(ls_labels) >= 0
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid == 0:
+        return 1.0
+    share = float(np.count_nonzero(valid & (np.asarray(lc_labels) >= 0))) / n_valid
+    if share < min_share:
+        raise LandCoverError(
+            f"{what}: only {share:.1%} of the {n_valid:,} pixels with LandScan data have a land-cover class "
+            f"(expected at least masks.min_lc_share = {min_share:.0%}): wrong land-cover file, legend or "
+            "grid? (unknown codes and fill values count as no class)"
+        )
+    return share
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -708,17 +932,28 @@ def make_lc_mask(
     out_tif: str | Path,
     out_png: str | Path | None = None,
     progress: bool = False,
+    unknown_codes: UnknownCodes = "error",
 ) -> dict[str, Any]:
-    """Build ``results/masks/lc.tif`` (+ preview), atomically; return a summary for the log."""
+    """Build ``results/masks/lc.tif`` (+ preview), atomically; return a summary for the log.
+
+    Raises:
+        LandCoverError: See :func:`lc_mask_stats`.
+
+    """
     from geoens.io import atomic_path
 
-    labels = lc_mask(landcover, grid, progress=progress)
+    labels, stats = lc_mask_stats(landcover, grid, progress=progress, unknown_codes=unknown_codes)
     with atomic_path(out_tif) as tmp:
         write_label_raster(tmp, labels, grid, LC_CLASSES)
     if out_png is not None:
         with atomic_path(out_png) as tmp:
             preview_png(tmp, labels, LC_CLASSES, f"Land cover (7 classes) on {grid.height} x {grid.width}")
-    return _summary(labels, grid, LC_CLASSES)
+    return _summary(labels, grid, LC_CLASSES) | {
+        "native_pixels": stats.n_pixels,
+        "native_classified": stats.n_classified,
+        "native_nodata": stats.n_nodata,
+        "unknown_codes": {str(c): int(stats.unknown[c]) for c in np.flatnonzero(stats.unknown)},
+    }
 
 
 def _summary(labels: np.ndarray, grid: Grid, classes: Sequence[str]) -> dict[str, Any]:

@@ -981,7 +981,10 @@ def iter_predictions(
             x = batch.images.to(dev)
             if ctx_factory is not None:
                 with _autocast(dev)[0]:
-                    logits = net(x)
+                    features = net.backbone(x)
+                # the heads leave autocast: float32 logits, so bf16 cannot tie or reorder near-equal cells
+                features = features.float()
+                logits = {h: net.heads[h](features) for h in heads}
             else:
                 logits = net(x)
             probs = {h: torch.softmax(logits[h].double(), dim=1).cpu().numpy() for h in heads}
@@ -1058,9 +1061,8 @@ def predict(
     probs = (
         np.concatenate([c[1] for c in chunks]).astype(np.float32) if chunks else np.zeros((0, n), np.float32)
     )
-    df = pd.DataFrame(
-        {"image_id": out_ids, "probs": list(probs), "top_class": probs.argmax(axis=1).astype(np.int32)}
-    )
+    top = probs.argmax(axis=1).astype(np.int32) if len(probs) else np.zeros(0, np.int32)
+    df = pd.DataFrame({"image_id": out_ids, "probs": list(probs), "top_class": top})
     df.attrs["skipped"] = skipped
     return df
 
