@@ -81,9 +81,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     by_folder: dict[Path, list[str]] = {}
     for p in images:
         by_folder.setdefault(p.resolve().parent, []).append(p.name)
+    extra = (
+        ["ls"]
+        if args.coverage is not None and args.region.endswith("-bucket") and "ls" not in families
+        else []
+    )
     for folder, ids in by_folder.items():
         preds = {
-            m: _predict_family(m, results, cfg, folder, ids, args.device) for m in [args.base, *families]
+            m: _predict_family(m, results, cfg, folder, ids, args.device)
+            for m in [args.base, *families, *extra]
         }
         for image_id in ids:
             if any(image_id not in p for p in preds.values()):
@@ -91,6 +97,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                 continue
             probs = {"s2": preds[args.base][image_id], **{f: preds[f][image_id] for f in families}}
             stem = Path(image_id).stem
+            if args.coverage is not None:
+                _coverage_search(args, results, cfg, probs, preds, image_id, out / stem, folder)
+                continue
             regions = plan_search(
                 results / "atoms" / "atoms.parquet",
                 results / "atoms" / "atom_index.tif",
@@ -109,6 +118,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage_search(
+    args: argparse.Namespace,
+    results: Path,
+    cfg: Mapping[str, Any],
+    probs: Mapping[str, npt.NDArray[np.float64]],
+    preds: Mapping[str, Mapping[str, npt.NDArray[np.float64]]],
+    image_id: str,
+    stem: Path,
+    folder: Path,
+) -> None:
+    """``geoens search --coverage``: the photo's calibrated region (GeoJSON, GeoPackage, COG, PNG)."""
+    from geoens.search import plan_coverage_search
+
+    ls = preds["ls"][image_id] if "ls" in preds else None
+    r = plan_coverage_search(
+        results,
+        probs,
+        args.base,
+        args.coverage,
+        args.region,
+        stem,
+        ls_probs=ls,
+        earth_radius_km=grid_from_config(cfg).earth_radius_km,
+    )
+    print(
+        f"{folder / image_id}: {r['method']} {args.region} region {r['area_km2']:.4g} km^2, calibrated for "
+        f"{r['level']:.0%} coverage on {r['n_calibration']} validation images -> {r['paths']['geojson']}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geoens`` argument parser."""
     parser = argparse.ArgumentParser(prog="geoens", description=__doc__.splitlines()[0])
@@ -119,7 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     s = sub.add_parser("search", help="ranked regions to search for photos, within an area budget")
     s.add_argument("images", nargs="+", help="photo file(s)")
-    s.add_argument("--budget-km2", type=float, required=True, help="total area to search (km^2)")
+    goal = s.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget-km2", type=float, help="total area to search (km^2)")
+    goal.add_argument(
+        "--coverage",
+        type=float,
+        help="calibrated region instead: nominal coverage (e.g. 0.9, a level in config calibrate.coverages)",
+    )
+    s.add_argument(
+        "--region",
+        choices=["adaptive", "fixed", "adaptive-bucket", "fixed-bucket"],
+        default="adaptive",
+        help="with --coverage: calibrated mass (adaptive) or area (fixed); -bucket: per predicted LS bucket",
+    )
     s.add_argument("--config", default="config.yaml", help="the config the workflow ran with")
     s.add_argument("--results", default="results", help="the workflow's results folder")
     s.add_argument("--base", choices=["geoest", "geoclip"], default="geoclip", help="base geolocation model")

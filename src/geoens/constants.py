@@ -104,3 +104,21 @@ METHOD_VARIANTS: Final[tuple[tuple[str, tuple[str, ...], bool], ...]] = (
 
 #: Label value meaning "no class" in every label raster and label column.
 NO_CLASS: Final[int] = -1
+
+# --- calibrated search regions and the tempered ensemble (DESIGN section 9) -----------------------
+#: Default nominal coverage levels ``1 - alpha`` of the calibrated regions.
+COVERAGE_LEVELS: Final[tuple[float, ...]] = (0.5, 0.8, 0.9, 0.95)
+#: Variant suffix of the tempered ensemble (log-linear pooling of base, LS and LC, weights fitted on val).
+TEMPERED_SUFFIX: Final[str] = "+LS+LC (tempered)"
+#: Suffix of the point-predictor baseline: a geodesic cap around the base model's own top-1.
+CAP_SUFFIX: Final[str] = " cap"
+#: Region kinds: whole upper sets up to a calibrated area (fixed) or mass (adaptive), per-bucket variants
+#: (Mondrian, grouped by the LS bucket the LS predictor ranks first), and the cap baseline.
+REGION_MODES: Final[tuple[str, ...]] = (
+    "fixed",
+    "adaptive",
+    "fixed per bucket",
+    "adaptive per bucket",
+    "cap",
+    "cap per bucket",
+)
