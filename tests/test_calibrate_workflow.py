@@ -1,4 +1,4 @@
-"""The calibration rules end to end on the tiny demo world: artifacts, staleness, ``geoens search --coverage``.
+"""The calibration rules end to end on the tiny demo world: artifacts, staleness, ``search --coverage``.
 
 One run of the calibration targets per module in a temporary copy of the workflow; each staleness test
 changes one config key and checks the rules a dry run would plan (only calibration and what follows).
@@ -66,7 +66,8 @@ def test_calibration_artifacts(tiny: Path) -> None:
     cap = json.loads((tiny / "results" / "calibration" / "geoclip_cap.json").read_text())
     assert set(cap["thresholds"]) == {"cap"}
     table = pd.read_csv(tiny / "results" / "tables" / "im2gps3k_coverage.csv")
-    row = table[(table["method"] == "GeoCLIP+LS+LC") & (table["mode"] == "adaptive") & (table["level"] == 0.9)]
+    pick = (table["method"] == "GeoCLIP+LS+LC") & (table["mode"] == "adaptive") & (table["level"] == 0.9)
+    row = table[pick]
     assert len(row) == 1 and row["n"].iloc[0] == 40
     assert 0.0 <= row["coverage_lo"].iloc[0] <= row["coverage"].iloc[0] <= row["coverage_hi"].iloc[0] <= 1.0
     temp = pd.read_csv(tiny / "results" / "tables" / "streetview_tempered.csv")
@@ -108,8 +109,9 @@ def test_search_coverage_region_contains_the_truth_as_calibrated(tiny: Path) -> 
     # an image well inside its region (the CLI re-predicts the photo alone: float32 batch noise)
     margin = sc.loc[sel["image_id"], "mass_hit"].to_numpy() < thr - 0.02
     row = sel[margin].iloc[0]
-    meta = pd.read_csv(tiny / "results" / "demo" / "testsets" / "im2gps3k" / "metadata.csv").set_index("IMG_ID")
-    image = tiny / "results" / "demo" / "testsets" / "im2gps3k" / "images" / row["image_id"]
+    folder = tiny / "results" / "demo" / "testsets" / "im2gps3k"
+    meta = pd.read_csv(folder / "metadata.csv").set_index("IMG_ID")
+    image = folder / "images" / row["image_id"]
     proc = subprocess.run(
         [sys.executable, "-m", "geoens.cli", "search", str(image), "--coverage", "0.9", "--config",
          str(TINY_CONFIG), "--base", "geoclip", "--attributes", "ls,lc", "--out", "cov"],

@@ -472,7 +472,11 @@ def method_scores(
     if m.tempered:
         if weights is None:
             raise ValueError(f"{m.name}: tempered weights are needed")
-        return g, np.exp(tempered_log_density(family_logs(g, scores), g.area, weights))
+        logd = tempered_log_density(family_logs(g, scores), g.area, weights)
+        # shifted by each image's maximum: ranks and masses are unchanged, and nothing within 700 nats of
+        # the mode underflows to 0
+        top = np.max(logd, axis=0)
+        return g, np.exp(logd - np.where(np.isfinite(top), top, 0.0)[None, :])
     n = next(iter(scores.values())).shape[1]
     sc = {f: scores[f] for f in m.families if not (f == "ls" and m.urban_prior)}
     if m.urban_prior:

@@ -229,13 +229,14 @@ def coverage_figure(
                 err = np.vstack([y - sub["coverage_lo"].to_numpy(), sub["coverage_hi"].to_numpy() - y])
                 ax.errorbar(
                     x, y, yerr=err, marker="o", markersize=3.5, linewidth=1.2, capsize=2,
-                    color=colours(k), label=f"{name} ({mode})",
+                    color=colours(k), label=name if mode == "cap" else f"{name} ({mode})",
                 )  # fmt: skip
             ax.set_xscale("log")
             ax.set_xlabel("mean region area (km$^2$)")
             ax.set_ylabel("empirical coverage")
             ax.set_title(f"{ts}: {DISPLAY_NAMES.get(base, base)}", fontsize=9)
-            ax.set_ylim(max(0.0, min(levels) - 0.25), 1.01)
+            shown = t[t["base"] == base]["coverage_lo"]
+            ax.set_ylim(max(0.0, min([min(levels) - 0.1, *shown.dropna().tolist()]) - 0.05), 1.01)
             ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(
         "Calibrated search regions: coverage vs mean area (dotted: nominal levels)"
