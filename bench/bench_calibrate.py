@@ -9,8 +9,8 @@ labels) gives the atom groups of ``+LS+LC``. Timed, on random predictions:
   images, the thresholds of 4 levels x (global + 4 buckets) x (fixed, adaptive), and the region areas and
   coverage of every test image for all 16 (kind, level, global/per-bucket) combinations.
 
-Usage: python bench/bench_calibrate.py [--images N] [--cal N] [--cells N]
-Writes bench/out/bench_calibrate.json (times, the ratio, the load average).
+Usage: python bench/bench_calibrate.py [--small] [--images N] [--cal N] [--cells N] [--threads N]
+Writes bench/out/bench_calibrate[_small].json (times, the ratio, the load average).
 """
 
 from __future__ import annotations
@@ -51,11 +51,14 @@ def world(cells: int, seed: int = 0) -> tuple[rva.AtomTable, Grid]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="5,000 test and 1,000 calibration images")
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--cal", type=int, default=5_000)
     ap.add_argument("--cells", type=int, default=160)
     ap.add_argument("--threads", type=int, default=2, help="threads sorting the upper sets")
     args = ap.parse_args()
+    if args.small:
+        args.images, args.cal = 5_000, 1_000
     atoms, grid = world(args.cells)
     ev = rva.Evaluator(atoms, {"s2": args.cells, **N_CLASSES}, None, grid.total_area())  # type: ignore[arg-type]
     fams = ("s2", "ls", "lc")
@@ -126,7 +129,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     print(json.dumps(out, indent=2))
-    dest = REPO / "bench" / "out" / "bench_calibrate.json"
+    dest = REPO / "bench" / "out" / f"bench_calibrate{'_small' if args.small else ''}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")
 

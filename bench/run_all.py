@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("bench_masks.py", "bench_relabel.py", "bench_rva.py", "bench_train.py")
+BENCHES = ("bench_masks.py", "bench_relabel.py", "bench_rva.py", "bench_train.py", "bench_calibrate.py")
 
 
 def main() -> int:

@@ -317,3 +317,45 @@ def test_plan_coverage_search_writes_every_format(files, tmp_path: Path) -> None
         plan_coverage_search(res, {"s2": b_p[0], "lc": ls_p[0]}, "geoest", 0.9, "adaptive", tmp_path / "x")
     with pytest.raises(ValueError, match="coverage 0.8 was not calibrated"):
         plan_coverage_search(res, {"s2": b_p[0], "ls": ls_p[0]}, "geoest", 0.8, "adaptive", tmp_path / "x")
+
+
+def test_coverage_and_tempered_tables() -> None:
+    from geoens.constants import CAP_AREAS_KM2
+    from geoens.coverage_report import coverage_table, tempered_table
+
+    rng = np.random.default_rng(11)
+    n = 200
+    ids = [f"i{k:03d}" for k in range(n)]
+    covered = rng.random(n) < 0.9
+    regions = pd.DataFrame(
+        {
+            "image_id": ids,
+            "base": "geoest",
+            "method": "GeoEst.+LS+LC",
+            "mode": "adaptive",
+            "level": 0.9,
+            "threshold": 0.5,
+            "region_km2": rng.uniform(1, 3, n),
+            "covered": covered,
+            "ls_pred": rng.integers(0, 4, n).astype(np.int8),
+            "ls_true": np.repeat(np.arange(4), n // 4).astype(np.int8),
+        }
+    )
+    t = coverage_table(regions, n_boot=200, seed=0)
+    row = t.iloc[0]
+    assert row["coverage"] == covered.mean() and row["coverage_lo"] <= row["coverage"] <= row["coverage_hi"]
+    assert row["cov_true_high"] == covered[150:].mean() and row["n_true_high"] == 50
+    assert row["mean_km2"] == pytest.approx(regions["region_km2"].mean())
+    # tempered table: the tempered method hits the 2,500 km cap for 30 more images out of 200
+    plain = np.full(n, 2 * CAP_AREAS_KM2[4])
+    plain[:100] = CAP_AREAS_KM2[3]
+    temp = plain.copy()
+    temp[100:130] = CAP_AREAS_KM2[4]
+    rows = [
+        pd.DataFrame({"image_id": ids, "base": "geoest", "method": m, "area_hit": a, "mass_hit": 0.5,
+                      "gcd_km": np.nan, "zero_prob": False, "ls_pred": 0, "ls_true": 0})
+        for m, a in (("GeoEst.+LS+LC", plain), ("GeoEst.+LS+LC (tempered)", temp))
+    ]  # fmt: skip
+    tt = tempered_table(pd.concat(rows), n_boot=200, seed=0).set_index("radius_km")
+    assert tt.loc[2500.0, "diff"] == pytest.approx(0.15) and tt.loc[2500.0, "diff_lo"] > 0
+    assert tt.loc[750.0, "diff"] == 0.0 and tt.loc[750.0, "product"] == 0.5
