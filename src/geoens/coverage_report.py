@@ -208,7 +208,7 @@ def coverage_figure(
     testsets = list(tables)
     bases = list(dict.fromkeys(b for t in tables.values() for b in t["base"]))
     nr, nc = max(1, len(bases)), max(1, len(testsets))
-    fig, axes = plt.subplots(nr, nc, figsize=(5.2 * nc, 4.0 * nr), squeeze=False)
+    fig, axes = plt.subplots(nr, nc, figsize=(5.2 * nc + 2.6, 4.0 * nr), squeeze=False)
     colours = plt.get_cmap("tab10")
     for c, ts in enumerate(testsets):
         t = tables[ts]
@@ -237,7 +237,8 @@ def coverage_figure(
             ax.set_title(f"{ts}: {DISPLAY_NAMES.get(base, base)}", fontsize=9)
             shown = t[t["base"] == base]["coverage_lo"]
             ax.set_ylim(max(0.0, min([min(levels) - 0.1, *shown.dropna().tolist()]) - 0.05), 1.01)
-            ax.legend(fontsize=6, loc="lower right")
+            if c == len(testsets) - 1:  # one legend per row, outside the last panel
+                ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.suptitle(
         "Calibrated search regions: coverage vs mean area (dotted: nominal levels)"
         + (" — synthetic demo world" if demo else ""),
