@@ -112,13 +112,3 @@ COVERAGE_LEVELS: Final[tuple[float, ...]] = (0.5, 0.8, 0.9, 0.95)
 TEMPERED_SUFFIX: Final[str] = "+LS+LC (tempered)"
 #: Suffix of the point-predictor baseline: a geodesic cap around the base model's own top-1.
 CAP_SUFFIX: Final[str] = " cap"
-#: Region kinds: whole upper sets up to a calibrated area (fixed) or mass (adaptive), per-bucket variants
-#: (Mondrian, grouped by the LS bucket the LS predictor ranks first), and the cap baseline.
-REGION_MODES: Final[tuple[str, ...]] = (
-    "fixed",
-    "adaptive",
-    "fixed per bucket",
-    "adaptive per bucket",
-    "cap",
-    "cap per bucket",
-)
