@@ -304,7 +304,14 @@ def test_plan_coverage_search_writes_every_format(files, tmp_path: Path) -> None
         tmp_path / "o" / "photo",
         ls_probs=ls_p[400],
     )
-    assert out["level"] == 0.9 and out["method"] == "GeoEst.+LS" and out["n_calibration"] == 300
+    assert out["level"] == 0.9 and out["method"] == "GeoEst.+LS"
+    # per bucket: the threshold, and the count printed, are those of the photo's predicted LS bucket
+    bucket = ["lowest", "low", "medium", "high"][int(np.argmax(ls_p[400]))]
+    assert out["group"] == bucket
+    assert out["n_calibration"] == calibration["geoest_ls"]["n_per_bucket"][bucket]
+    assert out["threshold"] == threshold_of(
+        calibration["geoest_ls"], "adaptive", 0.9, int(np.argmax(ls_p[400]))
+    )
     with rasterio.open(out["paths"]["tif"]) as src:
         ranks = src.read(1)
         assert src.crs.to_epsg() == 4326 and src.nodata == 0

@@ -144,7 +144,9 @@ def _coverage_search(
     )
     print(
         f"{folder / image_id}: {r['method']} {args.region} region {r['area_km2']:.4g} km^2, calibrated for "
-        f"{r['level']:.0%} coverage on {r['n_calibration']} validation images -> {r['paths']['geojson']}"
+        f"{r['level']:.0%} coverage on {r['n_calibration']} validation images"
+        + (f" (LS bucket {r['group']})" if r["group"] != "all" else "")
+        + f" -> {r['paths']['geojson']}"
     )
 
 

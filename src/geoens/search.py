@@ -426,7 +426,8 @@ def plan_coverage_search(
         earth_radius_km: Sphere radius of the grid.
 
     Returns:
-        ``{"regions", "area_km2", "level", "threshold", "method", "n_calibration", "paths"}``.
+        ``{"regions", "area_km2", "level", "threshold", "method", "n_calibration", "group", "paths"}``;
+        ``group`` is ``all`` or the predicted LS bucket whose images calibrated the threshold.
 
     Raises:
         FileNotFoundError: If the calibration artifact is missing.
@@ -456,6 +457,12 @@ def plan_coverage_search(
     )
     ranks = rank_raster(regions, index, atoms.n)
     area = float(regions["area_km2"].sum()) if len(regions) else 0.0
+    group, n_cal = "all", int(calibration["n"])
+    if region.endswith("-bucket") and ls_probs is not None:
+        from geoens.constants import LS_BUCKETS
+
+        group = LS_BUCKETS[int(np.argmax(np.asarray(ls_probs, dtype=np.float64)))]
+        n_cal = int(calibration["n_per_bucket"][group])
     stem = Path(out_stem)
     paths = {ext: stem.with_name(stem.name + f".{ext}") for ext in ("geojson", "gpkg", "tif", "png")}
     write_geojson(paths["geojson"], regions, ranks, grid)
@@ -467,7 +474,7 @@ def plan_coverage_search(
         ranks,
         land,
         f"{stem.name}: {calibration['method']} {region} region calibrated for {level:.0%} coverage "
-        f"(n = {calibration['n']}), {area:.4g} km^2",
+        f"(n = {n_cal}), {area:.4g} km^2",
     )
     return {
         "regions": regions,
@@ -475,6 +482,7 @@ def plan_coverage_search(
         "level": float(level),
         "threshold": thr,
         "method": calibration["method"],
-        "n_calibration": int(calibration["n"]),
+        "n_calibration": n_cal,
+        "group": group,
         "paths": paths,
     }
