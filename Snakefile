@@ -15,6 +15,7 @@ include: "rules/masks.smk"
 include: "rules/train.smk"
 include: "rules/geoclip.smk"
 include: "rules/evaluate.smk"
+include: "rules/calibrate.smk"
 
 
 rule all:
@@ -23,3 +24,5 @@ rule all:
         "results/figures/buckets.pdf",
         expand("results/figures/probmap_{testset}.png", testset=TESTSETS),
         all_tables(),
+        "results/figures/coverage.pdf",
+        expand("results/tables/{testset}_tempered.md", testset=TESTSETS),

@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("bench_masks.py", "bench_relabel.py", "bench_rva.py", "bench_train.py", "bench_fingerprint.py")
+BENCHES = (
+    "bench_masks.py",
+    "bench_relabel.py",
+    "bench_rva.py",
+    "bench_train.py",
+    "bench_fingerprint.py",
+    "bench_calibrate.py",
+)
 
 
 def main() -> int:

@@ -81,8 +81,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``geoens search``: ranked regions within the budget for each photo."""
     from geoens.search import plan_search
 
-    if not (np.isfinite(args.budget_km2) and args.budget_km2 > 0):
+    if args.budget_km2 is not None and not (np.isfinite(args.budget_km2) and args.budget_km2 > 0):
         raise ValueError(f"--budget-km2 must be a positive area in km^2, got {args.budget_km2}")
+    if args.coverage is not None and not 0.0 < args.coverage < 1.0:
+        raise ValueError(f"--coverage must be a level between 0 and 1 (e.g. 0.9), got {args.coverage}")
     cfg = load_config(args.config)
     results = Path(args.results)
     families = [f for f in args.attributes.split(",") if f] if args.attributes else []
@@ -115,9 +117,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     for p in images:
         by_folder.setdefault(p.resolve().parent, []).append(p.name)
     searched = 0
+    extra = (
+        ["ls"]
+        if args.coverage is not None and args.region.endswith("-bucket") and "ls" not in families
+        else []
+    )
     for folder, ids in by_folder.items():
         preds = {
-            m: _predict_family(m, results, cfg, folder, ids, args.device) for m in [args.base, *families]
+            m: _predict_family(m, results, cfg, folder, ids, args.device)
+            for m in [args.base, *families, *extra]
         }
         for image_id in ids:
             if any(image_id not in p for p in preds.values()):
@@ -126,6 +134,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                 continue
             probs = {"s2": preds[args.base][image_id], **{f: preds[f][image_id] for f in families}}
             stem = Path(image_id).stem
+            if args.coverage is not None:
+                _coverage_search(args, results, cfg, probs, preds, image_id, out / stem, folder)
+                searched += 1
+                continue
             regions = plan_search(
                 results / "atoms" / "atoms.parquet",
                 results / "atoms" / "atom_index.tif",
@@ -148,6 +160,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage_search(
+    args: argparse.Namespace,
+    results: Path,
+    cfg: Mapping[str, Any],
+    probs: Mapping[str, npt.NDArray[np.float64]],
+    preds: Mapping[str, Mapping[str, npt.NDArray[np.float64]]],
+    image_id: str,
+    stem: Path,
+    folder: Path,
+) -> None:
+    """``geoens search --coverage``: the photo's calibrated region (GeoJSON, GeoPackage, COG, PNG)."""
+    from geoens.search import plan_coverage_search
+
+    ls = preds["ls"][image_id] if "ls" in preds else None
+    r = plan_coverage_search(
+        results,
+        probs,
+        args.base,
+        args.coverage,
+        args.region,
+        stem,
+        ls_probs=ls,
+        earth_radius_km=grid_from_config(cfg).earth_radius_km,
+    )
+    print(
+        f"{folder / image_id}: {r['method']} {args.region} region {r['area_km2']:.4g} km^2, calibrated for "
+        f"{r['level']:.0%} coverage on {r['n_calibration']} validation images"
+        + (f" (LS bucket {r['group']})" if r["group"] != "all" else "")
+        + f" -> {r['paths']['geojson']}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geoens`` argument parser."""
     parser = argparse.ArgumentParser(prog="geoens", description=__doc__.splitlines()[0])
@@ -162,7 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     s = sub.add_parser("search", help="ranked regions to search for photos, within an area budget")
     s.add_argument("images", nargs="+", help="photo file(s)")
-    s.add_argument("--budget-km2", type=float, required=True, help="total area to search (km^2)")
+    goal = s.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget-km2", type=float, help="total area to search (km^2)")
+    goal.add_argument(
+        "--coverage",
+        type=float,
+        help="calibrated region instead: nominal coverage (e.g. 0.9, a level in config calibrate.coverages)",
+    )
+    s.add_argument(
+        "--region",
+        choices=["adaptive", "fixed", "adaptive-bucket", "fixed-bucket"],
+        default="adaptive",
+        help="with --coverage: calibrated mass (adaptive) or area (fixed); -bucket: per predicted LS bucket",
+    )
     s.add_argument("--config", default="config.yaml", help="the config the workflow ran with")
     s.add_argument("--results", default="results", help="the workflow's results folder")
     s.add_argument("--base", choices=["geoest", "geoclip"], default="geoclip", help="base geolocation model")

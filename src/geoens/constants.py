@@ -119,3 +119,11 @@ STOP_SIGNALS: Final[tuple[str, ...]] = ("SIGTERM", "SIGUSR1")
 CHECKPOINT_EVERY_STEPS: Final[int] = 500
 #: Default of ``train.progress_every_s`` (seconds between in-epoch progress lines in the training log).
 PROGRESS_EVERY_S: Final[float] = 60.0
+
+# --- calibrated search regions and the tempered ensemble (DESIGN section 9) -----------------------
+#: Default nominal coverage levels ``1 - alpha`` of the calibrated regions.
+COVERAGE_LEVELS: Final[tuple[float, ...]] = (0.5, 0.8, 0.9, 0.95)
+#: Variant suffix of the tempered ensemble (log-linear pooling of base, LS and LC, weights fitted on val).
+TEMPERED_SUFFIX: Final[str] = "+LS+LC (tempered)"
+#: Suffix of the point-predictor baseline: a geodesic cap around the base model's own top-1.
+CAP_SUFFIX: Final[str] = " cap"

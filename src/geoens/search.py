@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -227,3 +228,261 @@ def plan_search(
         if out_geojson is not None:
             write_geojson(out_geojson, regions, ranks, grid)
     return regions
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibrated regions (``geoens search --coverage``, DESIGN section 9)
+# --------------------------------------------------------------------------------------------------
+#: ``--region`` choices: the calibrated kind, optionally per predicted LS bucket (Mondrian).
+COVERAGE_REGIONS: tuple[str, ...] = ("adaptive", "fixed", "adaptive-bucket", "fixed-bucket")
+
+
+def attributes_suffix(families: list[str]) -> str:
+    """Variant suffix of an ensemble of the base with attribute families (``["ls", "lc"]`` -> ``+LS+LC``)."""
+    return "".join(f"+{f.upper()}" for f in ("ls", "lc") if f in families)
+
+
+def coverage_region(
+    atoms: AtomTable,
+    atom_index: npt.NDArray[np.integer],
+    probs_by_family: Mapping[str, npt.ArrayLike],
+    calibration: Mapping[str, Any],
+    level: float,
+    region: str = "adaptive",
+    ls_probs: npt.ArrayLike | None = None,
+    absorption: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    earth_radius_km: float | None = None,
+) -> tuple[pd.DataFrame, float]:
+    """The calibrated region of one image: whole upper sets within the calibrated area or mass.
+
+    The region is computed on the same atom groups and with the same upper-set arithmetic as the workflow's
+    calibration (:mod:`geoens.calibrate`), so it contains the truth exactly when the image's own score is
+    within the threshold.
+
+    Args:
+        atoms: The atom table.
+        atom_index: ``H x W`` atom ids.
+        probs_by_family: Family -> the image's probabilities; the families given must be the calibrated
+            method's (``s2`` plus its attributes).
+        calibration: The method's record (``results/calibration/<slug>.json``).
+        level: Nominal coverage, one of the calibrated levels.
+        region: One of :data:`COVERAGE_REGIONS`.
+        ls_probs: The image's LS probabilities (needed for the per-bucket regions).
+        absorption: ``(cells, targets)`` of absorbed S2 cells.
+        earth_radius_km: Sphere radius of the grid.
+
+    Returns:
+        ``(rank groups as search_regions returns them, plus cum_mass; the threshold used)``.
+
+    Raises:
+        ValueError: On an unknown region kind, an uncalibrated level, or a missing LS vector.
+
+    """
+    from geoens.calibrate import CalMethod, method_scores, region_counts, threshold_of, upper_sets
+    from geoens.constants import EARTH_RADIUS_KM
+    from geoens.rva import Evaluator, PixelLookup
+
+    if region not in COVERAGE_REGIONS:
+        raise ValueError(f"--region must be one of {', '.join(COVERAGE_REGIONS)}, got {region!r}")
+    kind, per_bucket = region.split("-")[0], region.endswith("-bucket")
+    bucket = None
+    if per_bucket:
+        if ls_probs is None:
+            raise ValueError(f"region {region!r} needs the image's LS probabilities")
+        bucket = int(np.argmax(np.asarray(ls_probs, dtype=np.float64)))
+    thr = threshold_of(calibration, kind, level, bucket)
+    fams = tuple(f for f in FAMILIES if f in probs_by_family)
+    grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km or EARTH_RADIUS_KM)
+    s2 = np.asarray(probs_by_family["s2"])
+    cells, targets = absorption if absorption is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ev = Evaluator(
+        atoms,
+        {"s2": int(s2.size), **N_CLASSES},
+        PixelLookup(np.asarray(atom_index, dtype=np.int32), grid),
+        grid.total_area(),
+        (np.asarray(cells, np.int64), np.asarray(targets, np.int64)),
+    )
+    sc = ev.scores({f: np.asarray(probs_by_family[f])[None, :] for f in fams})
+    method = CalMethod(str(calibration.get("base", "")), "", fams)
+    g, P = method_scores(ev, method, sc)
+    us = upper_sets(P, g.area)
+    c = region_counts(us, kind, np.array([thr]))
+    chosen = us.order[0, : int(c[0])]
+    p_sorted = us.p_sorted[0, : int(c[0])]
+    vals, start = np.unique(-p_sorted, return_index=True)  # rank groups: equal P, decreasing
+    bounds = np.concatenate([start, [p_sorted.size]])
+    npx = np.bincount(np.asarray(atom_index).ravel(), minlength=atoms.n)
+    rows = []
+    for r in range(vals.size):
+        grp = chosen[bounds[r] : bounds[r + 1]]
+        ids = np.flatnonzero(np.isin(g.of_atom, grp))
+        end = bounds[r + 1] - 1
+        rows.append(
+            {
+                "rank": r + 1,
+                "prob": float(-vals[r]),
+                "area_km2": float(atoms.area[ids].sum()),
+                "cum_area_km2": float(us.cum_area[0, end]),
+                "cum_mass": float(us.mass_at(np.zeros(1, np.int64), np.array([end]))[0]),
+                "n_atoms": int(ids.size),
+                "n_pixels": int(npx[ids].sum()),
+                "atoms": ids.tolist(),
+            }
+        )
+    cols = ["rank", "prob", "area_km2", "cum_area_km2", "cum_mass", "n_atoms", "n_pixels", "atoms"]
+    return pd.DataFrame(rows, columns=cols), thr
+
+
+def write_cog(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+    """Write the rank raster as a Cloud-Optimized GeoTIFF (deflate, EPSG:4326, nodata 0)."""
+    import rasterio
+    from rasterio.io import MemoryFile
+    from rasterio.shutil import copy as rio_copy
+
+    profile = {
+        "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
+        "crs": "EPSG:4326", "transform": grid.transform, "nodata": 0,
+    }  # fmt: skip
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(ranks.astype(np.int32), 1)
+            dst.update_tags(meaning="rank group of the calibrated region, 1 = most likely; 0 = outside")
+        with mem.open() as src, atomic_path(path) as tmp:
+            rio_copy(src, tmp, driver="COG", compress="DEFLATE", blocksize=256)
+    with rasterio.open(path) as chk:  # the COG driver writes a tiled GeoTIFF with overviews when large
+        if chk.count != 1:
+            raise ValueError(f"{path}: COG written with {chk.count} bands")
+
+
+def write_gpkg(path: str | Path, regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+    """Write the region's rank groups as a GeoPackage layer ``region`` (EPSG:4326) via geopandas."""
+    import geopandas as gpd
+
+    fc = region_features(regions, ranks, grid)
+    feats = fc["features"]
+    assert isinstance(feats, list)
+    gdf = gpd.GeoDataFrame.from_features(feats, crs="EPSG:4326")
+    if gdf.empty:
+        gdf = gpd.GeoDataFrame({"rank": [], "geometry": []}, geometry="geometry", crs="EPSG:4326")
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        gdf.to_file(tmp, driver="GPKG", layer="region")
+
+
+def write_region_png(
+    path: str | Path,
+    ranks: npt.NDArray[np.int32],
+    land: npt.NDArray[np.bool_],
+    title: str,
+    max_width: int = 1440,
+) -> None:
+    """PNG map: land mask in grey, the region's pixels coloured by rank group (1 = most likely)."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, math.ceil(ranks.shape[1] / max_width))
+    r = ranks[step // 2 :: step, step // 2 :: step]
+    lm = land[step // 2 :: step, step // 2 :: step]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    ax.imshow(np.where(lm, 0.75, 0.95), cmap="gray", vmin=0, vmax=1, extent=(-180, 180, -90, 90))
+    if (r > 0).any():
+        im = ax.imshow(
+            np.ma.masked_equal(r, 0), cmap="viridis_r", extent=(-180, 180, -90, 90), interpolation="nearest"
+        )
+        fig.colorbar(im, ax=ax, shrink=0.7, label="rank group (1 = most likely)")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plan_coverage_search(
+    results: str | Path,
+    probs_by_family: Mapping[str, npt.ArrayLike],
+    base: str,
+    level: float,
+    region: str,
+    out_stem: str | Path,
+    ls_probs: npt.ArrayLike | None = None,
+    earth_radius_km: float | None = None,
+) -> dict[str, Any]:
+    """Calibrated region of one photo from the workflow's artifacts, written as GeoJSON, GeoPackage, COG, PNG.
+
+    Args:
+        results: The workflow's results folder (atoms, absorption, ``calibration/<slug>.json``).
+        probs_by_family: Family -> the photo's probabilities (``s2`` and the ensembled attributes).
+        base: Base model key.
+        level: Nominal coverage (one of the calibrated levels).
+        region: One of :data:`COVERAGE_REGIONS`.
+        out_stem: Output path without suffix (``.geojson``, ``.gpkg``, ``.tif``, ``.png`` are added).
+        ls_probs: The photo's LS probabilities (per-bucket regions).
+        earth_radius_km: Sphere radius of the grid.
+
+    Returns:
+        ``{"regions", "area_km2", "level", "threshold", "method", "n_calibration", "group", "paths"}``;
+        ``group`` is ``all`` or the predicted LS bucket whose images calibrated the threshold.
+
+    Raises:
+        FileNotFoundError: If the calibration artifact is missing.
+
+    """
+    from geoens.calibrate import method_slug
+    from geoens.constants import EARTH_RADIUS_KM
+    from geoens.io import read_json
+    from geoens.rva import read_absorption, read_atom_index, read_atoms
+
+    res = Path(results)
+    fams = [f for f in ("ls", "lc") if f in probs_by_family]
+    slug = method_slug(base, attributes_suffix(fams))
+    cal_path = res / "calibration" / f"{slug}.json"
+    if not cal_path.exists():
+        raise FileNotFoundError(
+            f"{cal_path} is missing: run the workflow's calibration first (snakemake ... {cal_path})"
+        )
+    calibration = read_json(cal_path)
+    atoms = read_atoms(res / "atoms" / "atoms.parquet")
+    index = read_atom_index(res / "atoms" / "atom_index.tif", atoms.n)
+    absorption = read_absorption(res / "masks" / "s2_absorption.parquet")
+    radius = earth_radius_km or EARTH_RADIUS_KM
+    grid = Grid(index.shape[0], index.shape[1], radius)
+    regions, thr = coverage_region(
+        atoms, index, probs_by_family, calibration, level, region, ls_probs, absorption, radius
+    )
+    ranks = rank_raster(regions, index, atoms.n)
+    area = float(regions["area_km2"].sum()) if len(regions) else 0.0
+    group, n_cal = "all", int(calibration["n"])
+    if region.endswith("-bucket") and ls_probs is not None:
+        from geoens.constants import LS_BUCKETS
+
+        group = LS_BUCKETS[int(np.argmax(np.asarray(ls_probs, dtype=np.float64)))]
+        n_cal = int(calibration["n_per_bucket"][group])
+    stem = Path(out_stem)
+    paths = {ext: stem.with_name(stem.name + f".{ext}") for ext in ("geojson", "gpkg", "tif", "png")}
+    write_geojson(paths["geojson"], regions, ranks, grid)
+    write_gpkg(paths["gpkg"], regions, ranks, grid)
+    write_cog(paths["tif"], ranks, grid)
+    land = (atoms.labels["ls"] >= 0)[index]
+    write_region_png(
+        paths["png"],
+        ranks,
+        land,
+        f"{stem.name}: {calibration['method']} {region} region calibrated for {level:.0%} coverage "
+        f"(n = {n_cal}), {area:.4g} km^2",
+    )
+    return {
+        "regions": regions,
+        "area_km2": area,
+        "level": float(level),
+        "threshold": thr,
+        "method": calibration["method"],
+        "n_calibration": n_cal,
+        "group": group,
+        "paths": paths,
+    }

@@ -1,0 +1,178 @@
+# Calibrated search regions and the tempered ensemble (DESIGN section 9): tempered weights fitted on the
+# val split, conformal scores on val, thresholds per method / kind / level (the only rule that reads
+# calibrate.coverages and calibrate.fraction), then regions, coverage tables and the figure per test set.
+from geoens.calibrate import method_slugs
+
+CAL_SLUGS = method_slugs()
+CAL_JSONS = expand("results/calibration/{slug}.json", slug=CAL_SLUGS)
+CAL_COMMON = {
+    "atoms": "results/atoms/atoms.parquet",
+    "atom_index": "results/atoms/atom_index.tif",
+    "absorption": "results/masks/s2_absorption.parquet",
+    "fine": "results/partitions/fine.csv",
+}
+CAL_VAL = {
+    **CAL_COMMON,
+    "labels": TRAIN_LABELS,
+    **{m: f"results/predictions/val/{m}.parquet" for m in PRED_MODELS},
+}
+CAL_EVALUATE = json.dumps(
+    {k: config["evaluate"][k] for k in ("batch_size", "chunk_elements")}, sort_keys=True
+)
+
+
+rule tempered_fit:
+    input:
+        **CAL_VAL,
+    output:
+        weights="results/calibration/tempered.json",
+    log:
+        "logs/calibrate/tempered_fit.log",
+    benchmark:
+        "benchmarks/calibrate/tempered_fit.tsv"
+    conda:
+        "../envs/geo.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        grid=params_of("grid"),
+        evaluate=CAL_EVALUATE,
+        max_images=config["calibrate"]["tempered_max_images"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/calibrate_tempered.py"
+
+
+rule conformal_scores:
+    input:
+        **CAL_VAL,
+        tempered="results/calibration/tempered.json",
+    output:
+        scores="results/calibration/scores/val.parquet",
+    log:
+        "logs/calibrate/conformal_scores.log",
+    benchmark:
+        "benchmarks/calibrate/conformal_scores.tsv"
+    conda:
+        "../envs/geo.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        grid=params_of("grid"),
+        evaluate=CAL_EVALUATE,
+        split="val",
+    script:
+        "../workflow_scripts/calibrate_scores.py"
+
+
+rule calibrate:
+    input:
+        scores="results/calibration/scores/val.parquet",
+        tempered="results/calibration/tempered.json",
+    output:
+        calibration=CAL_JSONS,
+    log:
+        "logs/calibrate/calibrate.log",
+    benchmark:
+        "benchmarks/calibrate/calibrate.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        calibrate=json.dumps(
+            {k: config["calibrate"][k] for k in ("coverages", "fraction")},
+            sort_keys=True,
+        ),
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/calibrate_thresholds.py"
+
+
+rule coverage:
+    input:
+        **CAL_COMMON,
+        **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
+        labels="results/labels/testsets/{testset}.parquet",
+        tempered="results/calibration/tempered.json",
+        calibration=CAL_JSONS,
+    output:
+        scores="results/calibration/{testset}/scores.parquet",
+        regions="results/calibration/{testset}/regions.parquet",
+    log:
+        "logs/calibrate/coverage_{testset}.log",
+    benchmark:
+        "benchmarks/calibrate/coverage_{testset}.tsv"
+    conda:
+        "../envs/geo.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        grid=params_of("grid"),
+        evaluate=CAL_EVALUATE,
+        split="",
+    script:
+        "../workflow_scripts/calibrate_scores.py"
+
+
+rule coverage_table:
+    input:
+        scores="results/calibration/{testset}/scores.parquet",
+        regions="results/calibration/{testset}/regions.parquet",
+        tempered="results/calibration/tempered.json",
+    output:
+        coverage_csv="results/tables/{testset}_coverage.csv",
+        coverage_md="results/tables/{testset}_coverage.md",
+        tempered_csv="results/tables/{testset}_tempered.csv",
+        tempered_md="results/tables/{testset}_tempered.md",
+    log:
+        "logs/calibrate/coverage_table_{testset}.log",
+    benchmark:
+        "benchmarks/calibrate/coverage_table_{testset}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        evaluate=params_of("evaluate"),
+        seed=config["seed"],
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_coverage.py"
+
+
+rule figure_coverage:
+    input:
+        tables=expand("results/tables/{testset}_coverage.csv", testset=TESTSETS),
+    output:
+        pdf=report(
+            "results/figures/coverage.pdf",
+            caption="../docs/captions/coverage.rst",
+            category="Results",
+        ),
+        png="results/figures/coverage.png",
+    log:
+        "logs/calibrate/figure_coverage.log",
+    benchmark:
+        "benchmarks/calibrate/figure_coverage.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        testsets=TESTSETS,
+        demo=DEMO,
+    script:
+        "../workflow_scripts/report_coverage_figure.py"

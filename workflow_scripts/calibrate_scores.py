@@ -1,0 +1,54 @@
+"""Conformal scores of every image and method on a dataset; with calibration, its regions (rules
+conformal_scores on val, coverage on each test set)."""
+
+import json
+
+from tqdm import tqdm
+
+from geoens.calibrate import open_dataset, read_dataset_labels, score_dataset
+from geoens.constants import FAMILIES
+from geoens.io import atomic_path, read_json
+from geoens.logs import TqdmToLogger, setup_logging
+
+snakemake = globals()["snakemake"]
+log = setup_logging(snakemake.log[0])
+inp = snakemake.input
+grid_cfg = json.loads(snakemake.params.grid)
+ev_cfg = json.loads(snakemake.params.evaluate)
+named = dict(inp.items())
+split = snakemake.params.split
+ds = open_dataset(
+    inp.atoms,
+    inp.atom_index,
+    inp.absorption,
+    read_dataset_labels(inp.labels, split=split or None),
+    inp.fine,
+    {m: named[m] for m in ("ls", "lc", "geoest", "geoclip") if m in named},
+    earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),
+    chunk_elements=int(ev_cfg["chunk_elements"]),
+)
+fits = read_json(inp.tempered)
+weights = {b: [fits[b]["weights"][f] for f in FAMILIES] for b in fits}
+calibration = None
+if "calibration" in named:
+    calibration = {}
+    for path in inp.calibration:
+        rec = read_json(path)
+        calibration[rec["slug"]] = rec
+with tqdm(desc="images x bases", unit="img", file=TqdmToLogger(log), mininterval=10) as bar:
+    scores, regions = score_dataset(
+        ds,
+        weights,
+        calibration,
+        batch_size=int(ev_cfg["batch_size"]),
+        progress=bar.update,
+        threads=int(snakemake.threads),
+    )
+with atomic_path(snakemake.output.scores) as tmp:
+    scores.to_parquet(tmp, index=False)
+if regions is not None:
+    with atomic_path(snakemake.output.regions) as tmp:
+        regions.to_parquet(tmp, index=False)
+log.info(
+    "%d images, %d zero-probability score rows", scores["image_id"].nunique(), int(scores["zero_prob"].sum())
+)

@@ -1,0 +1,29 @@
+"""Coverage table and tempered-vs-product table of one test set (rule coverage_table)."""
+
+import json
+
+import pandas as pd
+
+from geoens.coverage_report import (
+    coverage_markdown,
+    coverage_table,
+    tempered_markdown,
+    tempered_table,
+    write_table,
+)
+from geoens.io import read_json
+from geoens.logs import setup_logging
+
+snakemake = globals()["snakemake"]
+log = setup_logging(snakemake.log[0])
+cfg = json.loads(snakemake.params.evaluate)
+n_boot, seed, demo = int(cfg["bootstrap"]), int(snakemake.params.seed), bool(snakemake.params.demo)
+testset = snakemake.wildcards.testset
+out = snakemake.output
+cov = coverage_table(pd.read_parquet(snakemake.input.regions), n_boot, seed)
+write_table(cov, coverage_markdown(cov, testset, n_boot, demo), out.coverage_csv, out.coverage_md)
+fits = read_json(snakemake.input.tempered)
+weights = {b: fits[b]["weights"] for b in fits}
+temp = tempered_table(pd.read_parquet(snakemake.input.scores), n_boot, seed)
+write_table(temp, tempered_markdown(temp, testset, weights, n_boot, demo), out.tempered_csv, out.tempered_md)
+log.info("%s: %d coverage rows, %d tempered rows", testset, len(cov), len(temp))
