@@ -28,5 +28,6 @@ history = run_train_tower(
     cfg,
     snakemake.output.metrics,
     shard_index=snakemake.input.index,
+    image_cache=getattr(snakemake.input, "image_cache", None),
 )
 log.info("final epoch: %s", history[-1] if history else None)

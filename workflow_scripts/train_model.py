@@ -23,6 +23,8 @@ argv = [
     "--gpus", str(trainer.get("gpus", 0)),
     "--logfile", snakemake.log[0],
 ]  # fmt: skip
+if hasattr(snakemake.input, "image_cache"):
+    argv += ["--image-cache", snakemake.input.image_cache]
 if snakemake.wildcards.model == "geoest":
     argv += ["--partitions", os.path.dirname(snakemake.input.hierarchy)]
 sys.exit(main(argv))

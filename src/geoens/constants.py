@@ -104,3 +104,9 @@ METHOD_VARIANTS: Final[tuple[tuple[str, tuple[str, ...], bool], ...]] = (
 
 #: Label value meaning "no class" in every label raster and label column.
 NO_CLASS: Final[int] = -1
+
+# --- training image cache (geoens.imagecache) -------------------------------------------------------
+#: ``train.image_cache: auto`` caches decoded training images only when their longer side is at most this.
+IMAGE_CACHE_MAX_SIDE: Final[int] = 128
+#: ... and when the whole ``uint8`` array takes at most this many bytes.
+IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3

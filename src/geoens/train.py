@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -58,6 +58,7 @@ from geoens.data import (
     make_transforms,
     read_label_parts,
 )
+from geoens.imagecache import CachedLoader, load_image_cache
 from geoens.io import atomic_path, write_json
 from geoens.models import GEOEST_HEADS, MultiHeadNet, backbone_norm, build_model, hierarchical_combine
 
@@ -306,7 +307,7 @@ def _autocast(device: torch.device) -> tuple[Any, torch.dtype | None]:
 
 def evaluate_loader(
     model: nn.Module,
-    loader: DataLoader[Any],
+    loader: Iterable[Any],
     heads: Sequence[str],
     env: DistEnv,
     n_confusion: int = 0,
@@ -391,6 +392,25 @@ def _make_loader(
     return loader, sampler
 
 
+def _cached_loaders(
+    cache: Any,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset,
+    train_sampler: DistributedSampler[Any],
+    val_sampler: DistributedSampler[Any],
+    cfg: TrainerConfig,
+    seed: int,
+    drop_last: bool,
+) -> tuple[CachedLoader, CachedLoader]:
+    """Loaders over the decoded-image cache with the JPEG loaders' samplers (same order, same batches)."""
+    mean, std = backbone_norm(cfg.backbone)
+    size, bs = cfg.image_size, cfg.batch_size
+    train = CachedLoader(cache, train_ds.ids, train_ds.targets.numpy(), train_sampler, bs, size, mean, std,
+                         augment=cfg.augment, seed=seed, drop_last=drop_last)  # fmt: skip
+    val = CachedLoader(cache, val_ds.ids, val_ds.targets.numpy(), val_sampler, bs, size, mean, std)
+    return train, val
+
+
 def train_model(
     model: str,
     labels: str | Path,
@@ -405,6 +425,7 @@ def train_model(
     seed: int = 0,
     threads: int | None = None,
     stop_after_epochs: int | None = None,
+    image_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) one predictor and write its outputs to ``out_dir``.
 
@@ -425,6 +446,9 @@ def train_model(
         threads: ``torch.set_num_threads`` (the Snakemake job's threads).
         stop_after_epochs: Stop (as if killed) once this many epochs are done, without writing the final
             outputs; for tests of resuming.
+        image_cache: Folder written by :func:`geoens.imagecache.build_image_cache`: when it holds the images,
+            they are read from there and augmented in batches in this process (no loader workers); when it
+            says they were not cached (large or mixed sizes), or with ``None``, the JPEGs are read.
 
     Returns:
         A summary: epochs run, best epoch and validation loss, skipped images, whether it stopped early.
@@ -502,10 +526,16 @@ def train_model(
     train_loader, train_sampler = _make_loader(
         train_ds, cfg.batch_size, num_workers, env, True, seed, drop_last=drop_last
     )
-    val_loader, _ = _make_loader(val_ds, cfg.batch_size, num_workers, env, False, seed)
+    val_loader, val_sampler = _make_loader(val_ds, cfg.batch_size, num_workers, env, False, seed)
+    cache = load_image_cache(image_cache) if image_cache is not None else None
+    if cache is not None:
+        train_loader, val_loader = _cached_loaders(  # type: ignore[assignment]
+            cache, train_ds, val_ds, train_sampler, val_sampler, cfg, seed, drop_last
+        )
     log.info(
-        "model %s: %d train / %d val images, heads %s, backbone %s @ %d px, device %s, world %d",
+        "model %s: %d train / %d val images, heads %s, backbone %s @ %d px, device %s, world %d, %s",
         model, len(train_ds), len(val_ds), heads, cfg.backbone, cfg.image_size, env.device, env.world,
+        "decoded-image cache" if cache is not None else f"JPEG shards, {num_workers} loader workers",
     )  # fmt: skip
 
     # ---- model, optimiser, schedule
@@ -1078,6 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--image-cache", default=None, help="decoded-image cache folder (geoens.imagecache)")
     p.add_argument("--logfile", default=None, help="log file (not --log: torchrun would take it)")
     p.add_argument(
         "--gpus", type=int, default=0, help="> 1: relaunch under torchrun with this many processes"
@@ -1119,6 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
         seed=args.seed,
         threads=args.threads,
+        image_cache=args.image_cache,
     )
     if dist.is_initialized():
         dist.destroy_process_group()
