@@ -202,6 +202,10 @@ def test_cached_loader_batches_like_the_dataloader(tmp_path: Path) -> None:
         skipped += batch.skipped
     assert sorted(seen + skipped) == list(range(len(ids))) and skipped == [ids.index("img_bad")]
     first = [b.indices.tolist() for b in loader]
+    # a mid-epoch resume gets the remaining batches, the same images with the same augmentation
+    rest = list(loader.iter_from(1))
+    assert [b.indices.tolist() for b in rest] == first[1:]
+    assert torch.equal(rest[0].images, list(loader)[1].images)
     order.set_epoch(1)
     assert [b.indices.tolist() for b in loader] != first
     order.set_epoch(0)

@@ -525,12 +525,22 @@ class CachedLoader:
         return Batch(x, self.targets[t], t, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.iter_from(0)
+
+    def iter_from(self, first_batch: int) -> Iterator[Batch]:
+        """The epoch's batches from number ``first_batch`` on (mid-epoch resume), skipping the rest unbuilt.
+
+        The batches are the same as those of a full pass: the order is the sampler's and each image's
+        augmentation depends on (seed, epoch, index) only.
+        """
         epoch = int(getattr(self.sampler, "epoch", 0))
         chunk: list[int] = []
+        k = 0
         for i in self.sampler:
             chunk.append(int(i))
             if len(chunk) == self.batch_size:
-                yield self.batch(chunk, epoch)
-                chunk = []
-        if chunk and not self.drop_last:
+                if k >= first_batch:
+                    yield self.batch(chunk, epoch)
+                chunk, k = [], k + 1
+        if chunk and not self.drop_last and k >= first_batch:
             yield self.batch(chunk, epoch)
