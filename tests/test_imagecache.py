@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -32,6 +33,14 @@ from geoens.imagecache import (
 from geoens.train import train_model
 
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, vflip=False, color_jitter=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """Training with ``threads=1`` sets torch's global thread count: give later tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def textured_jpeg(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:
