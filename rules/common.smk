@@ -2,6 +2,7 @@
 import json
 
 from geoens.config import check_inputs_exist, effective_config
+from geoens.imagecache import image_cache_enabled
 from geoens.io import check_writable, folder_fingerprint
 
 # The config of this run, by the one function `geoens validate` uses too: the user's --configfile(s), or the
@@ -59,6 +60,12 @@ def all_tables():
 TRAIN_MODELS = ["ls", "lc", "geoest"]
 TRAIN_LABELS = "results/labels/train"
 SHARD_INDEX = "results/models/shard_index.parquet"
+# Decoded training images (train.image_cache: auto; the folder says when the images were too large to cache).
+IMAGE_CACHE = "results/models/image_cache"
+USE_IMAGE_CACHE = image_cache_enabled(config["train"]["image_cache"])
+IMAGE_CACHE_INPUT = {"image_cache": IMAGE_CACHE} if USE_IMAGE_CACHE else {}
+# Threads of each training job: loader workers need cores; the cached path needs only torch's threads.
+TRAIN_THREADS = config["train"]["threads"] or max(2, config["train"]["num_workers"])
 
 
 def by_attempt(base, growth):
@@ -80,6 +87,7 @@ def train_inputs(wildcards):
         "labels": TRAIN_LABELS,
         "shards": config["inputs"]["train"]["shards_dir"],
         "index": SHARD_INDEX,
+        **IMAGE_CACHE_INPUT,
     }
     if wildcards.model == "geoest":
         inputs.update(

@@ -28,6 +28,7 @@ rule geoclip_cells:
 
 rule geoclip_tower:
     input:
+        **IMAGE_CACHE_INPUT,
         shards=config["inputs"]["train"]["shards_dir"],
         labels=TRAIN_LABELS,
         index=SHARD_INDEX,
@@ -40,7 +41,7 @@ rule geoclip_tower:
         "benchmarks/geoclip/geoclip_tower.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: max(1, config["train"]["num_workers"])
+    threads: TRAIN_THREADS
     resources:
         mem_mb=by_attempt(8000, 1.0),
         runtime=by_attempt(720, 0.5),

@@ -28,6 +28,26 @@ rule shard_index:
         "../workflow_scripts/shard_index.py"
 
 
+rule image_cache:
+    input:
+        shards=config["inputs"]["train"]["shards_dir"],
+        index=SHARD_INDEX,
+    output:
+        cache=directory(IMAGE_CACHE),
+    log:
+        "logs/train/image_cache.log",
+    benchmark:
+        "benchmarks/train/image_cache.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc: 3000 if DEMO else 6000,
+        runtime=lambda wc: 10 if DEMO else 60,
+    script:
+        "../workflow_scripts/image_cache.py"
+
+
 rule train:
     input:
         unpack(train_inputs),
@@ -55,7 +75,7 @@ rule train:
         model="|".join(TRAIN_MODELS),
     conda:
         "../envs/torch.yaml"
-    threads: max(2, config["train"]["num_workers"])
+    threads: TRAIN_THREADS
     resources:
         mem_mb=by_attempt(
             lambda wc: 8000 * max(1, config["train"]["models"][wc.model]["gpus"]), 1.0

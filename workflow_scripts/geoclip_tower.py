@@ -44,6 +44,7 @@ with StopSignals() as signals:
             checkpoint_every_steps=int(train_cfg["checkpoint_every_steps"]),
             progress_every_s=float(train_cfg["progress_every_s"]),
             signals=signals,
+            image_cache=getattr(snakemake.input, "image_cache", None),
         )
     except TrainingInterrupted:
         sys.exit(EXIT_RESUMABLE)

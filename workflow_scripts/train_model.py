@@ -30,6 +30,8 @@ argv = [
     "--checkpoint-every-steps", str(snakemake.config["train"]["checkpoint_every_steps"]),
     "--progress-every-s", str(snakemake.config["train"]["progress_every_s"]),
 ]  # fmt: skip
+if hasattr(snakemake.input, "image_cache"):
+    argv += ["--image-cache", snakemake.input.image_cache]
 if snakemake.wildcards.model == "geoest":
     argv += ["--partitions", os.path.dirname(snakemake.input.hierarchy)]
 sys.exit(main(argv))

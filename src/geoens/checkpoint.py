@@ -197,6 +197,11 @@ class SkipSampler(Sampler[int]):
     def __len__(self) -> int:
         return max(0, len(self.base) - self.skip)  # type: ignore[arg-type]
 
+    @property
+    def epoch(self) -> int:
+        """The base sampler's epoch (the cached loader seeds its augmentation with it)."""
+        return int(getattr(self.base, "epoch", 0))
+
     def set_epoch(self, epoch: int) -> None:
         """Forward to the base sampler if it has ``set_epoch``."""
         if hasattr(self.base, "set_epoch"):

@@ -127,3 +127,9 @@ COVERAGE_LEVELS: Final[tuple[float, ...]] = (0.5, 0.8, 0.9, 0.95)
 TEMPERED_SUFFIX: Final[str] = "+LS+LC (tempered)"
 #: Suffix of the point-predictor baseline: a geodesic cap around the base model's own top-1.
 CAP_SUFFIX: Final[str] = " cap"
+
+# --- training image cache (geoens.imagecache) -------------------------------------------------------
+#: ``train.image_cache: auto`` caches decoded training images only when their longer side is at most this.
+IMAGE_CACHE_MAX_SIDE: Final[int] = 128
+#: ... and when the whole ``uint8`` array takes at most this many bytes.
+IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3

@@ -1073,6 +1073,41 @@ def gps_batches(
     return run
 
 
+def cached_gps_batches(
+    cache: Any,
+    labels: pd.DataFrame,
+    cfg: TowerTrainConfig,
+    train: bool,
+    skipped: list[int] | None = None,
+) -> Callable[..., Iterator[Batch]]:
+    """:func:`gps_batches` over a decoded-image cache (:mod:`geoens.imagecache`), in this process.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (training) or the label order (validation); the
+    augmentation of ``cfg.augment`` is drawn per ``(seed, epoch, index)`` on whole batches.
+    """
+    from geoens.imagecache import CachedLoader, SeededOrder
+    from geoens.models import backbone_norm
+
+    coords = torch.from_numpy(np.array(labels[["lat", "lon"]].to_numpy(np.float32)))
+    mean, std = backbone_norm(cfg.backbone)
+    order = SeededOrder(len(labels), cfg.seed, shuffle=train)
+    loader = CachedLoader(
+        cache, labels["image_id"].astype(str).tolist(), np.arange(len(labels)), order, cfg.batch_size,
+        cfg.image_size, mean, std, augment=cfg.augment if train else None, seed=cfg.seed,
+    )  # fmt: skip
+
+    def run(epoch: int, start: int = 0) -> Iterator[Batch]:
+        order.set_epoch(epoch)
+        for batch in loader.iter_from(start):  # start > 0: a mid-epoch resume skips the batches done
+            if skipped is not None and batch.skipped:
+                skipped.extend(batch.skipped)
+            if len(batch) == 0:
+                continue
+            yield batch.images, coords[batch.indices]
+
+    return run
+
+
 def id_batches(
     source: Any, image_ids: Sequence[str], transform: Any, batch_size: int, num_workers: int = 0,
     skipped: list[str] | None = None,
@@ -1113,6 +1148,7 @@ def run_train_tower(
     checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
     progress_every_s: float = PROGRESS_EVERY_S,
     signals: StopSignals | None = None,
+    image_cache: str | Path | None = None,
 ) -> list[dict[str, float]]:
     """Train the demo image tower on the ``train`` split, early-stop on ``val``, save ``out_model``.
 
@@ -1129,6 +1165,7 @@ def run_train_tower(
         checkpoint_every_steps: Optimizer steps between mid-epoch checkpoints (0: epoch ends only).
         progress_every_s: Seconds between in-epoch progress lines in the log.
         signals: Active :class:`~geoens.checkpoint.StopSignals` (the workflow script installs them).
+        image_cache: Decoded-image cache folder (:mod:`geoens.imagecache`); used when it holds the images.
 
     Returns:
         The per-epoch metrics.
@@ -1150,14 +1187,22 @@ def run_train_tower(
         train = train.iloc[keep].reset_index(drop=True)
     log.info("geoclip tower: %d train / %d val images, backbone %s", len(train), len(val), cfg.backbone)
     skipped: list[int] = []
-    train_it = gps_batches(
-        source, train, _tower_transforms(cfg, True), cfg.batch_size, True, cfg.seed,
-        cfg.num_workers, skipped,
-    )  # fmt: skip
-    val_it = gps_batches(
-        source, val, _tower_transforms(cfg, False), cfg.batch_size, False, cfg.seed,
-        cfg.num_workers,
-    )  # fmt: skip
+    from geoens.imagecache import load_image_cache
+
+    cache = load_image_cache(image_cache) if image_cache is not None else None
+    if cache is not None:
+        log.info("geoclip tower: reading the decoded-image cache %s", image_cache)
+        train_it = cached_gps_batches(cache, train, cfg, True, skipped)
+        val_it = cached_gps_batches(cache, val, cfg, False)
+    else:
+        train_it = gps_batches(
+            source, train, _tower_transforms(cfg, True), cfg.batch_size, True, cfg.seed,
+            cfg.num_workers, skipped,
+        )  # fmt: skip
+        val_it = gps_batches(
+            source, val, _tower_transforms(cfg, False), cfg.batch_size, False, cfg.seed,
+            cfg.num_workers,
+        )  # fmt: skip
     fingerprint = hashlib.sha256(
         json.dumps(
             [{k: v for k, v in asdict(cfg).items() if k not in ("device", "num_workers")},

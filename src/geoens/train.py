@@ -30,7 +30,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -73,6 +73,7 @@ from geoens.data import (
     make_transforms,
     read_label_parts,
 )
+from geoens.imagecache import CachedLoader, load_image_cache
 from geoens.io import atomic_path, write_json
 from geoens.models import GEOEST_HEADS, MultiHeadNet, backbone_norm, build_model, hierarchical_combine
 
@@ -304,7 +305,7 @@ def _autocast(device: torch.device) -> tuple[Any, torch.dtype | None]:
 
 def evaluate_loader(
     model: nn.Module,
-    loader: DataLoader[Any],
+    loader: Iterable[Any],
     heads: Sequence[str],
     env: DistEnv,
     n_confusion: int = 0,
@@ -392,6 +393,29 @@ def _make_loader(
     return loader, sampler
 
 
+def _cached_loaders(
+    cache: Any,
+    train_ds: ImageDataset,
+    val_ds: ImageDataset,
+    train_sampler: SkipSampler,
+    val_sampler: SkipSampler,
+    cfg: TrainerConfig,
+    seed: int,
+    drop_last: bool,
+) -> tuple[CachedLoader, CachedLoader]:
+    """Loaders over the decoded-image cache with the JPEG loaders' samplers (same order, same batches).
+
+    The samplers are the :class:`~geoens.checkpoint.SkipSampler` s of :func:`_make_loader`, so a mid-epoch
+    resume skips the batches already done on this path too; their ``epoch`` seeds the augmentation.
+    """
+    mean, std = backbone_norm(cfg.backbone)
+    size, bs = cfg.image_size, cfg.batch_size
+    train = CachedLoader(cache, train_ds.ids, train_ds.targets.numpy(), train_sampler, bs, size, mean, std,
+                         augment=cfg.augment, seed=seed, drop_last=drop_last)  # fmt: skip
+    val = CachedLoader(cache, val_ds.ids, val_ds.targets.numpy(), val_sampler, bs, size, mean, std)
+    return train, val
+
+
 def train_model(
     model: str,
     labels: str | Path,
@@ -409,6 +433,7 @@ def train_model(
     checkpoint_every_steps: int = CHECKPOINT_EVERY_STEPS,
     progress_every_s: float = PROGRESS_EVERY_S,
     signals: StopSignals | None = None,
+    image_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) one predictor and write its outputs to ``out_dir``.
 
@@ -435,6 +460,9 @@ def train_model(
         signals: Active :class:`~geoens.checkpoint.StopSignals` (the command line installs them): after
             SIGTERM/SIGUSR1 the loop checkpoints at the next step boundary and raises
             :class:`~geoens.checkpoint.TrainingInterrupted`.
+        image_cache: Folder written by :func:`geoens.imagecache.build_image_cache`: when it holds the images,
+            they are read from there and augmented in batches in this process (no loader workers); when it
+            says they were not cached (large or mixed sizes), or with ``None``, the JPEGs are read.
 
     Returns:
         A summary: epochs run, best epoch and validation loss, skipped images, whether it stopped early.
@@ -513,10 +541,16 @@ def train_model(
     train_loader, train_sampler = _make_loader(
         train_ds, cfg.batch_size, num_workers, env, True, seed, drop_last=drop_last
     )
-    val_loader, _ = _make_loader(val_ds, cfg.batch_size, num_workers, env, False, seed)
+    val_loader, val_sampler = _make_loader(val_ds, cfg.batch_size, num_workers, env, False, seed)
+    cache = load_image_cache(image_cache) if image_cache is not None else None
+    if cache is not None:
+        train_loader, val_loader = _cached_loaders(  # type: ignore[assignment]
+            cache, train_ds, val_ds, train_sampler, val_sampler, cfg, seed, drop_last
+        )
     log.info(
-        "model %s: %d train / %d val images, heads %s, backbone %s @ %d px, device %s, world %d",
+        "model %s: %d train / %d val images, heads %s, backbone %s @ %d px, device %s, world %d, %s",
         model, len(train_ds), len(val_ds), heads, cfg.backbone, cfg.image_size, env.device, env.world,
+        "decoded-image cache" if cache is not None else f"JPEG shards, {num_workers} loader workers",
     )  # fmt: skip
 
     # ---- model, optimiser, schedule
@@ -1134,6 +1168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--image-cache", default=None, help="decoded-image cache folder (geoens.imagecache)")
     p.add_argument("--logfile", default=None, help="log file (not --log: torchrun would take it)")
     p.add_argument(
         "--checkpoint-every-steps",
@@ -1195,6 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 num_workers=args.num_workers,
                 seed=args.seed,
                 threads=args.threads,
+                image_cache=args.image_cache,
                 checkpoint_every_steps=args.checkpoint_every_steps,
                 progress_every_s=args.progress_every_s,
                 signals=signals,
