@@ -36,13 +36,16 @@ STEPS = 47
 TRAINER = {**FAST, "batch_size": BATCH, "epochs": 2}
 
 
-def _command(paths: dict[str, Path], out: Path, every: int, gpus: int = 0) -> list[str]:
+def _command(
+    paths: dict[str, Path], out: Path, every: int, gpus: int = 0, extra: tuple[str, ...] = ()
+) -> list[str]:
     return [
         sys.executable, "-m", "geoens.train", "--model", "lc",
         "--labels", str(paths["labels"]), "--shards", str(paths["shards"]), "--out", str(out),
         "--trainer", json.dumps(TRAINER), "--device", "cpu", "--num-workers", "0", "--seed", "3",
         "--threads", "1", "--logfile", str(out / "train.log"),
         "--checkpoint-every-steps", str(every), "--progress-every-s", "0", "--gpus", str(gpus),
+        *extra,
     ]  # fmt: skip
 
 
@@ -51,10 +54,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _run(paths: dict[str, Path], out: Path, every: int, gpus: int = 0) -> subprocess.CompletedProcess[str]:
+def _run(
+    paths: dict[str, Path], out: Path, every: int, gpus: int = 0, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        _command(paths, out, every, gpus),
+        _command(paths, out, every, gpus, extra),
         env=_env(),
         capture_output=True,
         text=True,
@@ -64,7 +69,13 @@ def _run(paths: dict[str, Path], out: Path, every: int, gpus: int = 0) -> subpro
 
 
 def _interrupt(
-    paths: dict[str, Path], out: Path, every: int, sig: signal.Signals, min_step: int, gpus: int = 0
+    paths: dict[str, Path],
+    out: Path,
+    every: int,
+    sig: signal.Signals,
+    min_step: int,
+    gpus: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> int:
     """Start training, send ``sig`` once the log shows step >= ``min_step`` of epoch 1; return the status.
 
@@ -72,8 +83,8 @@ def _interrupt(
     """
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        _command(paths, out, every, gpus), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        _command(paths, out, every, gpus, extra), env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     pattern = re.compile(r"train lc epoch 1/2 step (\d+)/")
     deadline = time.monotonic() + 300
@@ -163,6 +174,37 @@ def test_killed_job_resumes_from_periodic_checkpoint(world: dict[str, Path], tmp
     resumed = _run(world, out, every=5)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_weights(world["reference"] / "model.pt", out / "model.pt")
+
+
+def test_cached_path_resumes_mid_epoch_bitwise_and_augments_per_epoch(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """The decoded-image cache path (demo): SIGTERM mid-epoch, resume, same weights as uninterrupted."""
+    from geoens.data import ShardIndex, ShardSource
+    from geoens.imagecache import build_image_cache
+
+    index = ShardIndex.build(world["shards"])
+    cache = tmp_path / "cache"
+    assert build_image_cache(ShardSource(world["shards"], index), index.ids, cache)["cached"]
+    extra = ("--image-cache", str(cache))
+    ref = tmp_path / "ref"
+    assert _run(world, ref, every=0, extra=extra).returncode == 0
+    assert "decoded-image cache" in (ref / "train.log").read_text()
+    out = tmp_path / "run"
+    assert _interrupt(world, out, every=0, sig=signal.SIGTERM, min_step=3, extra=extra) == EXIT_RESUMABLE
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["partial"]["step"]
+    assert 3 <= step < STEPS
+    assert _run(world, out, every=0, extra=extra).returncode == 0
+    _assert_same_weights(ref / "model.pt", out / "model.pt")
+
+
+def test_skip_sampler_passes_its_epoch_on() -> None:
+    """The cached loader seeds each epoch's augmentation with the sampler's epoch: it must change."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = SkipSampler(DistributedSampler(list(range(10)), num_replicas=1, rank=0, shuffle=True, seed=0))
+    sampler.set_epoch(3)
+    assert sampler.epoch == 3
 
 
 def test_schema_defaults_are_the_constants() -> None:
