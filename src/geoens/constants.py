@@ -104,3 +104,9 @@ METHOD_VARIANTS: Final[tuple[tuple[str, tuple[str, ...], bool], ...]] = (
 
 #: Label value meaning "no class" in every label raster and label column.
 NO_CLASS: Final[int] = -1
+
+# --- evaluation at scale ---------------------------------------------------------------------------
+#: Grids with more pixels than this are evaluated from the tiled atom index on disk (windowed reads and a
+#: pixel-order file) instead of an in-memory index: 5400 x 10800 (58 M) stays in memory, 21600 x 43200
+#: (933 M, 3.7 GB as int32) does not (DESIGN 10).
+INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000
