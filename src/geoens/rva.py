@@ -662,6 +662,7 @@ class TiledPixelLookup:
         return out
 
     def _build_order(self) -> Path:
+        import shutil
         import tempfile
 
         if self.workdir is None:
@@ -674,9 +675,15 @@ class TiledPixelLookup:
         total = self.grid.height * self.grid.width
         item = np.dtype(self._dtype).itemsize
         k = int(max(1, min(256, -(-total * (item + 4) // self.bucket_bytes))))
-        # atoms in k consecutive ranges of about equal pixel counts
+        # atoms in consecutive ranges of about equal pixel counts; an atom larger than a range is a bucket
+        # of its own (copied through: its pixels arrive in order), so no bucket exceeds ~2 ranges to sort
         first_atom = np.searchsorted(self._start[1:], np.linspace(0, total, k + 1)[:-1], side="right")
+        big = np.flatnonzero(self.n_pixels > total // k)
+        first_atom = np.unique(np.concatenate([first_atom, big, big + 1]))
+        first_atom = first_atom[first_atom < self.n_pixels.size]
+        k = first_atom.size
         bucket_of = np.searchsorted(first_atom, np.arange(self.n_pixels.size), side="right") - 1
+        single = np.diff(np.concatenate([first_atom, [self.n_pixels.size]])) == 1
         w = self.grid.width
         rows = max(1, (64 * 2**20) // (w * 4))
         names = [(work / f"a{j}.bin", work / f"p{j}.bin") for j in range(k)]
@@ -701,12 +708,17 @@ class TiledPixelLookup:
                 hp.close()
         out_path = work / "pixel_order.bin"
         with open(out_path, "wb") as out:
-            for fa, fp in names:  # bucket j holds atoms first_atom[j].. : the output is written in order
-                atoms_j = np.fromfile(fa, dtype=np.int32)
-                px_j = np.fromfile(fp, dtype=self._dtype)
+            for j, (fa, fp) in enumerate(names):  # bucket j holds atoms first_atom[j]..: written in order
+                if single[j]:
+                    with open(fp, "rb") as src:
+                        shutil.copyfileobj(src, out, 64 * 2**20)
+                else:
+                    atoms_j = np.fromfile(fa, dtype=np.int32)
+                    px_j = np.fromfile(fp, dtype=self._dtype)
+                    out.write(px_j[np.argsort(atoms_j, kind="stable")].tobytes())
+                    del atoms_j, px_j
                 fa.unlink()
                 fp.unlink()
-                out.write(px_j[np.argsort(atoms_j, kind="stable")].tobytes())
         return out_path
 
     def pixels_of(self, atom_ids: IntArray) -> IntArray:
