@@ -697,11 +697,11 @@ class TiledPixelLookup:
                 o = np.argsort(bk, kind="stable")
                 counts = np.bincount(bk, minlength=k)
                 pos = 0
-                for j in np.flatnonzero(counts):
-                    sl = o[pos : pos + counts[j]]
-                    handles[j][0].write(idx[sl].astype(np.int32).tobytes())
-                    handles[j][1].write(px[sl].tobytes())
-                    pos += int(counts[j])
+                for jj in np.flatnonzero(counts):
+                    sl = o[pos : pos + counts[jj]]
+                    handles[jj][0].write(idx[sl].astype(np.int32).tobytes())
+                    handles[jj][1].write(px[sl].tobytes())
+                    pos += int(counts[jj])
         finally:
             for ha, hp in handles:
                 ha.close()
