@@ -1,20 +1,28 @@
-"""Benchmark of the mask stage at real sizes on synthetic full-size inputs (DESIGN 7).
+"""Benchmark of the mask stage at real sizes on synthetic full-size inputs (DESIGN 7 and 10).
 
-    python bench/bench_masks.py            # full size: LandScan 21600 x 43200, LC 64800 x 129600, grid 5400
-    python bench/bench_masks.py --small    # 1/10 scale
+    python bench/bench_masks.py                        # full size: LandScan 21600 x 43200, LC 64800 x 129600
+    python bench/bench_masks.py --grids 5400 21600     # ... on the paper's grid and the 1 km grid
+    python bench/bench_masks.py --small                # 1/10 scale (grids 540, and 2160 with --grids)
+
+The same native inputs serve every grid: at 5400 LandScan is averaged 4 x 4 and the land cover 12 x 12; at
+21600 (LandScan's own 30 arc-second grid) LandScan is taken as is and the land cover by 3 x 3 block mode.
 
 Writes the inputs to a temporary folder (several GB at full size; deleted afterwards unless ``--keep``),
 then runs each step in its own process (so that its peak RSS is its own): LandScan mean + buckets, LC mode,
 S2 rasterisation of the real 12,893-cell fine partition (or a synthetic one when the peer data are absent)
-with absorption, atoms. Baselines measured in the same run: s2sphere on a sample of pixel centres (ratio
+with absorption, atoms (streamed: windowed mask reads, index in a temporary file), then evaluation on the
+written atoms (``eval``: Alg. 1-3 and the top-1 of 2,048 images x 10 methods, with the atom index in memory up
+to 5400 and read by windows at 21600, incl. the one-time pixel-order file of the top-1 fallback). Baselines
+measured in the same run: s2sphere on a sample of pixel centres (ratio
 per point), and the LC mode's naive per-class 4-D reshape counting on one strip (ratio to ``block_counts``).
-Results: printed and written to ``bench/out/bench_masks[_small].json``.
+Results: printed and written to ``bench/out/bench_masks[_small].json`` (one entry per grid).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -26,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_FINE = (
-    REPO.parent / "shared" / "reference" / "peers" / "GeoEstimation" / "geo-cells" / "cells_50_1000.csv"
-)
+#: Peer data folder (its README lists the files): ``$GEOENS_PEERS``, else ``../shared/reference/peers``.
+PEERS = Path(os.environ.get("GEOENS_PEERS", REPO.parent / "shared" / "reference" / "peers"))
+REAL_FINE = PEERS / "GeoEstimation" / "geo-cells" / "cells_50_1000.csv"
 
 
 def peak_rss_mb() -> float:
@@ -187,6 +195,7 @@ def step(name: str, work: Path, h: int) -> dict[str, float]:
         res["cells"] = float(len(p))
         res["absorbed"] = float(len(table))
         rasters.write_label_raster(m / "s2_fine.tif", lab, g)
+        table.to_parquet(m / "s2_absorption.parquet", index=False)
     elif name == "s2_baseline":
         rng = np.random.default_rng(0)
         n = 20_000
@@ -211,10 +220,84 @@ def step(name: str, work: Path, h: int) -> dict[str, float]:
             m / "s2_fine.tif", m / "ls.tif", m / "lc.tif", g, work / "atoms.parquet", work / "atom_index.tif"
         )
         res.update(table_info)
+    elif name == "eval":
+        res.update(eval_step(work, m, g))
     else:
         raise SystemExit(f"unknown step {name}")
     res["time_s"] = time.perf_counter() - t
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    res["cpu_s"] = ru.ru_utime + ru.ru_stime  # of the whole step process (wall time grows with others' load)
     res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+def eval_step(work: Path, m: Path, g: object, n_img: int = 2048) -> dict[str, float]:
+    """Evaluation on the written atoms: CPU per image-method, set-up costs (see the module docstring)."""
+    import pandas as pd
+
+    from geoens import rva
+    from geoens.constants import N_CLASSES
+
+    res: dict[str, float] = {}
+    t = time.perf_counter()
+    atoms_t = rva.read_atoms(work / "atoms.parquet")
+    lookup = rva.open_pixel_lookup(
+        work / "atom_index.tif", work / "atoms.parquet", atoms_t.n, workdir=work / "px"
+    )
+    res["tiled_index"] = float(isinstance(lookup, rva.TiledPixelLookup))
+    res["open_s"] = time.perf_counter() - t
+    absorption = rva.read_absorption(m / "s2_absorption.parquet")
+    n_cells = len(pd.read_csv(REAL_FINE if REAL_FINE.exists() else work / "fine.csv", skiprows=2))
+    ev = rva.Evaluator(atoms_t, {"s2": n_cells, **N_CLASSES}, lookup, g.total_area(), absorption)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    land = np.flatnonzero(atoms_t.labels["s2"] >= 0)
+    w = atoms_t.area[land] / atoms_t.area[land].sum()
+    pick = rng.choice(land, size=n_img, p=w)  # ground truths: atoms by area, at their representative pixel
+    t = time.perf_counter()
+    gt = lookup.atom_at(atoms_t.rep_lat[pick], atoms_t.rep_lon[pick])
+    res["gt_lookup_s"] = time.perf_counter() - t
+    assert np.array_equal(gt, pick)
+    t = time.perf_counter()
+    lookup.pixels_of(np.array([0]))
+    res["pixel_order_s"] = time.perf_counter() - t
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    methods = rva.all_methods(["geoest", "geoclip"])
+    cpu = 0.0
+    batch = 256
+    for b0 in range(0, n_img, batch):
+        n = min(batch, n_img - b0)
+        probs = {
+            "s2": softmax(rng.normal(scale=3.0, size=(n, n_cells))),
+            "ls": softmax(rng.normal(scale=1.5, size=(n, 4))),
+            "lc": softmax(rng.normal(scale=1.5, size=(n, 7))),
+        }
+        c0 = time.process_time()
+        sc = ev.scores(probs)
+        for ms in (methods[:5], methods[5:]):
+            ev.evaluate_many(ms, sc, gt[b0 : b0 + n])
+        cpu += time.process_time() - c0
+    res["cpu_per_image_method_s"] = cpu / (n_img * len(methods))
+    res["atoms"] = float(atoms_t.n)
+    res["groups_s2_ls_lc"] = float(ev.groups(("s2", "ls", "lc")).n)
+    return res
+
+
+BASELINES = ("s2_baseline", "lc_baseline")
+
+
+def run_step(name: str, work: Path, h: int) -> dict[str, float]:
+    """Run one step in its own process (its peak RSS is its own); print and return its results."""
+    cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work), "--height", str(h)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"step {name} (grid {h}) failed:\n{proc.stderr[-3000:]}")
+    res: dict[str, float] = json.loads(line[0][7:])
+    print(f"{h:6d} {name:12s} " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()), flush=True)
     return res
 
 
@@ -225,39 +308,55 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="folder for the inputs (default: a temp dir)")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--height", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--grids", type=int, nargs="+", default=None, help="grid heights (default 5400 / 540)")
     args = ap.parse_args()
     if args.step:
-        print("RESULT " + json.dumps(step(args.step, args.workdir, args.height)))
+        work = args.workdir
+        g_dir = work / f"grid{args.height}"
+        print(
+            "RESULT "
+            + json.dumps(step(args.step, g_dir if args.step not in BASELINES else work, args.height))
+        )
         return
-    h = 540 if args.small else 5400
+    native = 2160 if args.small else 21600  # LandScan rows; the land cover has 3x
+    grids = args.grids or [native // 4]
+    for h in grids:
+        if native % h:
+            raise SystemExit(f"grid height {h} does not divide the native {native}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_masks_", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    (work / "masks").mkdir(exist_ok=True)
     results: dict[str, object] = {
-        "grid": [h, 2 * h],
-        "landscan": [4 * h, 8 * h],
-        "landcover": [12 * h, 24 * h],
+        "grids": [[h, 2 * h] for h in grids],
+        "landscan": [native, 2 * native],
+        "landcover": [3 * native, 6 * native],
     }
     try:
         t = time.perf_counter()
         if not (work / "landscan.tif").exists():
-            make_landscan(work / "landscan.tif", 4 * h, 8 * h)
+            make_landscan(work / "landscan.tif", native, 2 * native)
         if not (work / "landcover.tif").exists():
-            make_landcover(work / "landcover.tif", 12 * h, 24 * h)
+            make_landcover(work / "landcover.tif", 3 * native, 6 * native)
         if not REAL_FINE.exists():
+            print(f"NOTE: {REAL_FINE} absent: a synthetic S2 partition replaces the real one", flush=True)
             synthetic_partition(work / "fine.csv")
         results["generate_s"] = time.perf_counter() - t
         results["partition"] = str(REAL_FINE if REAL_FINE.exists() else "synthetic")
         print(f"inputs in {work} ({results['generate_s']:.0f} s)", flush=True)
-        for name in ("s2_baseline", "s2", "ls", "lc_baseline", "lc", "atoms"):
-            cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work), "--height", str(h)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                raise SystemExit(f"step {name} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(line[0][7:])
-            results[name] = res
-            print(f"{name:12s} " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()), flush=True)
+        for name in BASELINES:
+            results[name] = run_step(name, work, grids[0])
+        for h in grids:
+            g_dir = work / f"grid{h}"
+            (g_dir / "masks").mkdir(parents=True, exist_ok=True)
+            for link in ("landscan.tif", "landcover.tif", "fine.csv"):
+                if (work / link).exists() and not (g_dir / link).exists():
+                    (g_dir / link).symlink_to(work / link)
+            per: dict[str, object] = {}
+            for name in ("s2", "ls", "lc", "atoms", "eval"):
+                per[name] = run_step(name, work, h)
+            results[str(h)] = per
+            for name in ("atom_index.tif", "px"):  # the big per-grid files go before the next grid
+                p = g_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,14 +1,33 @@
-"""Benchmark: Recall-vs-Area on atoms against brute-force raster Algorithms 2-3.
+"""Benchmark: Recall-vs-Area on atoms against brute-force raster Algorithms 2-3 and a one-pass lower bound.
 
-Grid 5400 x 10800 (``--small``: 540 x 1080) with the real fine S2 partition (GeoEstimation's
-cells_50_1000.csv rasterised by ``geoens.s2``; a synthetic block partition when the file is absent) and
-synthetic LS / LC masks (smooth random fields). For a few images the brute-force raster form (gather,
-multiply, compare, sum areas over all pixels, in numpy) and the atom form must give the same areas; the
-atom form is then timed on a batch of images x all 10 methods (incl. the grid top-1), and the time of a
-50,000-image x 10-method evaluation is projected.
+Grid 5400 x 10800 (``--small``: 540 x 1080; ``--height``: any) with the real fine S2 partition
+(GeoEstimation's cells_50_1000.csv from the peer data, ``$GEOENS_PEERS`` or ``../shared/reference/peers``,
+rasterised by ``geoens.s2``; a synthetic block partition, with a message, when the file is absent) and two
+synthetic attribute worlds:
 
-Usage: python bench/bench_rva.py [--small] [--images N] [--brute N]
-Writes bench/out/bench_rva[_small].json.
+* ``smooth``: LS and LC as argmax of smooth random fields (few LS x LC tuples per S2 cell);
+* ``mixed``: LS and LC drawn per pixel (every cell holds most of its LS x LC tuples: ~10^5 atoms or more).
+
+Per world, in the same run:
+
+1. the brute-force raster form (gather, multiply, compare, sum areas over all pixels, numpy) on a few images
+   x 5 methods; the atom form must give the same areas (relative difference <= 1e-9);
+2. the atom form on ``--images`` images (default 50,000 at full size) x 10 methods, streamed in batches of
+   2,048 as ``evaluate_testset`` does (Alg. 1 scores, areas, zero-probability flags and the grid top-1;
+   the probability draws are not timed), ``--threads`` methods at a time;
+3. the previous dense engine (``rva.evaluate_groups_dense``) on a subset, for the speed-up;
+4. the lower bound: one numpy reduction over the atom array per image-method (``X.sum(axis=0)`` of a float64
+   ``atoms x 256`` matrix).
+
+Ratios are per image-method CPU seconds (the honest measure on a shared machine); the 50,000 x 10 wall and CPU
+times are measured, not projected, when ``--images`` is 50,000. ``--height`` above 5400 nearest-upsamples the
+5400 S2 raster (the 1 km bench, bench_1km.py, rasterises at 21600 for real): evaluation cost depends on the
+atoms, not on the pixels.
+
+Usage: python bench/bench_rva.py [--small] [--world smooth mixed] [--images N] [--brute N] [--threads T]
+       [--backend numpy|torch] [--device cuda] [--height H] [--no-top1]
+With ``--backend torch`` the first batch is also evaluated by the numpy backend and must agree.
+Writes bench/out/bench_rva[_small|_<H>][_torch].json.
 """
 
 from __future__ import annotations
@@ -28,7 +47,10 @@ from geoens.constants import N_CLASSES
 from geoens.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
-CELLS = REPO.parent / "shared" / "reference" / "peers" / "GeoEstimation" / "geo-cells" / "cells_50_1000.csv"
+#: Peer data folder (its README lists the files): ``$GEOENS_PEERS``, else ``../shared/reference/peers``.
+PEERS = Path(os.environ.get("GEOENS_PEERS", REPO.parent / "shared" / "reference" / "peers"))
+CELLS = PEERS / "GeoEstimation" / "geo-cells" / "cells_50_1000.csv"
+BATCH = 2048
 
 
 def peak_rss_mb() -> float:
@@ -64,6 +86,19 @@ def smooth_labels(
     return out
 
 
+def mixed_labels(grid: Grid, rng: np.random.Generator, n_classes: int, water: np.ndarray) -> np.ndarray:
+    """Labels drawn per pixel from a skewed distribution over ``n`` classes (-1 where ``water``)."""
+    p = 0.6 ** np.arange(n_classes)
+    cdf = np.cumsum(p / p.sum())
+    out = np.empty(grid.shape, dtype=np.int8)
+    for r0 in range(0, grid.height, 512):
+        r1 = min(grid.height, r0 + 512)
+        u = rng.random((r1 - r0, grid.width), dtype=np.float32)
+        out[r0:r1] = np.searchsorted(cdf.astype(np.float32), u, side="right").clip(0, n_classes - 1)
+    out[water] = -1
+    return out
+
+
 def smooth_field(grid: Grid, rng: np.random.Generator, coarse: int) -> np.ndarray:
     h, w = grid.shape
     ry = _interp_matrix(h, coarse, periodic=False)
@@ -82,9 +117,14 @@ def s2_labels(grid: Grid) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray
         from geoens import s2
 
         part = s2.read_partition(CELLS)
-        lab = s2.rasterize_partition(part, grid)
-        tab = s2.absorption_table(part, lab, grid)
+        base = grid if grid.height <= 5400 else Grid(5400, 10800)
+        lab = s2.rasterize_partition(part, base)
+        tab = s2.absorption_table(part, lab, base)
+        if base != grid:  # nearest upsampling (exact S2 at 21600: bench_1km.py)
+            f = grid.height // base.height
+            lab = np.repeat(np.repeat(lab, f, axis=0), f, axis=1)
         return lab, len(part), (tab["cell"].to_numpy(), tab["target"].to_numpy()), "cells_50_1000.csv"
+    print(f"NOTE: {CELLS} absent (set GEOENS_PEERS): a synthetic block partition replaces the real one")
     h, w = grid.shape
     b = max(1, h // 100)
     rows, cols = np.divmod(np.arange(h * w), w)
@@ -113,116 +153,215 @@ def brute_force(
     return float(np.count_nonzero(thr <= P, axis=1) @ row_area)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="540 x 1080 grid, fewer images")
-    ap.add_argument("--images", type=int, default=None, help="images timed on the atom form")
-    ap.add_argument("--brute", type=int, default=None, help="images checked against the brute force")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    h = 540 if args.small else 5400
-    n_img = args.images or (500 if args.small else 1000)
-    n_brute = args.brute or (3 if args.small else 2)
-    rng = np.random.default_rng(args.seed)
-    grid = Grid(h, 2 * h)
-    res: dict[str, object] = {"grid": [grid.height, grid.width]}
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    t0 = time.perf_counter()
-    s2, n_cells, absorption, source = s2_labels(grid)
-    res["s2_source"], res["n_cells"], res["t_s2_s"] = source, n_cells, time.perf_counter() - t0
+
+def draw_probs(seed: int, n: int, n_cells: int) -> dict[str, np.ndarray]:
+    """Peaked S2 distributions and attribute softmaxes for ``n`` images (seeded per batch)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "s2": softmax(rng.normal(scale=3.0, size=(n, n_cells))),
+        "ls": softmax(rng.normal(scale=1.5, size=(n, 4))),
+        "lc": softmax(rng.normal(scale=1.5, size=(n, 7))),
+    }
+
+
+def lower_bound(n_atoms: int, reps: int = 20) -> float:
+    """CPU seconds of one numpy reduction over the atom array, per image (float64, 256 images at a time)."""
+    x = np.random.default_rng(1).random((n_atoms, 256))
+    x.sum(axis=0)
+    c0 = time.process_time()
+    for _ in range(reps):
+        x.sum(axis=0)
+    return (time.process_time() - c0) / (reps * 256)
+
+
+def run_world(kind: str, args: argparse.Namespace, grid: Grid, s2_info: tuple) -> dict[str, object]:
+    s2, n_cells, absorption, source = s2_info
+    rng = np.random.default_rng(args.seed)
+    res: dict[str, object] = {"world": kind}
     t0 = time.perf_counter()
     water = smooth_field(grid, rng, 24) < -0.4
-    ls = smooth_labels(grid, rng, N_CLASSES["ls"], 60, water)
-    lc = smooth_labels(grid, rng, N_CLASSES["lc"], 90, water)
+    if kind == "smooth":
+        ls = smooth_labels(grid, rng, N_CLASSES["ls"], 60, water)
+        lc = smooth_labels(grid, rng, N_CLASSES["lc"], 90, water)
+    else:
+        ls = mixed_labels(grid, rng, N_CLASSES["ls"], water)
+        lc = mixed_labels(grid, rng, N_CLASSES["lc"], water)
     del water
     res["t_masks_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     table, atom_index = build_atoms(s2, ls, lc, grid)
     atoms = rva.AtomTable.from_frame(table, "bench atoms")
+    del table
     res["n_atoms"], res["t_atoms_s"] = atoms.n, time.perf_counter() - t0
-    print(f"grid {h} x {2 * h}: {n_cells} cells ({source}), {atoms.n} atoms; peak {peak_rss_mb():.0f} MB")
-
     ev = rva.Evaluator(
-        atoms, {"s2": n_cells, **N_CLASSES}, rva.PixelLookup(atom_index, grid), grid.total_area(), absorption
-    )
-    res["groups"] = {"+".join(m.families): ev.groups(m.families).n for m in rva.all_methods(["geoest"])}
-    print("groups per family set:", res["groups"])
-    # images: peaked S2 distributions, attribute softmaxes; ground truth on land pixels
+        atoms, {"s2": n_cells, **N_CLASSES}, rva.PixelLookup(atom_index, grid), grid.total_area(), absorption,
+        backend=args.backend, device=args.device,
+    )  # fmt: skip
+    methods = rva.all_methods(["geoest", "geoclip"])  # 10 methods (the bases share the S2 partition)
+    res["groups"] = {"+".join(m.families): ev.groups(m.families).n for m in methods[:5]}
+    print(f"[{kind}] {atoms.n} atoms; groups per family set {res['groups']}; peak {peak_rss_mb():.0f} MB")
     land = np.flatnonzero((ls.ravel() >= 0) & (s2.ravel() >= 0))
-    gt_flat = rng.choice(land, size=n_img)
-    gt_rc = np.divmod(gt_flat, grid.width)
+    gt_flat = rng.choice(land, size=args.images)
     gt_atom = atom_index.ravel()[gt_flat].astype(np.int64)
 
-    def softmax(x: np.ndarray) -> np.ndarray:
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-    probs = {
-        "s2": softmax(rng.normal(scale=3.0, size=(n_img, n_cells))),
-        "ls": softmax(rng.normal(scale=1.5, size=(n_img, 4))),
-        "lc": softmax(rng.normal(scale=1.5, size=(n_img, 7))),
-    }
-    methods = rva.all_methods(["geoest", "geoclip"])  # 10 methods (the bases share the S2 partition)
-
-    # atom form, timed
+    # lower bound and one-time set-up (the top-1 fallback's pixel index)
+    lb = lower_bound(atoms.n)
     t0 = time.perf_counter()
-    ev.lookup.pixels_of(np.array([0]))  # one-time pixel index of the top-1 fallback
-    t_setup = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    results: dict[str, list[rva.MethodResult]] = {}
-    for b0 in range(0, n_img, 512):  # batches, as evaluate_testset streams them
-        rows = slice(b0, min(n_img, b0 + 512))
-        sc = ev.scores({f: p[rows] for f, p in probs.items()})
+    if args.top1:
+        ev.lookup.pixels_of(np.array([0]))
+    res["t_pixel_index_setup_s"] = time.perf_counter() - t0
+    if args.backend == "torch":  # same results as the numpy backend on the first batch
+        ref = rva.Evaluator(ev.atoms, ev.n_classes, ev.lookup, ev.total_area, absorption)
+        n = min(BATCH, args.images)
+        sc = ev.scores(draw_probs(args.seed * 100_003, n, n_cells))
+        worst = 0.0
         for m in methods:
-            results.setdefault(m.name, []).append(ev.evaluate(m, sc, gt_atom[rows]))
-    t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0
-    area = {k: np.concatenate([r.area for r in v]) for k, v in results.items()}
-    zero = {k: np.concatenate([r.zero_prob for r in v]) for k, v in results.items()}
-    sc = ev.scores({f: p[:n_brute] for f, p in probs.items()})
-    # CPU time is the honest measure on a shared machine (wall time grows with other users' load)
-    per_im = c_fast / (n_img * len(methods))
+            a = ev.evaluate(m, sc, gt_atom[:n], top1=args.top1)
+            b = ref.evaluate(m, sc, gt_atom[:n], top1=args.top1)
+            assert np.array_equal(a.zero_prob, b.zero_prob), m.name
+            worst = max(worst, float(np.max(np.abs(a.area - b.area) / b.area)))
+            assert worst <= 1e-12, (m.name, worst)
+            assert np.allclose(a.top1_lat, b.top1_lat, atol=1e-9, equal_nan=True), m.name
+        res["torch_vs_numpy_max_rel_area"] = worst
+        print(
+            f"[{kind}] torch backend equals numpy on {n} images x 10 methods (max rel area diff {worst:.1e})"
+        )
+
+    # atom form, timed over all images x 10 methods (probability draws excluded)
+    wall = cpu = 0.0
+    areas: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
+    zero: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
+    for b0 in range(0, args.images, BATCH):
+        n = min(BATCH, args.images - b0)
+        probs = draw_probs(args.seed * 100_003 + b0, n, n_cells)
+        t0, c0 = time.perf_counter(), time.process_time()
+        sc = ev.scores(probs)
+        for base, ms in (("geoest", methods[:5]), ("geoclip", methods[5:])):
+            rs = ev.evaluate_many(ms, sc, gt_atom[b0 : b0 + n], top1=args.top1, threads=args.threads)
+            for m, r in zip(ms, rs, strict=True):
+                areas[m.name].append(r.area)
+                zero[m.name].append(r.zero_prob)
+            del base
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    per_im = cpu / (args.images * len(methods))
     print(
-        f"atoms: {n_img} images x {len(methods)} methods in {t_fast:.2f} s wall, {c_fast:.2f} s CPU "
-        f"({1e3 * per_im:.3f} ms CPU each); one-time pixel index {t_setup:.1f} s; peak {peak_rss_mb():.0f} MB"
+        f"[{kind}] atom form ({args.backend}, {args.threads} thread(s)): {args.images} images x "
+        f"{len(methods)} methods in {wall:.1f} s wall, {cpu:.1f} s CPU ({1e6 * per_im:.1f} us CPU per "
+        f"image-method); lower bound {1e6 * lb:.1f} us (ratio {per_im / lb:.1f}x); "
+        f"peak {peak_rss_mb():.0f} MB"
     )
-    projected = per_im * 50_000 * 10 + t_setup
-    print(
-        f"projected 50,000 images x 10 methods: {projected:.0f} s ({projected / 60:.1f} min; target <= 5 min)"
-    )
+    scale = 500_000 / (args.images * len(methods))
+    res.update(
+        n_images=args.images, t_wall_s=wall, t_cpu_s=cpu, t_cpu_per_image_method_s=per_im,
+        t_lower_bound_per_image_method_s=lb, ratio_to_lower_bound=per_im / lb,
+        t_50k_x10_wall_s=wall * scale, t_50k_x10_cpu_s=cpu * scale,
+        measured_50k=args.images == 50_000,
+        zero_prob_share={k: float(np.concatenate(v).mean()) for k, v in zero.items()},
+    )  # fmt: skip
+
+    # previous engine (dense groups x images matrix), on a subset
+    n_d = min(args.dense, args.images)
+    if n_d and args.backend == "numpy":
+        probs = draw_probs(args.seed * 100_003, min(BATCH, args.images), n_cells)
+        sc = ev.scores({f: p[:n_d] for f, p in probs.items()})
+        c0 = time.process_time()
+        for m in methods[:5]:
+            one = {f: sc[f] for f in m.families}
+            if m.urban_prior:
+                one["ls"] = ev.urban_scores(n_d)
+            g = ev.groups(m.families)
+            r = rva.evaluate_groups_dense(
+                g, one, gt_atom[:n_d], ev.total_area, ev.lookup, ev._csr[m.families]
+            )
+            assert np.allclose(r.area, areas[m.name][0][:n_d], rtol=1e-12, atol=0), m.name
+        per_dense = (time.process_time() - c0) / (n_d * 5)
+        res["t_dense_per_image_method_s"] = per_dense
+        res["speedup_vs_dense"] = per_dense / per_im
+        print(
+            f"[{kind}] previous dense engine: {1e6 * per_dense:.1f} us CPU per image-method "
+            f"({per_dense / per_im:.1f}x slower)"
+        )
 
     # brute force on a few images, same areas
-    row_area = grid.row_areas()
-    t0, c0 = time.perf_counter(), time.process_time()
-    n_checked = 0
-    max_rel = 0.0
-    for i in range(n_brute):
-        one = {f: s[:, i] for f, s in sc.items()}
-        for m in methods[:5]:
-            a_ref = brute_force(s2, ls, lc, row_area, one, m, ev, (int(gt_rc[0][i]), int(gt_rc[1][i])))
-            a = area[m.name][i]
-            rel = abs(a - a_ref) / a_ref
-            max_rel = max(max_rel, rel)
-            assert rel <= 1e-9, (m.name, i, a, a_ref)
-            n_checked += 1
-    t_brute_wall = (time.perf_counter() - t0) / n_checked
-    t_brute = (time.process_time() - c0) / n_checked
-    ratio = t_brute / per_im
+    if args.brute:
+        probs = draw_probs(args.seed * 100_003, min(BATCH, args.images), n_cells)
+        sc = ev.scores({f: p[: args.brute] for f, p in probs.items()})
+        row_area = grid.row_areas()
+        gt_rc = np.divmod(gt_flat[: args.brute], grid.width)
+        c0, t0 = time.process_time(), time.perf_counter()
+        max_rel, n_checked = 0.0, 0
+        for i in range(args.brute):
+            one = {f: s[:, i] for f, s in sc.items()}
+            for m in methods[:5]:
+                a_ref = brute_force(s2, ls, lc, row_area, one, m, ev, (int(gt_rc[0][i]), int(gt_rc[1][i])))
+                a = areas[m.name][0][i]
+                rel = abs(a - a_ref) / a_ref
+                max_rel = max(max_rel, rel)
+                assert rel <= 1e-9, (m.name, i, a, a_ref)
+                n_checked += 1
+        t_brute = (time.process_time() - c0) / n_checked
+        res.update(
+            t_brute_per_image_method_cpu_s=t_brute,
+            t_brute_per_image_method_wall_s=(time.perf_counter() - t0) / n_checked,
+            n_brute_checked=n_checked, max_rel_diff=max_rel, ratio_raster_to_atoms=t_brute / per_im,
+        )  # fmt: skip
+        print(
+            f"[{kind}] brute-force raster form: {t_brute:.3f} s CPU per image-method over {n_checked}, "
+            f"areas equal (max rel {max_rel:.1e}); atoms {t_brute / per_im:,.0f}x faster"
+        )
     print(
-        f"brute force: {t_brute:.3f} s CPU ({t_brute_wall:.3f} s wall) per image-method over {n_checked}; "
-        f"areas equal (max rel {max_rel:.1e})"
+        f"[{kind}] 50,000 images x 10 methods: {wall * scale:.1f} s wall, {cpu * scale:.1f} s CPU "
+        f"({'measured' if args.images == 50_000 else 'scaled from ' + str(args.images)})"
     )
-    print(f"speed ratio atoms vs brute force: {ratio:.0f}x (target >= 200x); peak {peak_rss_mb():.0f} MB")
-    res.update(
-        n_images=n_img, n_methods=len(methods), t_atoms_total_wall_s=t_fast, t_atoms_total_cpu_s=c_fast,
-        t_atoms_per_image_method_cpu_s=per_im, t_brute_per_image_method_wall_s=t_brute_wall,
-        t_pixel_index_setup_s=t_setup, projected_50k_x10_s=projected, t_brute_per_image_method_cpu_s=t_brute,
-        n_brute_checked=n_checked, max_rel_diff=max_rel, speed_ratio=ratio, peak_rss_mb=peak_rss_mb(),
-        zero_prob_share={k: float(v.mean()) for k, v in zero.items()}, load_avg=list(os.getloadavg()),
-    )  # fmt: skip
-    out = REPO / "bench" / "out" / ("bench_rva_small.json" if args.small else "bench_rva.json")
+    res["peak_rss_mb"] = peak_rss_mb()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="540 x 1080 grid, 2,000 images")
+    ap.add_argument("--height", type=int, default=None, help="grid height (default 5400)")
+    ap.add_argument("--world", nargs="+", default=["smooth", "mixed"], choices=["smooth", "mixed"])
+    ap.add_argument("--images", type=int, default=None, help="images timed (default 50,000)")
+    ap.add_argument("--brute", type=int, default=None, help="images checked against the brute force")
+    ap.add_argument("--dense", type=int, default=256, help="images timed on the previous dense engine")
+    ap.add_argument("--threads", type=int, default=2, help="methods evaluated at a time")
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    ap.add_argument("--device", default=None, help="torch device (default: cuda when present)")
+    ap.add_argument("--no-top1", dest="top1", action="store_false", help="areas only (no grid top-1)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    h = args.height or (540 if args.small else 5400)
+    args.images = args.images or (2000 if args.small else 50_000)
+    args.brute = args.brute if args.brute is not None else (3 if args.small else 2)
+    grid = Grid(h, 2 * h)
+    t0 = time.perf_counter()
+    s2_info = s2_labels(grid)
+    res: dict[str, object] = {
+        "grid": [grid.height, grid.width], "s2_source": s2_info[3], "n_cells": s2_info[1],
+        "t_s2_s": time.perf_counter() - t0, "backend": args.backend, "threads": args.threads,
+        "top1": args.top1,
+    }  # fmt: skip
+    print(f"grid {h} x {2 * h}: {s2_info[1]} cells ({s2_info[3]}) in {res['t_s2_s']:.1f} s")
+    if args.backend == "torch":
+        from geoens.rva_fast import torch_device
+
+        res["device"] = str(torch_device(args.device))
+    for kind in args.world:
+        res[kind] = run_world(kind, args, grid, s2_info)
+    res["load_avg"] = list(os.getloadavg())
+    res["peak_rss_mb"] = peak_rss_mb()
+    name = "bench_rva" + ("_small" if args.small else "") + (f"_{h}" if args.height else "")
+    name += "_torch" if args.backend == "torch" else ""
+    out = REPO / "bench" / "out" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    print(f"load average {os.getloadavg()}; wrote {out}")
 
 
 if __name__ == "__main__":

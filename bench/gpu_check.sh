@@ -2,7 +2,8 @@
 # GPU check, for a lent GPU machine only (never CI). Measures training throughput of the demo backbone and of
 # BiT-M R50x1 @ 224 with bf16 autocast, then trains the LC classifier on the demo data through geoens.train on
 # CUDA (mixed precision, per-epoch checkpoints) and checks that a run killed after epoch 1 resumes to the
-# same epoch count. Needs, from a demo run on the CPU machine: results/demo/mp16, results/labels/train,
+# same epoch count, and runs the torch evaluation backend on 50,000 images x 10 methods at grids 5400 and
+# 21600 (bench_rva.py). Needs, from a demo run on the CPU machine: results/demo/mp16, results/labels/train,
 # results/models/shard_index.parquet. Usage: OUT=<folder> bash bench/gpu_check.sh
 set -euo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -39,3 +40,19 @@ summary = {"full_run_s": full_s, "epochs_full": len(a), "epochs_resumed": len(b)
            "val_acc_resumed": float(b["val_acc"].iloc[-1]) if "val_acc" in b else None}
 print(json.dumps(summary)); (out / "train_gpu.json").write_text(json.dumps(summary, indent=2))
 PY
+
+# Torch evaluation backend (geoens.rva_fast, dense form on CUDA) on 50,000 images x 10 methods, each run
+# checked against the numpy backend on its first 2,048 images. Mixed world (~1.4e5 atoms: every S2 cell holds
+# most of its LS x LC tuples) with the real 12,893-cell partition (peer data: GEOENS_PEERS, else
+# ../shared/reference/peers; a synthetic partition otherwise). Grid 5400 x 10800 with the grid top-1; then the
+# 1 km grid 21600 x 43200, areas only (the top-1 fallback's in-memory pixel index, an argsort of 933 M pixels,
+# would take minutes; bench_masks.py measures the windowed one). Building the 21600 world (numpy, one core)
+# takes most of its budget. Each run is bounded, so that the whole script stays within 8 minutes.
+timeout 120 python bench/bench_rva.py --backend torch --device cuda --threads 1 --brute 1 --dense 0 \
+  --world mixed 2>&1 | tee "$OUT/bench_rva_torch_5400.txt" \
+  || echo "bench_rva torch 5400: failed or timed out" | tee -a "$OUT/gpu.txt"
+cp bench/out/bench_rva_torch.json "$OUT/" 2>/dev/null || true
+timeout 270 python bench/bench_rva.py --backend torch --device cuda --threads 1 --brute 0 --dense 0 \
+  --height 21600 --world mixed --no-top1 2>&1 | tee "$OUT/bench_rva_torch_21600.txt" \
+  || echo "bench_rva torch 21600: failed or timed out" | tee -a "$OUT/gpu.txt"
+cp bench/out/bench_rva_21600_torch.json "$OUT/" 2>/dev/null || true

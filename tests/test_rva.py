@@ -271,3 +271,87 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
             paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"],
             {"ls": paths["ls"], "lc": paths["lc"], "geoest": wrong},
         )  # fmt: skip
+
+
+def _all_results(world, probs, gt, **kw) -> dict[str, rva.MethodResult]:
+    ev = rva.Evaluator(
+        world.atoms, {"s2": world.n_cells, "ls": 4, "lc": 7}, rva.PixelLookup(world.atom_index, world.grid),
+        world.total, world.absorption, **kw,
+    )  # fmt: skip
+    sc = ev.scores(probs)
+    return {
+        m.name: r
+        for m, r in zip(ev_methods(), ev.evaluate_many(ev_methods(), sc, gt, threads=2), strict=True)
+    }
+
+
+def ev_methods() -> list[rva.Method]:
+    return rva.all_methods(["geoest"])
+
+
+@pytest.mark.parametrize(("integer_areas", "ties"), [(False, False), (True, True)])
+def test_threshold_form_equals_dense_and_torch(integer_areas: bool, ties: bool) -> None:
+    """The numpy threshold form, the previous dense form and the torch backend give the same results."""
+    pytest.importorskip("torch")
+    world = make_world(seed=21, h=12, integer_areas=integer_areas)
+    rng = np.random.default_rng(5)
+    n = 30
+    probs = {
+        "s2": random_probs(rng, n, world.n_cells, ties),
+        "ls": random_probs(rng, n, 4, ties),
+        "lc": random_probs(rng, n, 7, ties),
+    }
+    probs["lc"][:3] = np.eye(7, dtype=np.float32)[[0, 3, 6]]  # one-hot: most atoms at P = 0
+    gt = world.atom_index[rng.integers(0, 12, n), rng.integers(0, 24, n)].astype(np.int64)
+    fast = _all_results(world, probs, gt)
+    torch_res = _all_results(world, probs, gt, backend="torch", device="cpu", chunk_elements=100)
+    ev = _evaluator(world)
+    sc = ev.scores(probs)
+    n_zero = 0
+    for m in ev_methods():
+        one = {f: sc[f] for f in m.families}
+        if m.urban_prior:
+            one["ls"] = ev.urban_scores(n)
+        dense = rva.evaluate_groups_dense(ev.groups(m.families), one, gt, world.total, ev.lookup)
+        for other in (dense, torch_res[m.name]):
+            r = fast[m.name]
+            assert np.array_equal(r.zero_prob, other.zero_prob), m.name
+            if integer_areas:
+                assert np.array_equal(r.area, other.area), m.name
+            else:
+                np.testing.assert_allclose(r.area, other.area, rtol=1e-12, err_msg=m.name)
+            np.testing.assert_allclose(r.top1_lat, other.top1_lat, atol=1e-9, err_msg=m.name)
+            np.testing.assert_allclose(r.top1_lon, other.top1_lon, atol=1e-9, err_msg=m.name)
+        n_zero += int(fast[m.name].zero_prob.sum())
+    assert n_zero > 0
+
+
+def test_s_threshold_is_exact() -> None:
+    """``f(s) >= thr`` exactly when ``s >= t``, also for tiny, huge and sub-normal values."""
+    from geoens.rva_fast import s_threshold
+
+    rng = np.random.default_rng(0)
+    a = 10.0 ** rng.uniform(-300, 300, 400)
+    b = 10.0 ** rng.uniform(-20, 20, 400)
+    thr = 10.0 ** rng.uniform(-310, 300, 400)
+    a[:5] = 0.0
+    t = s_threshold(thr, [a, b])
+    assert np.all(np.isinf(t[:5]))
+    for k in range(5, 400):
+        ak, bk = a[k], b[k]
+        if np.isfinite(t[k]):
+            assert (t[k] * ak) * bk >= thr[k], k
+            assert t[k] == 0 or (np.nextafter(t[k], 0) * ak) * bk < thr[k], k
+        else:
+            assert (np.finfo(np.float64).max * ak) * bk < thr[k], k
+
+
+def test_fused_scores_equal_the_three_steps() -> None:
+    world = make_world(seed=4, h=12)
+    rng = np.random.default_rng(2)
+    p = random_probs(rng, 20, world.n_cells, ties=True)
+    area = world.atoms.class_areas("s2", world.n_cells)
+    ref = rva.family_scores(rva.absorb(rva.normalise_probs(p), *world.absorption), area).T
+    assert np.array_equal(rva.scores_t(p, area, world.absorption, "s2"), ref)
+    with pytest.raises(ValueError, match="s2 predictions: image b: probabilities must be finite"):
+        rva.scores_t([[0.5] * world.n_cells, [np.nan] * world.n_cells], area, None, "s2", ["a", "b"])

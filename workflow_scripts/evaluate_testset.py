@@ -29,6 +29,7 @@ with tqdm(desc="images x bases", unit="img", file=TqdmToLogger(log), mininterval
         batch_size=int(cfg["batch_size"]),
         chunk_elements=int(cfg["chunk_elements"]),
         progress=bar.update,
+        threads=int(snakemake.threads),
     )
 with atomic_path(snakemake.output.per_image) as tmp:
     df.to_parquet(tmp, index=False)

@@ -10,13 +10,14 @@ Columns (docs/ARCHITECTURE.md): ``atom`` int32; ``s2``, ``ls``, ``lc`` int32 (-1
 spherical centroid (ties: first pixel in row-major order), so the point always lies inside the atom;
 ``sx, sy, sz`` f64, sums over the atom's pixels of area times the unit vector of the pixel centre.
 
-The rasters are processed in row strips (three passes: tuple keys, sums, representative pixel), so memory
-stays at the three label rasters plus the int32 atom index.
+The rasters are processed in row strips (three passes: tuple keys, sums, representative pixel). The workflow's
+:func:`make_atoms` reads the masks by row windows and keeps the index in a temporary file, so its memory
+stays at a few strips whatever the grid (the 1 km grid, DESIGN 10, has 933 M pixels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,6 @@ _N_LS = N_CLASSES["ls"] + 1  # classes plus "none"
 _N_LC = N_CLASSES["lc"] + 1
 
 
-def _check(name: str, arr: np.ndarray, grid: Grid, hi: int | None) -> None:
-    if arr.shape != grid.shape:
-        raise ValueError(f"{name} label raster {arr.shape} is not on the grid {grid.shape}")
-    lo_v = int(arr.min())
-    hi_v = int(arr.max())
-    if lo_v < -1 or (hi is not None and hi_v > hi):
-        raise ValueError(f"{name} labels outside -1..{hi if hi is not None else 'n'}: range [{lo_v}, {hi_v}]")
-
-
 def _keys(s2: np.ndarray, ls: np.ndarray, lc: np.ndarray) -> npt.NDArray[np.int64]:
     """Order-preserving int64 key of each tuple: sorting keys sorts tuples lexicographically."""
     return ((s2.astype(np.int64) + 1) * _N_LS + (ls.astype(np.int64) + 1)) * _N_LC + (lc.astype(np.int64) + 1)
@@ -56,6 +48,38 @@ def _decode(keys: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray, np.nda
 def _strips(grid: Grid, strip_rows: int) -> Iterator[tuple[int, int]]:
     for r0 in range(0, grid.height, strip_rows):
         yield r0, min(grid.height, r0 + strip_rows)
+
+
+class _IndexStore:
+    """Where the atom index goes while the table is built: an in-memory array or a raw temporary file."""
+
+    def __init__(self, grid: Grid, path: Path | None = None) -> None:
+        self.grid = grid
+        self.path = path
+        self.array: npt.NDArray[np.int32] | None = None
+        if path is None:
+            self.array = np.empty(grid.shape, dtype=np.int32)
+        else:
+            path.write_bytes(b"")
+
+    def write(self, r0: int, idx: npt.NDArray[np.int32]) -> None:
+        if self.array is not None:
+            self.array[r0 : r0 + idx.shape[0]] = idx
+            return
+        assert self.path is not None
+        with open(self.path, "r+b") as fh:
+            fh.seek(r0 * self.grid.width * 4)
+            fh.write(np.ascontiguousarray(idx, dtype=np.int32).tobytes())
+
+    def read(self, r0: int, r1: int) -> npt.NDArray[np.int32]:
+        if self.array is not None:
+            return self.array[r0:r1]
+        w = self.grid.width
+        assert self.path is not None
+        return np.fromfile(self.path, dtype=np.int32, count=(r1 - r0) * w, offset=r0 * w * 4).reshape(-1, w)
+
+
+LabelReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def build_atoms(
@@ -77,17 +101,44 @@ def build_atoms(
         ValueError: If a raster is not on the grid or holds labels out of range.
 
     """
-    _check("s2", s2, grid, None)
-    _check("ls", ls, grid, _N_LS - 2)
-    _check("lc", lc, grid, _N_LC - 2)
+    for name, arr in (("s2", s2), ("ls", ls), ("lc", lc)):
+        if arr.shape != grid.shape:
+            raise ValueError(f"{name} label raster {arr.shape} is not on the grid {grid.shape}")
+    store = _IndexStore(grid)
+    table = build_atoms_strips(lambda a, b: (s2[a:b], ls[a:b], lc[a:b]), grid, store, strip_rows)
+    assert store.array is not None
+    return table, store.array
+
+
+def build_atoms_strips(
+    read: LabelReader, grid: Grid, store: _IndexStore, strip_rows: int = 256, where: str = "labels"
+) -> pd.DataFrame:
+    """The atom table from label strips ``read(r0, r1) -> (s2, ls, lc)``, the index written to ``store``.
+
+    Memory: one strip of each raster plus per-atom sums; the index lives in ``store`` (array or file).
+
+    Raises:
+        ValueError: Naming ``where`` if a strip holds labels out of range.
+
+    """
     # pass 1: distinct tuples
-    uniq = [np.unique(_keys(s2[a:b], ls[a:b], lc[a:b])) for a, b in _strips(grid, strip_rows)]
+    uniq = []
+    for a, b in _strips(grid, strip_rows):
+        s2, ls, lc = read(a, b)
+        for name, arr, hi in (("s2", s2, None), ("ls", ls, _N_LS - 2), ("lc", lc, _N_LC - 2)):
+            lo_v, hi_v = int(arr.min()), int(arr.max())
+            if lo_v < -1 or (hi is not None and hi_v > hi):
+                raise ValueError(
+                    f"{where}: {name} labels outside -1..{hi if hi is not None else 'n'}: "
+                    f"range [{lo_v}, {hi_v}] in rows {a}..{b}"
+                )
+        uniq.append(np.unique(_keys(s2, ls, lc)))
     keys = np.unique(np.concatenate(uniq))
+    del uniq
     n = keys.size
     if n > np.iinfo(np.int32).max:
         raise ValueError(f"{n} atoms do not fit int32 ids")
     # pass 2: index, counts, areas, area-weighted vector sums
-    index = np.empty(grid.shape, dtype=np.int32)
     n_pix = np.zeros(n, dtype=np.int64)
     area = np.zeros(n, dtype=np.float64)
     sxyz = np.zeros((3, n), dtype=np.float64)
@@ -96,8 +147,8 @@ def build_atoms(
     lon = np.deg2rad(grid.lon_centers())
     cos_lon, sin_lon = np.cos(lon), np.sin(lon)
     for a, b in _strips(grid, strip_rows):
-        idx = np.searchsorted(keys, _keys(s2[a:b], ls[a:b], lc[a:b])).astype(np.int32)
-        index[a:b] = idx
+        idx = np.searchsorted(keys, _keys(*read(a, b))).astype(np.int32)
+        store.write(a, idx)
         flat = idx.ravel()
         w = np.broadcast_to(row_area[a:b, None], idx.shape).ravel()
         n_pix += np.bincount(flat, minlength=n)
@@ -110,29 +161,31 @@ def build_atoms(
         )
         for k, comp in enumerate(comps):
             sxyz[k] += np.bincount(flat, weights=w * np.asarray(comp).ravel(), minlength=n)
-    # pass 3: representative pixel = pixel centre nearest the centroid direction (max dot product)
+    # pass 3: representative pixel = pixel centre nearest the centroid direction (max dot product; ties:
+    # first pixel in row-major order), one pass: per strip maxima merged into the running best
     norm = np.sqrt((sxyz**2).sum(axis=0))
     cdir = sxyz / np.where(norm > 0, norm, 1.0)
     best = np.full(n, -np.inf)
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-
-    def dots(a: int, b: int) -> np.ndarray:
-        idx = index[a:b]
+    for a, b in _strips(grid, strip_rows):
+        idx = store.read(a, b)
         cl = np.cos(lat[a:b])[:, None]
-        return (cl * cos_lon[None, :] * cdir[0][idx] + cl * sin_lon[None, :] * cdir[1][idx]) + np.sin(
-            lat[a:b]
-        )[:, None] * cdir[2][idx]
-
-    for a, b in _strips(grid, strip_rows):
-        np.maximum.at(best, index[a:b].ravel(), dots(a, b).ravel())
-    for a, b in _strips(grid, strip_rows):
-        idx = index[a:b].ravel()
-        hit = dots(a, b).ravel() == best[idx]
-        flat_ids = np.arange(a * grid.width, b * grid.width, dtype=np.int64)
-        np.minimum.at(first, idx[hit], flat_ids[hit])
+        d = (
+            (cl * cos_lon[None, :] * cdir[0][idx] + cl * sin_lon[None, :] * cdir[1][idx])
+            + np.sin(lat[a:b])[:, None] * cdir[2][idx]
+        ).ravel()
+        flat = idx.ravel()
+        sm = np.full(n, -np.inf)
+        np.maximum.at(sm, flat, d)
+        hit = d == sm[flat]
+        sf = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(sf, flat[hit], np.flatnonzero(hit) + a * grid.width)
+        better = sm > best  # equal maxima keep the earlier strip's (lower) pixel
+        best[better] = sm[better]
+        first[better] = sf[better]
     rep_lat, rep_lon = grid.pixel_center(first // grid.width, first % grid.width)
     s2k, lsk, lck = _decode(keys)
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "atom": np.arange(n, dtype=np.int32),
             "s2": s2k.astype(np.int32),
@@ -147,7 +200,6 @@ def build_atoms(
             "sz": sxyz[2],
         }
     )
-    return table, index
 
 
 def atom_of(
@@ -197,6 +249,24 @@ def write_atoms(path: str | Path, atoms: pd.DataFrame) -> None:
     pq.write_table(tbl, path)
 
 
+def _write_index(path: Path, store: _IndexStore, grid: Grid, n_atoms: int, strip_rows: int) -> None:
+    """Write the atom index as :func:`geoens.rasters.write_label_raster` would (tiled, deflate), by strips."""
+    import rasterio
+    from rasterio.crs import CRS
+
+    profile = {
+        "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
+        "crs": CRS.from_epsg(4326), "transform": grid.transform, "nodata": -1, "tiled": True,
+        "blockxsize": 256, "blockysize": 256, "compress": "deflate", "predictor": 1, "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    rows = max(256, strip_rows // 256 * 256)  # whole tile rows per write
+    with rasterio.open(path, "w", **profile) as dst:
+        for a in range(0, grid.height, rows):
+            b = min(grid.height, a + rows)
+            dst.write(store.read(a, b), 1, window=rasterio.windows.Window(0, a, grid.width, b - a))
+        dst.update_tags(n_atoms=str(n_atoms))
+
+
 def make_atoms(
     s2_tif: str | Path,
     ls_tif: str | Path,
@@ -204,18 +274,50 @@ def make_atoms(
     grid: Grid,
     out_atoms: str | Path,
     out_index: str | Path,
+    strip_rows: int = 256,
 ) -> dict[str, float]:
-    """Build ``results/atoms/atoms.parquet`` and ``atom_index.tif`` from the three masks, atomically."""
-    from geoens.io import atomic_path
-    from geoens.rasters import read_label_raster, write_label_raster
+    """Build ``results/atoms/atoms.parquet`` and ``atom_index.tif`` from the three masks, atomically.
 
-    s2, _ = read_label_raster(s2_tif, grid)
-    ls, _ = read_label_raster(ls_tif, grid)
-    lc, _ = read_label_raster(lc_tif, grid)
-    table, index = build_atoms(s2, ls, lc, grid)
-    del s2, ls, lc
-    with atomic_path(out_index) as tmp:
-        write_label_raster(tmp, index, grid, None, tags={"n_atoms": str(len(table))})
+    Streamed at every grid size: the masks are read by row windows, the index goes to a raw temporary file
+    next to ``out_index`` and is then written as a tiled GeoTIFF window by window, so memory stays at a few
+    strips plus the per-atom sums (the 21600 x 43200 grid's index alone would be 3.7 GB).
+
+    Raises:
+        ValueError: Naming the mask if it is not on the grid or holds labels out of range.
+
+    """
+    import contextlib
+    import tempfile
+
+    import rasterio
+
+    from geoens.io import atomic_path
+
+    paths = {"s2": Path(s2_tif), "ls": Path(ls_tif), "lc": Path(lc_tif)}
+    with contextlib.ExitStack() as stack:
+        ds = {}
+        for name, p in paths.items():
+            d = stack.enter_context(rasterio.open(p))
+            if (d.height, d.width) != grid.shape:
+                raise ValueError(
+                    f"{p}: {name} label raster {d.height} x {d.width} is not on the grid {grid.shape}"
+                )
+            ds[name] = d
+
+        def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            win = rasterio.windows.Window(0, a, grid.width, b - a)
+            s2, ls, lc = (ds[f].read(1, window=win) for f in ("s2", "ls", "lc"))
+            return s2, ls, lc
+
+        Path(out_index).parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = stack.enter_context(
+            tempfile.TemporaryDirectory(dir=Path(out_index).parent, prefix=".atoms_")
+        )
+        store = _IndexStore(grid, Path(tmpdir) / "index.i32")
+        where = ", ".join(str(p) for p in paths.values())
+        table = build_atoms_strips(read, grid, store, strip_rows, where=where)
+        with atomic_path(out_index) as tmp:
+            _write_index(tmp, store, grid, len(table), strip_rows)
     with atomic_path(out_atoms) as tmp:
         write_atoms(tmp, table)
     return {

@@ -133,3 +133,9 @@ CAP_SUFFIX: Final[str] = " cap"
 IMAGE_CACHE_MAX_SIDE: Final[int] = 128
 #: ... and when the whole ``uint8`` array takes at most this many bytes.
 IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3
+
+# --- evaluation at scale ---------------------------------------------------------------------------
+#: Grids with more pixels than this are evaluated from the tiled atom index on disk (windowed reads and a
+#: pixel-order file) instead of an in-memory index: 5400 x 10800 (58 M) stays in memory, 21600 x 43200
+#: (933 M, 3.7 GB as int32) does not (DESIGN 10).
+INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000

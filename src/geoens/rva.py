@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,12 +45,16 @@ from geoens.constants import (
     FAMILIES,
     GCD_RADIUS_KM,
     GCD_THRESHOLDS_KM,
+    INDEX_IN_MEMORY_MAX_PIXELS,
     LS_BUCKETS,
     LS_URBAN_BUCKETS,
     METHOD_VARIANTS,
     N_CLASSES,
 )
 from geoens.grid import Grid, haversine_km, latlon_to_xyz, xyz_to_latlon
+
+if TYPE_CHECKING:
+    from geoens.rva_fast import RunLayout
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -339,6 +345,60 @@ def family_scores(p: FloatArray, class_area: FloatArray) -> FloatArray:
     return out
 
 
+def scores_t(
+    probs: npt.ArrayLike,
+    class_area: FloatArray,
+    absorption: tuple[IntArray, IntArray] | None = None,
+    family: str = "probs",
+    ids: Sequence[str] | None = None,
+) -> FloatArray:
+    """:func:`normalise_probs`, :func:`absorb` and :func:`family_scores` fused, transposed: ``(c + 1) x b``.
+
+    The same roundings in the same order (row sum, division by it, absorbed columns added onto their
+    targets, division by the class area), in about four passes over the batch instead of a dozen.
+
+    Raises:
+        ValueError: As the three functions (naming ``family`` and the image).
+
+    """
+    p = np.array(probs, dtype=np.float64)
+    what = f"{family} predictions"
+    if p.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-d batch x classes array, got shape {p.shape}")
+    b, c = p.shape
+    if c != class_area.size:
+        raise ValueError(f"{what}: {c} classes, expected {class_area.size}")
+    s = p.sum(axis=1)
+    bad = ~np.isfinite(s) | ~(s > 0)
+    if b:
+        bad |= ~(p.min(axis=1) >= 0)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        who = ids[i] if ids is not None else f"row {i}"
+        raise ValueError(f"{what}: image {who}: probabilities must be finite, >= 0 and not all zero")
+    p /= s[:, None]
+    if absorption is not None and np.asarray(absorption[0]).size:
+        cell = np.asarray(absorption[0], dtype=np.int64)
+        target = np.asarray(absorption[1], dtype=np.int64)
+        if cell.min() < 0 or target.min() < 0 or cell.max() >= c or target.max() >= c:
+            raise ValueError(
+                f"absorption table: absorption table refers to cells outside 0..{c - 1} "
+                f"(the predictor has {c} classes)"
+            )
+        order = np.argsort(target, kind="stable")  # as geoens.s2.apply_absorption
+        uniq, starts = np.unique(target[order], return_index=True)
+        sums = np.add.reduceat(p[:, cell[order]], starts, axis=1)
+        p[:, cell] = 0.0
+        p[:, uniq] += sums
+    out = np.empty((c + 1, b), dtype=np.float64)
+    has = class_area > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(p.T, np.where(has, class_area, 1.0)[:, None], out=out[:c])
+    out[:c][~has] = 0.0
+    out[c] = 0.0
+    return out
+
+
 def urban_prior_probs(ls_class_area: FloatArray) -> FloatArray:
     """Return the LS urban prior ``q_j = area(j) / (area(medium) + area(high))`` (urban buckets, else 0).
 
@@ -485,6 +545,7 @@ class PixelLookup:
     grid: Grid
     _order: npt.NDArray[np.int32] | None = field(default=None, repr=False)
     _start: IntArray | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def atom_at(self, lat: FloatArray, lon: FloatArray) -> IntArray:
         """Atom of the pixel holding each point."""
@@ -493,12 +554,13 @@ class PixelLookup:
 
     def pixels_of(self, atom_ids: IntArray) -> IntArray:
         """Sorted row-major pixel indices of the given atoms."""
-        if self._order is None:
-            flat = self.atom_index.ravel()
-            self._order = np.argsort(flat, kind="stable").astype(np.int32)
-            counts = np.bincount(flat, minlength=int(flat.max()) + 1 if flat.size else 0)
-            self._start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        assert self._start is not None
+        with self._lock:
+            if self._order is None:
+                flat = self.atom_index.ravel()
+                self._order = np.argsort(flat, kind="stable").astype(np.int32)
+                counts = np.bincount(flat, minlength=int(flat.max()) + 1 if flat.size else 0)
+                self._start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        assert self._start is not None and self._order is not None
         parts = [self._order[self._start[a] : self._start[a + 1]] for a in atom_ids]
         return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
 
@@ -510,6 +572,207 @@ class PixelLookup:
         dots = latlon_to_xyz(lat, lon) @ direction
         k = int(np.argmax(dots))
         return float(lat[k]), float(lon[k])
+
+
+@dataclass
+class TiledPixelLookup:
+    """:class:`PixelLookup` for grids too large to hold: reads the tiled atom index GeoTIFF by windows.
+
+    Points are looked up tile by tile (decoded tiles are cached, up to ``cache_tiles``). The exact top-1
+    fallback needs the pixels of given atoms: on first use a *pixel-order file* is built in ``workdir``
+    (default: a temporary folder removed with the object): every pixel's flat index, ordered by atom, then
+    by pixel, so that atom ``a``'s pixels are the slice ``start[a]:start[a + 1]`` (``start`` from the atoms'
+    ``n_pixels``). It is built in one windowed pass with bounded memory (pixels bucketed by atom range into
+    temporary files, each bucket then sorted alone) and read by slices, never whole.
+
+    Attributes:
+        path: The atom index GeoTIFF.
+        grid: The grid.
+        n_pixels: Pixels per atom (the atom table's ``n_pixels``).
+        workdir: Folder for the pixel-order file.
+        cache_tiles: Decoded tiles kept for point look-ups.
+        bucket_bytes: Bytes of one bucket while the pixel-order file is built.
+
+    """
+
+    path: Path
+    grid: Grid
+    n_pixels: IntArray
+    workdir: Path | None = None
+    cache_tiles: int = 2048
+    bucket_bytes: int = 256 * 2**20
+    _tiles: dict[int, npt.NDArray[np.int32]] = field(default_factory=dict, repr=False)
+    _block: tuple[int, int] = (256, 256)
+    _order_path: Path | None = field(default=None, repr=False)
+    _tmp: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        import rasterio
+
+        with rasterio.open(self.path) as ds:
+            if (ds.height, ds.width) != self.grid.shape:
+                raise ValueError(f"{self.path}: atom index {ds.height} x {ds.width} is not on the grid")
+            bh, bw = ds.block_shapes[0]
+        self._block = (int(bh), int(bw))
+        self._start = np.concatenate([[0], np.cumsum(self.n_pixels)]).astype(np.int64)
+        if int(self._start[-1]) != self.grid.height * self.grid.width:
+            raise ValueError(f"{self.path}: the atoms' n_pixels do not sum to the grid's pixels")
+        self._dtype = np.int32 if self.grid.height * self.grid.width < 2**31 else np.int64
+
+    def read_rows(self, r0: int, r1: int) -> npt.NDArray[np.int32]:
+        """Rows ``[r0, r1)`` of the atom index."""
+        import rasterio
+
+        with rasterio.open(self.path) as ds:
+            return ds.read(1, window=rasterio.windows.Window(0, r0, self.grid.width, r1 - r0))
+
+    def atom_at(self, lat: FloatArray, lon: FloatArray) -> IntArray:
+        """Atom of the pixel holding each point (tile-wise windowed reads, decoded tiles cached)."""
+        import rasterio
+
+        r, c = self.grid.pixel_of(lat, lon)
+        r, c = np.ravel(r), np.ravel(c)
+        bh, bw = self._block
+        nt = -(-self.grid.width // bw)
+        tile = (r // bh) * nt + c // bw
+        out = np.empty(r.size, dtype=np.int64)
+        order = np.argsort(tile, kind="stable")
+        ts = tile[order]
+        bounds = np.flatnonzero(np.concatenate([[True], ts[1:] != ts[:-1], [True]]))
+        full = rasterio.windows.Window(0, 0, self.grid.width, self.grid.height)
+        with self._lock:
+            got = {int(t): self._tiles[int(t)] for t in ts[bounds[:-1]] if int(t) in self._tiles}
+            need = [int(t) for t in ts[bounds[:-1]] if int(t) not in got]
+            if need:
+                with rasterio.open(self.path) as ds:
+                    for t in need:
+                        tr, tc = divmod(t, nt)
+                        win = rasterio.windows.Window(tc * bw, tr * bh, bw, bh).intersection(full)
+                        got[t] = ds.read(1, window=win)
+                for t in need:  # cache, oldest out first
+                    if len(self._tiles) >= self.cache_tiles:
+                        self._tiles.pop(next(iter(self._tiles)))
+                    self._tiles[t] = got[t]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            t = int(ts[a])
+            sel = order[a:b]
+            tr, tc = divmod(t, nt)
+            out[sel] = got[t][r[sel] - tr * bh, c[sel] - tc * bw]
+        return out
+
+    def _build_order(self) -> Path:
+        import shutil
+        import tempfile
+
+        if self.workdir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="geoens_pixels_")
+            self._tmp = tmp
+            work = Path(tmp.name)
+        else:
+            work = Path(self.workdir)
+            work.mkdir(parents=True, exist_ok=True)
+        total = self.grid.height * self.grid.width
+        item = np.dtype(self._dtype).itemsize
+        k = int(max(1, min(256, -(-total * (item + 4) // self.bucket_bytes))))
+        # atoms in consecutive ranges of about equal pixel counts; an atom larger than a range is a bucket
+        # of its own (copied through: its pixels arrive in order), so no bucket exceeds ~2 ranges to sort
+        first_atom = np.searchsorted(self._start[1:], np.linspace(0, total, k + 1)[:-1], side="right")
+        big = np.flatnonzero(self.n_pixels > total // k)
+        first_atom = np.unique(np.concatenate([first_atom, big, big + 1]))
+        first_atom = first_atom[first_atom < self.n_pixels.size]
+        k = first_atom.size
+        bucket_of = np.searchsorted(first_atom, np.arange(self.n_pixels.size), side="right") - 1
+        single = np.diff(np.concatenate([first_atom, [self.n_pixels.size]])) == 1
+        w = self.grid.width
+        rows = max(1, (64 * 2**20) // (w * 4))
+        names = [(work / f"a{j}.bin", work / f"p{j}.bin") for j in range(k)]
+        handles = [(open(x, "wb"), open(y, "wb")) for x, y in names]  # noqa: SIM115
+        try:
+            for a in range(0, self.grid.height, rows):
+                e = min(self.grid.height, a + rows)
+                idx = self.read_rows(a, e).ravel()
+                px = np.arange(a * w, e * w, dtype=self._dtype)
+                bk = bucket_of[idx]
+                o = np.argsort(bk, kind="stable")
+                counts = np.bincount(bk, minlength=k)
+                pos = 0
+                for jj in np.flatnonzero(counts):
+                    sl = o[pos : pos + counts[jj]]
+                    handles[jj][0].write(idx[sl].astype(np.int32).tobytes())
+                    handles[jj][1].write(px[sl].tobytes())
+                    pos += int(counts[jj])
+        finally:
+            for ha, hp in handles:
+                ha.close()
+                hp.close()
+        out_path = work / "pixel_order.bin"
+        with open(out_path, "wb") as out:
+            for j, (fa, fp) in enumerate(names):  # bucket j holds atoms first_atom[j]..: written in order
+                if single[j]:
+                    with open(fp, "rb") as src:
+                        shutil.copyfileobj(src, out, 64 * 2**20)
+                else:
+                    atoms_j = np.fromfile(fa, dtype=np.int32)
+                    px_j = np.fromfile(fp, dtype=self._dtype)
+                    out.write(px_j[np.argsort(atoms_j, kind="stable")].tobytes())
+                    del atoms_j, px_j
+                fa.unlink()
+                fp.unlink()
+        return out_path
+
+    def pixels_of(self, atom_ids: IntArray) -> IntArray:
+        """Sorted row-major pixel indices of the given atoms (slices of the pixel-order file)."""
+        with self._lock:
+            if self._order_path is None:
+                self._order_path = self._build_order()
+        item = np.dtype(self._dtype).itemsize
+        parts = [
+            np.fromfile(
+                self._order_path, dtype=self._dtype, count=int(self._start[a + 1] - self._start[a]),
+                offset=int(self._start[a]) * item,
+            )
+            for a in np.asarray(atom_ids, dtype=np.int64)
+        ]  # fmt: skip
+        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
+
+    def nearest_pixel(self, atom_ids: IntArray, direction: FloatArray) -> tuple[float, float]:
+        """Centre of the pixel of ``atom_ids`` nearest to ``direction`` (ties: lowest pixel index)."""
+        return PixelLookup.nearest_pixel(self, atom_ids, direction)  # type: ignore[arg-type]
+
+
+#: Either pixel lookup (in memory, or windowed reads of the tiled index for large grids).
+Lookup = PixelLookup | TiledPixelLookup
+
+
+def open_pixel_lookup(
+    atom_index_path: str | Path,
+    atoms_path: str | Path,
+    n_atoms: int,
+    earth_radius_km: float = EARTH_RADIUS_KM,
+    max_pixels: int = INDEX_IN_MEMORY_MAX_PIXELS,
+    workdir: str | Path | None = None,
+) -> Lookup:
+    """The pixel lookup of an atom index: in memory up to ``max_pixels``, else windowed (DESIGN 10).
+
+    Raises:
+        ValueError: Naming the file if the index is not ``H x 2H``, holds ids outside ``0..n_atoms-1`` (in
+            memory) or disagrees with the atoms' pixel counts (windowed).
+
+    """
+    import rasterio
+
+    with rasterio.open(atom_index_path) as ds:
+        h, w = ds.height, ds.width
+    if w != 2 * h:
+        raise ValueError(f"{atom_index_path}: atom index must be H x 2H, got {h} x {w}")
+    grid = Grid(h, w, earth_radius_km)
+    if h * w <= max_pixels:
+        return PixelLookup(read_atom_index(atom_index_path, n_atoms), grid)
+    npx = pd.read_parquet(atoms_path, columns=["n_pixels"])["n_pixels"].to_numpy(np.int64)
+    if npx.size != n_atoms or np.any(npx < 0):
+        raise ValueError(f"{atoms_path}: column n_pixels must hold every atom's pixel count")
+    return TiledPixelLookup(Path(atom_index_path), grid, npx, Path(workdir) if workdir else None)
 
 
 @dataclass
@@ -546,11 +809,58 @@ def evaluate_groups(
     scores_t: Mapping[str, FloatArray],
     gt_atom: IntArray,
     total_area: float,
-    lookup: PixelLookup | None = None,
+    lookup: Lookup | None = None,
+    group_atoms_csr: tuple[IntArray, IntArray] | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    layout: RunLayout | None = None,
+) -> MethodResult:
+    """Alg. 2-3 (and the grid top-1 when ``lookup`` is given) for a batch of images on one method's groups.
+
+    Uses the threshold form of :mod:`geoens.rva_fast` (no product is materialised) when the groups include
+    ``s2``, else :func:`evaluate_groups_dense`.
+
+    Args:
+        groups: The method's groups.
+        scores_t: Family -> ``(classes + 1) x batch`` Alg. 1 class scores (:meth:`Evaluator.scores`).
+        gt_atom: Atom of each image's ground-truth pixel.
+        total_area: Area of the sphere (km^2), the area of a zero-probability image.
+        lookup: Pixel lookup for the top-1; ``None`` skips the top-1 (NaN).
+        group_atoms_csr: ``(order, start)`` atoms of each group (``order[start[g]:start[g+1]]``), for the
+            top-1 fallback; computed when needed.
+        chunk_elements: Bound on ``groups x images`` of one matrix (dense form only).
+        layout: The groups' run layout (:func:`geoens.rva_fast.run_layout`), computed when not given.
+
+    """
+    from geoens import rva_fast
+
+    if "s2" not in groups.families:
+        return evaluate_groups_dense(
+            groups, scores_t, gt_atom, total_area, lookup, group_atoms_csr, chunk_elements
+        )
+    if layout is None:
+        layout = rva_fast.run_layout(groups, _block_rows())
+    return rva_fast.evaluate_numpy(groups, layout, scores_t, gt_atom, total_area, lookup, group_atoms_csr)
+
+
+def _block_rows() -> int:
+    from geoens import rva_fast
+
+    return rva_fast.LAYOUT_BLOCK_ROWS
+
+
+def evaluate_groups_dense(
+    groups: Groups,
+    scores_t: Mapping[str, FloatArray],
+    gt_atom: IntArray,
+    total_area: float,
+    lookup: Lookup | None = None,
     group_atoms_csr: tuple[IntArray, IntArray] | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> MethodResult:
-    """Alg. 2-3 (and the grid top-1 when ``lookup`` is given) for a batch of images on one method's groups.
+    """Alg. 2-3 and the top-1 on the dense ``groups x images`` score matrix (the previous engine).
+
+    Materialises ``P`` of every group and image; kept for family sets without ``s2`` and as a reference for
+    the threshold form (:func:`evaluate_groups`).
 
     Args:
         groups: The method's groups.
@@ -632,23 +942,32 @@ class Evaluator:
         lookup: Pixel lookup (atom index) for ground-truth atoms and the top-1.
         total_area: Area of the sphere, ``4 pi R^2``.
         absorption: ``(cells, targets)`` of the absorbed S2 cells.
-        chunk_elements: Bound on one ``images x groups`` matrix.
+        chunk_elements: Bound on one ``images x groups`` matrix (dense forms).
+        backend: ``numpy`` (threshold form) or ``torch`` (dense form on ``device``), see
+            :mod:`geoens.rva_fast`; both give the same results.
+        device: Torch device of the torch backend (default: CUDA when present, else CPU).
 
     """
 
     atoms: AtomTable
     n_classes: dict[str, int]
-    lookup: PixelLookup
+    lookup: Lookup
     total_area: float
     absorption: tuple[IntArray, IntArray] = field(
         default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.int64))
     )
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    backend: str = "numpy"
+    device: str | None = None
     _groups: dict[tuple[str, ...], Groups] = field(default_factory=dict, repr=False)
     _csr: dict[tuple[str, ...], tuple[IntArray, IntArray]] = field(default_factory=dict, repr=False)
+    _layouts: dict[tuple[str, ...], RunLayout] = field(default_factory=dict, repr=False)
+    _torch: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
     class_area: dict[str, FloatArray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("numpy", "torch"):
+            raise ValueError(f"evaluation backend must be 'numpy' or 'torch', got {self.backend!r}")
         for f in FAMILIES:
             self.class_area[f] = self.atoms.class_areas(f, self.n_classes[f])
 
@@ -667,17 +986,33 @@ class Evaluator:
         """
         out = {}
         for f, p in probs.items():
-            pn = normalise_probs(p, what=f"{f} predictions", ids=ids)
-            if pn.shape[1] != self.n_classes[f]:
-                raise ValueError(f"{f} predictions: {pn.shape[1]} classes, expected {self.n_classes[f]}")
-            if f == "s2":
-                pn = absorb(pn, *self.absorption)
-            out[f] = np.ascontiguousarray(family_scores(pn, self.class_area[f]).T)
+            out[f] = scores_t(p, self.class_area[f], self.absorption if f == "s2" else None, f, ids)
         return out
 
     def urban_scores(self, batch: int) -> FloatArray:
         """Alg. 1 scores of the constant urban prior, ``(classes + 1) x batch``."""
         return np.repeat(urban_prior_scores(self.class_area["ls"])[:, None], batch, axis=1)
+
+    def evaluate_many(
+        self,
+        methods: Sequence[Method],
+        scores: Mapping[str, FloatArray],
+        gt_atom: IntArray,
+        top1: bool = True,
+        threads: int = 1,
+    ) -> list[MethodResult]:
+        """:meth:`evaluate` for several methods, ``threads`` of them at a time (numpy releases the GIL).
+
+        Each method is computed whole by one thread, so the results do not depend on ``threads``.
+        """
+        for m in methods:  # caches first, one thread
+            self.evaluate(m, {f: s[:, :0] for f, s in scores.items()}, gt_atom[:0], top1)
+        if threads <= 1 or len(methods) <= 1:
+            return [self.evaluate(m, scores, gt_atom, top1) for m in methods]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(lambda m: self.evaluate(m, scores, gt_atom, top1), methods))
 
     def evaluate(
         self,
@@ -692,18 +1027,30 @@ class Evaluator:
             sc["ls"] = self.urban_scores(gt_atom.size)
         fams = method.families
         g = self.groups(fams)
+        from geoens import rva_fast
+
         if top1 and fams not in self._csr:
-            order = np.argsort(g.of_atom, kind="stable").astype(np.int64)
-            start = np.concatenate([[0], np.cumsum(np.bincount(g.of_atom, minlength=g.n))]).astype(np.int64)
-            self._csr[fams] = (order, start)
+            self._csr[fams] = rva_fast.group_csr(g)
+        lookup = self.lookup if top1 else None
+        if self.backend == "torch":
+            dev = rva_fast.torch_device(self.device)
+            if fams not in self._torch:
+                self._torch[fams] = rva_fast.torch_groups(g, dev)
+            return rva_fast.evaluate_torch(
+                g, self._torch[fams], sc, gt_atom, self.total_area, lookup, self._csr.get(fams),
+                self.chunk_elements, dev,
+            )  # fmt: skip
+        if "s2" in fams and fams not in self._layouts:
+            self._layouts[fams] = rva_fast.run_layout(g, _block_rows())
         return evaluate_groups(
             g,
             sc,
             gt_atom,
             self.total_area,
-            lookup=self.lookup if top1 else None,
+            lookup=lookup,
             group_atoms_csr=self._csr.get(fams),
             chunk_elements=self.chunk_elements,
+            layout=self._layouts.get(fams),
         )
 
 
@@ -799,6 +1146,8 @@ def evaluate_testset(
     batch_size: int = 2048,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: Callable[[int], None] | None = None,
+    index_max_pixels: int = INDEX_IN_MEMORY_MAX_PIXELS,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Evaluate every method of every base model on one test set (the ``evaluate`` rule).
 
@@ -813,6 +1162,9 @@ def evaluate_testset(
         batch_size: Images per streamed batch of a base model's predictions.
         chunk_elements: Bound on one ``images x groups`` matrix.
         progress: Called with the number of images done after each batch.
+        index_max_pixels: Largest grid whose atom index is held in memory; larger grids read the tiled
+            index by windows (:func:`open_pixel_lookup`).
+        threads: Methods evaluated at a time (:meth:`Evaluator.evaluate_many`).
 
     Returns:
         The per-image table (:data:`PER_IMAGE_COLUMNS`), rows ordered by base, method, label order of images.
@@ -822,8 +1174,8 @@ def evaluate_testset(
 
     """
     atoms = read_atoms(atoms_path)
-    atom_index = read_atom_index(atom_index_path, atoms.n)
-    grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km)
+    lookup = open_pixel_lookup(atom_index_path, atoms_path, atoms.n, earth_radius_km, index_max_pixels)
+    grid = lookup.grid
     cells, targets = read_absorption(absorption_path)
     labels = pd.read_parquet(labels_path)
     for c in ("image_id", "lat", "lon"):
@@ -849,7 +1201,7 @@ def evaluate_testset(
     ev = Evaluator(
         atoms,
         {"s2": n_cells, **N_CLASSES},
-        PixelLookup(atom_index, grid),
+        lookup,
         grid.total_area(),
         (cells, targets),
         chunk_elements,
@@ -890,8 +1242,8 @@ def evaluate_testset(
                 probs[f] = attr_probs[f][attr_row[f].loc[ids].to_numpy()]
             sc = ev.scores(probs, ids)
             ls_bucket = atoms.labels["ls"][gt_atom].astype(np.int8)
-            for m in [m for m in all_methods([base])]:
-                r = ev.evaluate(m, sc, gt_atom)
+            methods = all_methods([base])
+            for m, r in zip(methods, ev.evaluate_many(methods, sc, gt_atom, threads=threads), strict=True):
                 gcd = haversine_km(lat, lon, r.top1_lat, r.top1_lon, GCD_RADIUS_KM)
                 frames.append(
                     _frame(ids, base, m.name, r.area, r.zero_prob, r.top1_lat, r.top1_lon, gcd, ls_bucket)

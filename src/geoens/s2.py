@@ -523,7 +523,11 @@ def absorption_table(part: Partition, labels: npt.NDArray[np.int32], grid: Grid)
     if labels.shape != grid.shape:
         raise ValueError(f"label raster {labels.shape} is not on the grid {grid.shape}")
     n = len(part)
-    owned = np.bincount(labels[labels >= 0].ravel(), minlength=n)[:n] > 0
+    counts = np.zeros(n, dtype=np.int64)
+    for r0 in range(0, grid.height, 256):  # by strips: no full-size temporaries at the 1 km grid
+        strip = labels[r0 : r0 + 256]
+        counts += np.bincount(strip[strip >= 0].ravel(), minlength=n)[:n]
+    owned = counts > 0
     cells = np.flatnonzero(~owned).astype(np.int32)
     if cells.size and not owned.any():
         raise ValueError(

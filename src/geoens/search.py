@@ -12,6 +12,7 @@ FeatureCollection with one (Multi)Polygon per rank group, polygons traced on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ import pandas as pd
 from geoens.constants import FAMILIES, N_CLASSES
 from geoens.grid import Grid
 from geoens.io import atomic_path
-from geoens.rva import AtomTable, absorb, family_scores, normalise_probs
+from geoens.rva import AtomTable, TiledPixelLookup, absorb, family_scores, normalise_probs
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -74,6 +75,7 @@ def search_regions(
     probs_by_family: Mapping[str, npt.ArrayLike],
     budget_km2: float,
     absorption: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    n_pixels: npt.ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Ranked regions to search within ``budget_km2``.
 
@@ -83,6 +85,7 @@ def search_regions(
         probs_by_family: Family -> the image's probability vector (see :func:`atom_scores`).
         budget_km2: Area budget (km^2).
         absorption: ``(cells, targets)`` of absorbed S2 cells.
+        n_pixels: Pixels per atom (the atom table's ``n_pixels``), used instead of counting ``atom_index``.
 
     Returns:
         One row per rank group, best first: ``rank`` (1..), ``prob`` (``P``), ``area_km2``,
@@ -102,7 +105,10 @@ def search_regions(
     k = int(np.searchsorted(cum, budget_km2, side="right"))
     order = np.argsort(inv, kind="stable")
     start = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=vals.size))])
-    npx = np.bincount(atom_index.ravel(), minlength=atoms.n) if atom_index is not None else None
+    if n_pixels is not None:
+        npx: npt.NDArray[np.int64] | None = np.asarray(n_pixels, dtype=np.int64)
+    else:
+        npx = np.bincount(atom_index.ravel(), minlength=atoms.n) if atom_index is not None else None
     rows = []
     for g in range(k):
         ids = pos[order[start[g] : start[g + 1]]]
@@ -148,19 +154,28 @@ def write_geotiff(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) ->
 
 def region_features(regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> dict[str, object]:
     """GeoJSON FeatureCollection: one (Multi)Polygon per rank group, traced on the pixel grid."""
+    sel = ranks > 0
+    if sel.any():
+        rows = np.flatnonzero(sel.any(axis=1))
+        cols = np.flatnonzero(sel.any(axis=0))
+        sub = ranks[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        return window_features(regions, sub, int(rows[0]), int(cols[0]), grid)
+    return window_features(regions, ranks[:0, :0], 0, 0, grid)
+
+
+def window_features(
+    regions: pd.DataFrame, sub: npt.NDArray[np.int32], row0: int, col0: int, grid: Grid
+) -> dict[str, object]:
+    """:func:`region_features` from the window of the rank raster that holds every selected pixel."""
     from affine import Affine
     from rasterio import features
     from shapely.geometry import mapping, shape
     from shapely.ops import unary_union
 
-    sel = ranks > 0
     polys: dict[int, list[object]] = {}
-    if sel.any():
-        rows = np.flatnonzero(sel.any(axis=1))
-        cols = np.flatnonzero(sel.any(axis=0))
-        sub = ranks[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    if sub.size:
         t = grid.transform
-        tr = Affine(t.a, 0.0, t.c + int(cols[0]) * t.a, 0.0, t.e, t.f + int(rows[0]) * t.e)
+        tr = Affine(t.a, 0.0, t.c + col0 * t.a, 0.0, t.e, t.f + row0 * t.e)
         for geom, value in features.shapes(sub, mask=sub > 0, transform=tr, connectivity=4):
             polys.setdefault(int(value), []).append(shape(geom))
     feats = []
@@ -196,6 +211,7 @@ def plan_search(
     out_geojson: str | Path | None = None,
     out_tif: str | Path | None = None,
     earth_radius_km: float | None = None,
+    index_max_pixels: int | None = None,
 ) -> pd.DataFrame:
     """Search plan of one image from the workflow's artifacts, optionally written as GeoJSON / GeoTIFF.
 
@@ -208,18 +224,29 @@ def plan_search(
         out_geojson: Where to write the regions as GeoJSON.
         out_tif: Where to write the rank raster as GeoTIFF.
         earth_radius_km: Sphere radius of the grid (default: the project's).
+        index_max_pixels: Largest grid whose atom index is read whole (default
+            :data:`~geoens.constants.INDEX_IN_MEMORY_MAX_PIXELS`); larger ones are read by strips.
 
     Returns:
         The ranked regions (:func:`search_regions`).
 
     """
-    from geoens.constants import EARTH_RADIUS_KM
-    from geoens.rva import read_absorption, read_atom_index, read_atoms
+    from geoens.constants import EARTH_RADIUS_KM, INDEX_IN_MEMORY_MAX_PIXELS
+    from geoens.rva import open_pixel_lookup, read_absorption, read_atoms
 
     atoms = read_atoms(atoms_path)
-    index = read_atom_index(atom_index_path, atoms.n)
-    grid = Grid(index.shape[0], index.shape[1], earth_radius_km or EARTH_RADIUS_KM)
     absorption = read_absorption(absorption_path) if absorption_path is not None else None
+    lookup = open_pixel_lookup(
+        atom_index_path, atoms_path, atoms.n, earth_radius_km or EARTH_RADIUS_KM,
+        INDEX_IN_MEMORY_MAX_PIXELS if index_max_pixels is None else index_max_pixels,
+    )  # fmt: skip
+    if isinstance(lookup, TiledPixelLookup):  # the 1 km grid: strips of the index, never all of it
+        regions = search_regions(atoms, None, probs_by_family, budget_km2, absorption, lookup.n_pixels)
+        if out_geojson is not None or out_tif is not None:
+            _write_windowed(regions, lookup, atoms.n, out_geojson, out_tif)
+        return regions
+    index = lookup.atom_index
+    grid = lookup.grid
     regions = search_regions(atoms, index, probs_by_family, budget_km2, absorption)
     if out_geojson is not None or out_tif is not None:
         ranks = rank_raster(regions, index, atoms.n)
@@ -228,6 +255,57 @@ def plan_search(
         if out_geojson is not None:
             write_geojson(out_geojson, regions, ranks, grid)
     return regions
+
+
+def _write_windowed(
+    regions: pd.DataFrame,
+    lookup: TiledPixelLookup,
+    n_atoms: int,
+    out_geojson: str | Path | None,
+    out_tif: str | Path | None,
+    strip_rows: int = 1024,
+) -> None:
+    """Rank GeoTIFF and GeoJSON from strips of a tiled atom index (bounded memory at the 1 km grid)."""
+    import rasterio
+
+    grid = lookup.grid
+    rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
+    for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
+        rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
+    r_lo, r_hi, c_lo, c_hi = grid.height, -1, grid.width, -1
+    profile = {
+        "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
+        "crs": "EPSG:4326", "transform": grid.transform, "nodata": 0, "compress": "deflate", "tiled": True,
+        "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        dst = None
+        if out_tif is not None:
+            tmp = stack.enter_context(atomic_path(out_tif))
+            dst = stack.enter_context(rasterio.open(tmp, "w", **profile))
+        for a in range(0, grid.height, strip_rows):
+            b = min(grid.height, a + strip_rows)
+            ranks = rank_of_atom[lookup.read_rows(a, b)]
+            sel = ranks > 0
+            if sel.any():
+                rows, cols = np.flatnonzero(sel.any(axis=1)), np.flatnonzero(sel.any(axis=0))
+                r_lo, r_hi = min(r_lo, a + int(rows[0])), max(r_hi, a + int(rows[-1]))
+                c_lo, c_hi = min(c_lo, int(cols[0])), max(c_hi, int(cols[-1]))
+            if dst is not None:
+                dst.write(ranks, 1, window=rasterio.windows.Window(0, a, grid.width, b - a))
+        if dst is not None:
+            dst.update_tags(meaning="rank group of the search plan, 1 = most likely; 0 = not selected")
+    if out_geojson is None:
+        return
+    if r_hi < 0:
+        fc = window_features(regions, np.zeros((0, 0), np.int32), 0, 0, grid)
+    else:
+        win = rasterio.windows.Window(c_lo, r_lo, c_hi - c_lo + 1, r_hi - r_lo + 1)
+        with rasterio.open(lookup.path) as ds:
+            sub = rank_of_atom[ds.read(1, window=win)]
+        fc = window_features(regions, sub, r_lo, c_lo, grid)
+    with atomic_path(out_geojson) as tmp:
+        tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
