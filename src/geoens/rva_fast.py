@@ -318,10 +318,24 @@ def group_csr(groups: Groups) -> tuple[IntArray, IntArray]:
 # --------------------------------------------------------------------------------------------------
 # torch backend
 # --------------------------------------------------------------------------------------------------
+def _torch() -> Any:
+    """The torch module; the torch backend is optional (the geo/report envs and a base install lack it).
+
+    Raises:
+        ImportError: Naming the extra that provides it.
+    """
+    try:
+        import torch
+    except ImportError as exc:  # optional: only `backend="torch"` needs it
+        raise ImportError(
+            "the torch evaluation backend needs torch: pip install 'geoens[torch]' (or use the numpy backend)"
+        ) from exc
+    return torch
+
+
 def torch_device(device: str | None = None) -> Any:
     """The torch device of the torch backend: ``device`` if given, else CUDA when present, else CPU."""
-    import torch
-
+    torch = _torch()
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -338,8 +352,7 @@ class TorchGroups:
 
 def torch_groups(groups: Groups, device: Any) -> TorchGroups:
     """Copy a method's group arrays to ``device`` once."""
-    import torch
-
+    torch = _torch()
     return TorchGroups(
         {f: torch.as_tensor(groups.index[f], device=device) for f in groups.families},
         torch.as_tensor(groups.area, dtype=torch.float64, device=device),
@@ -359,9 +372,9 @@ def evaluate_torch(
     device: Any,
 ) -> MethodResult:
     """Alg. 2-3 and the top-1 by the dense form on a torch device (see the module docstring)."""
-    import torch
-
     from geoens.rva import MethodResult
+
+    torch = _torch()
 
     b = gt_atom.size
     area = np.empty(b, dtype=np.float64)
