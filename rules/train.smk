@@ -44,6 +44,8 @@ rule image_cache:
     resources:
         mem_mb=lambda wc: 3000 if DEMO else 6000,
         runtime=lambda wc: 10 if DEMO else 60,
+    params:
+        shards=shards_fingerprint,
     script:
         "../workflow_scripts/image_cache.py"
 

@@ -90,8 +90,8 @@ def extract_markdown(path: str) -> list[DocCommand]:
                 pending = ""
             continue
         for span in re.findall(r"`([^`]+)`", line):
-            if re.fullmatch(r"geoens \w+", span.strip()):
-                continue  # a subcommand named in prose, not a command line
+            if re.fullmatch(r"geoens \w+( --[\w-]+)?", span.strip()):
+                continue  # a subcommand (or one of its options) named in prose, not a command line
             if span.startswith(
                 ("snakemake ", "geoens ", "make ", "python -m geoens", "python bench/", ".venv/bin/")
             ):
@@ -148,7 +148,10 @@ def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
     elif Path(prog).name == "geoens" and argv[1] == "search":
         from geoens.cli import build_parser
 
-        build_parser().parse_args(argv[1:])
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit as exc:
+            return int(exc.code or 2), "geoens search: the arguments do not parse"
         return 0, "parsed"
     elif Path(prog).name == "geoens":
         run, cwd = [str(bindir / "geoens"), *argv[1:]], rehearsal

@@ -38,7 +38,7 @@ def world_1km(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str
     (tmp / "edges.json").write_text(json.dumps({"edges_log10": EDGES}))
     m = tmp / "masks"
     rasters.make_ls_mask(ls_tif, tmp / "edges.json", g, m / "ls.tif")
-    rasters.make_lc_mask(lc_tif, g, m / "lc.tif")
+    rasters.make_lc_mask(lc_tif, g, m / "lc.tif", unknown_codes="none")  # lc_codes draws 5, 99, 255 too
     s2.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet")
     a = tmp / "atoms"
     atoms.make_atoms(

@@ -205,7 +205,8 @@ def test_changing_an_input_raster_reruns_from_the_masks_on(tiny_run: TinyRun) ->
 
 # Folder inputs (inputs.train.shards_dir, inputs.testsets.<name>.images): Snakemake sees only the folder's
 # own mtime; the rules that read a folder carry its fingerprint (names, sizes, mtimes) as a param.
-SHARD_DESCENDANTS = {"shard_index": 1, **RASTER_DESCENDANTS}  # every rule below the training labels
+# every rule below the training labels, and the decoded-image cache of the training images
+SHARD_DESCENDANTS = {"shard_index": 1, "image_cache": 1, **RASTER_DESCENDANTS}
 ONE_TESTSET = {
     "relabel_testset": 1,
     "predict": BASE_MODELS,
