@@ -37,7 +37,6 @@ from geoens.constants import (
     FAMILIES,
     GCD_RADIUS_KM,
     LS_BUCKETS,
-    METHOD_VARIANTS,
     N_CLASSES,
     TEMPERED_SUFFIX,
 )
@@ -52,7 +51,7 @@ from geoens.evaluation import (
 from geoens.evaluator import Evaluator
 from geoens.grid import Grid, haversine_km
 from geoens.lookup import PixelLookup
-from geoens.methods import method_name
+from geoens.methods import all_methods, method_name
 from geoens.partitions import read_partition_csv
 from geoens.rva import DEFAULT_CHUNK_ELEMENTS, Groups, group_scores_t
 from geoens.tempered import FitBatch, TemperedFit, fit_weights, tempered_log_density
@@ -137,9 +136,7 @@ def calibration_methods(bases: Sequence[str] = BASE_MODELS) -> list[CalMethod]:
     """Every calibrated method per base: the paper's variants, the tempered ensemble, the cap baseline."""
     out = []
     for b in bases:
-        for suffix, extra, urban in METHOD_VARIANTS:
-            fams = tuple(f for f in FAMILIES if f == "s2" or f in extra)
-            out.append(CalMethod(b, suffix, fams, urban))
+        out += [CalMethod(b, m.suffix, m.families, m.urban_prior) for m in all_methods([b])]
         out.append(CalMethod(b, TEMPERED_SUFFIX, FAMILIES, tempered=True))
         out.append(CalMethod(b, CAP_SUFFIX, ("s2",), cap=True))
     return out

@@ -113,6 +113,34 @@ def metric_names() -> list[str]:
     return [f"rva_{int(r)}km" for r in GCD_THRESHOLDS_KM] + [f"gcd_{int(r)}km" for r in GCD_THRESHOLDS_KM]
 
 
+def image_positions(
+    per_image: pd.DataFrame, balanced: bool, balanced_seed: int
+) -> tuple[pd.Series, list[int]]:
+    """The evaluated images and the images per ground-truth LS bucket before balancing.
+
+    Returns:
+        ``(position of each image id, counts)``: the images sorted by id, restricted to the balanced set
+        (:func:`balanced_sample`, seeded by ``balanced_seed``) when ``balanced``.
+
+    """
+    images = (
+        per_image.drop_duplicates("image_id")[["image_id", "ls_bucket"]]
+        .sort_values("image_id")
+        .reset_index(drop=True)
+    )
+    counts = [int((images["ls_bucket"] == k).sum()) for k in range(len(LS_BUCKETS))]
+    if balanced:
+        idx, counts = balanced_sample(images["ls_bucket"].to_numpy(), balanced_seed)
+        images = images.iloc[idx].reset_index(drop=True)
+    return pd.Series(np.arange(len(images)), index=images["image_id"].to_numpy()), counts
+
+
+def method_rows(per_image: pd.DataFrame, method: str, pos: pd.Series) -> pd.DataFrame:
+    """The rows of one method for the images of ``pos`` (:func:`image_positions`), in that order."""
+    sub = per_image[(per_image["method"] == method) & per_image["image_id"].isin(pos.index)]
+    return sub.iloc[np.argsort(pos[sub["image_id"]].to_numpy())]
+
+
 def summarise(
     per_image: pd.DataFrame,
     balanced: bool,
@@ -136,17 +164,8 @@ def summarise(
     if missing:
         raise ValueError(f"per-image table: missing column(s) {missing}")
     al = alphas if alphas is not None else curve_alphas()
-    images = (
-        per_image.drop_duplicates("image_id")[["image_id", "ls_bucket"]]
-        .sort_values("image_id")
-        .reset_index(drop=True)
-    )
-    counts = [int((images["ls_bucket"] == k).sum()) for k in range(len(LS_BUCKETS))]
-    if balanced:
-        idx, counts = balanced_sample(images["ls_bucket"].to_numpy(), balanced_seed)
-        images = images.iloc[idx].reset_index(drop=True)
-    n = len(images)
-    pos = pd.Series(np.arange(n), index=images["image_id"].to_numpy())
+    pos, counts = image_positions(per_image, balanced, balanced_seed)
+    n = len(pos)
     w = bootstrap_weights(n, n_boot, seed)
     caps = np.asarray(CAP_AREAS_KM2)
     thr = np.asarray(GCD_THRESHOLDS_KM)
@@ -154,8 +173,7 @@ def summarise(
     rows, curves = [], []
     bases = list(dict.fromkeys(per_image["base"]))
     for method in [m for m in method_order(bases) if m in set(per_image["method"])]:
-        sub = per_image[(per_image["method"] == method) & per_image["image_id"].isin(pos.index)]
-        sub = sub.iloc[np.argsort(pos[sub["image_id"]].to_numpy())]
+        sub = method_rows(per_image, method, pos)
         if len(sub) != n:
             raise ValueError(f"per-image table: method {method!r} has {len(sub)} of {n} images")
         area = sub["area_km2"].to_numpy(np.float64)

@@ -42,11 +42,12 @@ from geoens.lookup import PixelLookup  # noqa: E402
 from geoens.methods import Method, all_methods, method_name  # noqa: E402
 from geoens.metrics import (  # noqa: E402
     Summary,
-    balanced_sample,
     bootstrap_ci,
     bootstrap_weights,
     bucket_recall,
     curve_alphas,
+    image_positions,
+    method_rows,
     summarise,
 )
 from geoens.partitions import read_partition_csv  # noqa: E402
@@ -95,18 +96,12 @@ def gain_curves(
 ) -> pd.DataFrame:
     """Recall gain of every method over its base model's curve, with paired bootstrap 95% intervals."""
     al = np.asarray(summary.curves["alpha"].drop_duplicates())
-    images = per_image.drop_duplicates("image_id")[["image_id", "ls_bucket"]].sort_values("image_id")
-    images = images.reset_index(drop=True)
-    if balanced:
-        idx, _ = balanced_sample(images["ls_bucket"].to_numpy(), balanced_seed)
-        images = images.iloc[idx].reset_index(drop=True)
-    n = len(images)
-    pos = pd.Series(np.arange(n), index=images["image_id"].to_numpy())
+    pos, _ = image_positions(per_image, balanced, balanced_seed)
+    n = len(pos)
     w = bootstrap_weights(n, n_boot, seed)
 
     def hits(method: str) -> np.ndarray:
-        sub = per_image[(per_image["method"] == method) & per_image["image_id"].isin(pos.index)]
-        sub = sub.iloc[np.argsort(pos[sub["image_id"]].to_numpy())]
+        sub = method_rows(per_image, method, pos)
         a = sub["area_km2"].to_numpy(np.float64)
         return (np.where(np.isnan(a), np.inf, a)[:, None] <= al[None, :]).astype(np.float64)
 

@@ -1,4 +1,4 @@
-"""The evaluation kernels of :mod:`geoens.rva`: Alg. 2-3 and the grid top-1 in about one pass over the groups.
+"""Fast engines of Alg. 2-3 and the grid top-1 on :mod:`geoens.rva`'s groups, in about one pass over them.
 
 Two backends compute the same areas, zero-probability flags and top-1 points:
 
