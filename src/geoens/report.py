@@ -129,6 +129,17 @@ def gain_curves(
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+def _plot_curve(
+    ax: plt.Axes, c: pd.DataFrame, column: str, label: str, style: dict[str, Any], n_boot: int
+) -> None:
+    """One method's curve (``column`` in percent) and, with bootstrap resamples, its 95% band."""
+    ax.plot(c["alpha"], 100 * c[column], label=label, **style)
+    if n_boot:
+        ax.fill_between(
+            c["alpha"], 100 * c["lo"], 100 * c["hi"], color=style["color"], alpha=0.12, linewidth=0
+        )
+
+
 def rva_figure(
     per_image: Mapping[str, pd.DataFrame],
     out_pdf: str | Path,
@@ -156,12 +167,7 @@ def rva_figure(
                 c = s.curves[s.curves["method"] == m.name]
                 if c.empty:
                     continue
-                st = STYLES[m.suffix]
-                ax.plot(c["alpha"], 100 * c["recall"], label=row_label(m.name, base), **st)
-                if n_boot:
-                    ax.fill_between(
-                        c["alpha"], 100 * c["lo"], 100 * c["hi"], color=st["color"], alpha=0.12, linewidth=0
-                    )
+                _plot_curve(ax, c, "recall", row_label(m.name, base), STYLES[m.suffix], n_boot)
             ax.set_xscale("log")
             ax.set_xlim(1.0, al[-1])
             ax.set_ylim(0, 100)
@@ -179,12 +185,7 @@ def rva_figure(
             c = g[g["method"] == m.name] if not g.empty else g
             if c.empty:
                 continue
-            st = STYLES[m.suffix]
-            ax.plot(c["alpha"], 100 * c["gain"], label=row_label(m.name, base), **st)
-            if n_boot:
-                ax.fill_between(
-                    c["alpha"], 100 * c["lo"], 100 * c["hi"], color=st["color"], alpha=0.12, linewidth=0
-                )
+            _plot_curve(ax, c, "gain", row_label(m.name, base), STYLES[m.suffix], n_boot)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlim(1.0, al[-1])

@@ -142,10 +142,15 @@ def search_regions(
 
 def rank_raster(regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int) -> I32Array:
     """``H x W`` int32 raster of each pixel's rank group (0 = not selected)."""
+    return _rank_of_atom(regions, n_atoms)[atom_index]
+
+
+def _rank_of_atom(regions: pd.DataFrame, n_atoms: int) -> I32Array:
+    """Rank group of each atom (0 = not selected)."""
     rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
     for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
         rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
-    return rank_of_atom[atom_index]
+    return rank_of_atom
 
 
 def write_geotiff(path: str | Path, ranks: I32Array, grid: Grid) -> None:
@@ -201,7 +206,11 @@ def window_features(
 
 def write_geojson(path: str | Path, regions: pd.DataFrame, ranks: I32Array, grid: Grid) -> None:
     """Write :func:`region_features` as GeoJSON (lon/lat, EPSG:4326)."""
-    fc = region_features(regions, ranks, grid)
+    _write_feature_collection(path, region_features(regions, ranks, grid))
+
+
+def _write_feature_collection(path: str | Path, fc: dict[str, object]) -> None:
+    """Write a GeoJSON FeatureCollection compactly, one line."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
 
@@ -268,9 +277,7 @@ def _write_windowed(
 ) -> None:
     """Rank GeoTIFF and GeoJSON from strips of a tiled atom index (bounded memory at the 1 km grid)."""
     grid = lookup.grid
-    rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
-    for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
-        rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
+    rank_of_atom = _rank_of_atom(regions, n_atoms)
     r_lo, r_hi, c_lo, c_hi = grid.height, -1, grid.width, -1
     profile = {
         "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
@@ -303,8 +310,7 @@ def _write_windowed(
         with rasterio.open(lookup.path) as ds:
             sub = rank_of_atom[ds.read(1, window=win)]
         fc = window_features(regions, sub, r_lo, c_lo, grid)
-    with atomic_path(out_geojson) as tmp:
-        tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
+    _write_feature_collection(out_geojson, fc)
 
 
 # --------------------------------------------------------------------------------------------------
