@@ -1,10 +1,9 @@
 """Evaluation of a test set: every method of every base model, per image (the ``evaluate`` rule).
 
 Reads the predictions Parquets (:func:`read_probs`, streamed by :func:`iter_prob_batches`), the absorption
-table, and the test set's labels; images with labels and every prediction are scored in batches
-(:class:`ScoreBatch`, shared with :mod:`geoens.calibrate`) and evaluated by
-:class:`geoens.evaluator.Evaluator`.
-The result is the per-image table (:data:`PER_IMAGE_COLUMNS`).
+table and the test set's labels. Images with labels and every prediction are scored in batches
+(:class:`ScoreBatch`, shared with :mod:`geoens.calibrate`) and evaluated by the
+:class:`geoens.evaluator.Evaluator`; the result is the per-image table (:data:`PER_IMAGE_COLUMNS`).
 """
 
 from __future__ import annotations
