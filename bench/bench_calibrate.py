@@ -3,7 +3,7 @@
 A synthetic world at the demo grid's size (180 x 360, ``--cells`` S2 cells in blocks, smooth-ish LS / LC
 labels) gives the atom groups of ``+LS+LC``. Timed, on random predictions:
 
-* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.rva.evaluate_groups` without the
+* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluate_groups` without the
   top-1), the evaluation the workflow already runs;
 * calibration + regions: upper sets, the conformal scores ``A(g)``, ``M(g)`` of ``--cal`` calibration
   images, the thresholds of 4 levels x (global + 4 buckets) x (fixed, adaptive), and the region areas and
@@ -23,15 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from geoens import rva
-from geoens.calibrate import conformal_quantile, hit_scores, region_areas, upper_sets
+from geoens.atoms import AtomTable, atoms_from_rasters
+from geoens.conformal import conformal_quantile, hit_scores, region_areas, upper_sets
 from geoens.constants import COVERAGE_LEVELS, N_CLASSES
+from geoens.evaluator import Evaluator, evaluate_groups
 from geoens.grid import Grid
+from geoens.rva import group_scores_t
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def world(cells: int, seed: int = 0) -> tuple[rva.AtomTable, Grid]:
+def world(cells: int, seed: int = 0) -> tuple[AtomTable, Grid]:
     """Blocky random S2 / LS / LC labels on the 180 x 360 grid."""
     rng = np.random.default_rng(seed)
     grid = Grid(180, 360)
@@ -45,7 +47,7 @@ def world(cells: int, seed: int = 0) -> tuple[rva.AtomTable, Grid]:
     water = rng.random((h, w)) < 0.3
     ls = np.where(water, -1, ls)
     lc = np.where(water, -1, lc)
-    atoms, _ = rva.atoms_from_rasters({"s2": s2, "ls": ls, "lc": lc}, grid.pixel_areas(), grid)
+    atoms, _ = atoms_from_rasters({"s2": s2, "ls": ls, "lc": lc}, grid.pixel_areas(), grid)
     return atoms, grid
 
 
@@ -60,7 +62,7 @@ def main() -> None:
     if args.small:
         args.images, args.cal = 5_000, 1_000
     atoms, grid = world(args.cells)
-    ev = rva.Evaluator(atoms, {"s2": args.cells, **N_CLASSES}, None, grid.total_area())  # type: ignore[arg-type]
+    ev = Evaluator(atoms, {"s2": args.cells, **N_CLASSES}, None, grid.total_area())  # type: ignore[arg-type]
     fams = ("s2", "ls", "lc")
     g = ev.groups(fams)
     rng = np.random.default_rng(1)
@@ -77,7 +79,7 @@ def main() -> None:
     step = max(1, ev.chunk_elements // g.n)
 
     t0 = time.perf_counter()
-    base = rva.evaluate_groups(g, sc, gt_atom, grid.total_area(), chunk_elements=ev.chunk_elements)
+    base = evaluate_groups(g, sc, gt_atom, grid.total_area(), chunk_elements=ev.chunk_elements)
     t_base = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -88,7 +90,7 @@ def main() -> None:
     # calibration: scores of the calibration images, thresholds per kind, level, bucket
     for s in range(0, args.cal, step):
         cols = slice(s, min(args.cal, s + step))
-        P = rva.group_scores_t(g, {f: sc[f][:, cols] for f in fams})
+        P = group_scores_t(g, {f: sc[f][:, cols] for f in fams})
         us = upper_sets(P, g.area, args.threads)
         a[cols], m[cols], _ = hit_scores(us, P, gt[cols])
     thr = {}
@@ -102,7 +104,7 @@ def main() -> None:
     # regions of the test images
     for s in range(args.cal, n, step):
         cols = slice(s, min(n, s + step))
-        P = rva.group_scores_t(g, {f: sc[f][:, cols] for f in fams})
+        P = group_scores_t(g, {f: sc[f][:, cols] for f in fams})
         us = upper_sets(P, g.area, args.threads)
         a[cols], m[cols], _ = hit_scores(us, P, gt[cols])
         b = bucket[cols]

@@ -235,20 +235,24 @@ def eval_step(work: Path, m: Path, g: object, n_img: int = 2048) -> dict[str, fl
     """Evaluation on the written atoms: CPU per image-method, set-up costs (see the module docstring)."""
     import pandas as pd
 
-    from geoens import rva
+    from geoens.atoms import read_atoms
     from geoens.constants import N_CLASSES
+    from geoens.evaluation import read_absorption
+    from geoens.evaluator import Evaluator
+    from geoens.lookup import TiledPixelLookup, open_pixel_lookup
+    from geoens.methods import all_methods
 
     res: dict[str, float] = {}
     t = time.perf_counter()
-    atoms_t = rva.read_atoms(work / "atoms.parquet")
-    lookup = rva.open_pixel_lookup(
+    atoms_t = read_atoms(work / "atoms.parquet")
+    lookup = open_pixel_lookup(
         work / "atom_index.tif", work / "atoms.parquet", atoms_t.n, workdir=work / "px"
     )
-    res["tiled_index"] = float(isinstance(lookup, rva.TiledPixelLookup))
+    res["tiled_index"] = float(isinstance(lookup, TiledPixelLookup))
     res["open_s"] = time.perf_counter() - t
-    absorption = rva.read_absorption(m / "s2_absorption.parquet")
+    absorption = read_absorption(m / "s2_absorption.parquet")
     n_cells = len(pd.read_csv(REAL_FINE if REAL_FINE.exists() else work / "fine.csv", skiprows=2))
-    ev = rva.Evaluator(atoms_t, {"s2": n_cells, **N_CLASSES}, lookup, g.total_area(), absorption)  # type: ignore[attr-defined]
+    ev = Evaluator(atoms_t, {"s2": n_cells, **N_CLASSES}, lookup, g.total_area(), absorption)  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     land = np.flatnonzero(atoms_t.labels["s2"] >= 0)
     w = atoms_t.area[land] / atoms_t.area[land].sum()
@@ -265,7 +269,7 @@ def eval_step(work: Path, m: Path, g: object, n_img: int = 2048) -> dict[str, fl
         e = np.exp(x - x.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    methods = rva.all_methods(["geoest", "geoclip"])
+    methods = all_methods(["geoest", "geoclip"])
     cpu = 0.0
     batch = 256
     for b0 in range(0, n_img, batch):

@@ -15,7 +15,7 @@ Per world, in the same run:
 2. the atom form on ``--images`` images (default 50,000 at full size) x 10 methods, streamed in batches of
    2,048 as ``evaluate_testset`` does (Alg. 1 scores, areas, zero-probability flags and the grid top-1;
    the probability draws are not timed), ``--threads`` methods at a time;
-3. the previous dense engine (``rva.evaluate_groups_dense``) on a subset, for the speed-up;
+3. the previous dense engine (``evaluate_groups_dense``) on a subset, for the speed-up;
 4. the lower bound: one numpy reduction over the atom array per image-method (``X.sum(axis=0)`` of a float64
    ``atoms x 256`` matrix).
 
@@ -41,10 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from geoens import rva
-from geoens.atoms import build_atoms
+from geoens.atoms import AtomTable, build_atoms
 from geoens.constants import N_CLASSES
+from geoens.evaluator import Evaluator
 from geoens.grid import Grid
+from geoens.lookup import PixelLookup
+from geoens.methods import Method, all_methods
+from geoens.rva import evaluate_groups_dense
 
 REPO = Path(__file__).resolve().parents[1]
 #: Peer data folder (its README lists the files): ``$GEOENS_PEERS``, else ``../shared/reference/peers``.
@@ -135,7 +138,7 @@ def s2_labels(grid: Grid) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray
 
 def brute_force(
     s2: np.ndarray, ls: np.ndarray, lc: np.ndarray, row_area: np.ndarray, scores: dict[str, np.ndarray],
-    method: rva.Method, ev: rva.Evaluator, gt: tuple[int, int],
+    method: Method, ev: Evaluator, gt: tuple[int, int],
 ) -> float:  # fmt: skip
     """Alg. 2-3 on the full raster for one image (scores: family -> (classes+1) Alg. 1 values)."""
     P = None
@@ -194,14 +197,14 @@ def run_world(kind: str, args: argparse.Namespace, grid: Grid, s2_info: tuple) -
     res["t_masks_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     table, atom_index = build_atoms(s2, ls, lc, grid)
-    atoms = rva.AtomTable.from_frame(table, "bench atoms")
+    atoms = AtomTable.from_frame(table, "bench atoms")
     del table
     res["n_atoms"], res["t_atoms_s"] = atoms.n, time.perf_counter() - t0
-    ev = rva.Evaluator(
-        atoms, {"s2": n_cells, **N_CLASSES}, rva.PixelLookup(atom_index, grid), grid.total_area(), absorption,
+    ev = Evaluator(
+        atoms, {"s2": n_cells, **N_CLASSES}, PixelLookup(atom_index, grid), grid.total_area(), absorption,
         backend=args.backend, device=args.device,
     )  # fmt: skip
-    methods = rva.all_methods(["geoest", "geoclip"])  # 10 methods (the bases share the S2 partition)
+    methods = all_methods(["geoest", "geoclip"])  # 10 methods (the bases share the S2 partition)
     res["groups"] = {"+".join(m.families): ev.groups(m.families).n for m in methods[:5]}
     print(f"[{kind}] {atoms.n} atoms; groups per family set {res['groups']}; peak {peak_rss_mb():.0f} MB")
     land = np.flatnonzero((ls.ravel() >= 0) & (s2.ravel() >= 0))
@@ -215,7 +218,7 @@ def run_world(kind: str, args: argparse.Namespace, grid: Grid, s2_info: tuple) -
         ev.lookup.pixels_of(np.array([0]))
     res["t_pixel_index_setup_s"] = time.perf_counter() - t0
     if args.backend == "torch":  # same results as the numpy backend on the first batch
-        ref = rva.Evaluator(ev.atoms, ev.n_classes, ev.lookup, ev.total_area, absorption)
+        ref = Evaluator(ev.atoms, ev.n_classes, ev.lookup, ev.total_area, absorption)
         n = min(BATCH, args.images)
         sc = ev.scores(draw_probs(args.seed * 100_003, n, n_cells))
         worst = 0.0
@@ -275,9 +278,7 @@ def run_world(kind: str, args: argparse.Namespace, grid: Grid, s2_info: tuple) -
             if m.urban_prior:
                 one["ls"] = ev.urban_scores(n_d)
             g = ev.groups(m.families)
-            r = rva.evaluate_groups_dense(
-                g, one, gt_atom[:n_d], ev.total_area, ev.lookup, ev._csr[m.families]
-            )
+            r = evaluate_groups_dense(g, one, gt_atom[:n_d], ev.total_area, ev.lookup, ev._csr[m.families])
             assert np.allclose(r.area, areas[m.name][0][:n_d], rtol=1e-12, atol=0), m.name
         per_dense = (time.process_time() - c0) / (n_d * 5)
         res["t_dense_per_image_method_s"] = per_dense

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoens import atoms, rasters, rva, s2
+from geoens import atoms, rasters, s2
 from geoens.constants import CAP_AREAS_KM2
+from geoens.evaluation import evaluate_testset
 from geoens.grid import Grid
+from geoens.metrics import recall_at
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("ls", "lc", "geoest", "geoclip")
@@ -70,14 +72,14 @@ def main() -> None:
             out[f"grid_{hh}"] = build(work, grid, res, landscan, landcover)
             for ts in sets:
                 pred = res / "predictions" / ts
-                df = rva.evaluate_testset(
+                df = evaluate_testset(
                     work / "atoms.parquet", work / "atom_index.tif", work / "masks" / "s2_absorption.parquet",
                     res / "labels" / "testsets" / f"{ts}.parquet", res / "partitions" / "fine.csv",
                     {k: pred / f"{k}.parquet" for k in MODELS if (pred / f"{k}.parquet").exists()},
                     earth_radius_km=grid.earth_radius_km,
                 )  # fmt: skip
                 for method, sub in df[df["area_km2"].notna()].groupby("method", sort=False):
-                    r1, r25 = rva.recall_at(sub["area_km2"].to_numpy(), CAP_AREAS_KM2[:2])
+                    r1, r25 = recall_at(sub["area_km2"].to_numpy(), CAP_AREAS_KM2[:2])
                     rows.append({"testset": ts, "grid": hh, "method": method, "n": len(sub),
                                  "recall_1km": r1, "recall_25km": r25,
                                  "pixel_km2_equator": float(grid.row_areas()[hh // 2])})  # fmt: skip

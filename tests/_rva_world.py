@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import rasterio
 
-from geoens.atoms import build_atoms
+from geoens.atoms import AtomTable, atoms_from_rasters, build_atoms
 from geoens.constants import FAMILIES, LS_URBAN_BUCKETS
 from geoens.grid import Grid, latlon_to_xyz
-from geoens.rva import AtomTable, Method, atoms_from_rasters
+from geoens.methods import Method
 from geoens.s2 import apply_absorption
 
 N_CLS = {"ls": 4, "lc": 7}
@@ -134,6 +134,12 @@ def raster_reference(
     return area, zero, float(lat_c[rr]), float(lon_c[cc]), P
 
 
+def _cell_token(k: int, level: int = 10) -> str:
+    """S2 token of the ``k``-th level-``level`` cell of face 0: distinct ``k`` give disjoint, valid cells."""
+    lsb = 1 << (2 * (30 - level))
+    return f"{k * 2 * lsb + lsb:016x}".rstrip("0")
+
+
 def write_inputs(
     world: World, root: Path, n_images: int, seed: int = 1, bases: tuple[str, ...] = ("geoest", "geoclip")
 ) -> dict[str, Path]:
@@ -166,7 +172,7 @@ def write_inputs(
         fh.write("num_images: 1\nmin_concept_probability: ---\n")
         fh.write("class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean\n")
         for c in range(world.n_cells):
-            fh.write(f"{c},tok{c},10,{rng.uniform(-60, 60):.6f},{rng.uniform(-180, 180):.6f}\n")
+            fh.write(f"{c},{_cell_token(c)},10,{rng.uniform(-60, 60):.6f},{rng.uniform(-180, 180):.6f}\n")
     sizes = {"ls": 4, "lc": 7, **{b: world.n_cells for b in bases}}
     for model, c in sizes.items():
         p = random_probs(rng, n_images, c)

@@ -19,19 +19,21 @@ from geoens.calibrate import (
     SCORE_COLUMNS,
     calibrate_scores,
     calibration_methods,
+    open_dataset,
+    read_dataset_labels,
+    score_dataset,
+    threshold_of,
+)
+from geoens.conformal import (
     cap_region_km2,
     conformal_quantile,
     hit_scores,
-    open_dataset,
-    read_dataset_labels,
     region_areas,
     region_counts,
-    score_dataset,
-    threshold_of,
     upper_sets,
 )
 from geoens.constants import cap_area_km2
-from geoens.rva import read_probs
+from geoens.evaluation import read_probs
 from geoens.search import coverage_region, plan_coverage_search
 from geoens.tempered import FitBatch, fit_weights, tempered_log_density
 
@@ -245,8 +247,8 @@ def test_workflow_scores_and_coverage_region_contain_truth_as_calibrated(files, 
     _, lc_p = read_probs(paths["lc"])
     _, b_p = read_probs(paths["geoest"])
     labels = pd.read_parquet(paths["labels"]).set_index("image_id")
+    from geoens.evaluation import read_absorption
     from geoens.grid import Grid
-    from geoens.rva import read_absorption
 
     absorption = read_absorption(paths["absorption"])
     for lv in levels:

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from _rva_world import make_world, write_inputs
-from geoens import report, rva
+from geoens import report
+from geoens.evaluation import evaluate_testset
+from geoens.metrics import recall_at, summarise
+from geoens.tables import CAP_ALPHAS, KINDS, training_frame, write_tables, write_training_table
 
 
 @pytest.fixture(scope="module")
@@ -18,20 +21,20 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path]
     world = make_world(seed=21, h=12)
     paths = write_inputs(world, root, n_images=120)
     preds = {m: paths[m] for m in ("ls", "lc", "geoest", "geoclip")}
-    df = rva.evaluate_testset(
+    df = evaluate_testset(
         paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"], preds
     )
     return paths, df
 
 
 def _outputs(root: Path, testset: str) -> dict[str, dict[str, Path]]:
-    return {k: {f: root / f"{testset}_{k}.{f}" for f in ("csv", "md", "tex")} for k in report.KINDS}
+    return {k: {f: root / f"{testset}_{k}.{f}" for f in ("csv", "md", "tex")} for k in KINDS}
 
 
 def test_tables_written_with_cis_and_counts(evaluated, tmp_path: Path) -> None:
     _, df = evaluated
     out = _outputs(tmp_path, "demo")
-    summ = report.write_tables(df, "demo", out, n_boot=50, seed=0, balanced_seed=0, demo=True)
+    summ = write_tables(df, "demo", out, n_boot=50, seed=0, balanced_seed=0, demo=True)
     csv = pd.read_csv(out["original"]["csv"])
     assert len(csv) == 12
     assert list(csv["label"][:6]) == ["GeoEst.", "+LS", "+LS, urban prior", "+LC", "+LS+LC", "GeoEst. (cell)"]
@@ -43,7 +46,7 @@ def test_tables_written_with_cis_and_counts(evaluated, tmp_path: Path) -> None:
     assert np.all(csv.loc[ok, "rva_200km"] <= csv.loc[ok, "rva_200km_hi"] + 1e-9)
     # values are the recall of the per-image areas, in percent
     base = df[df["method"] == "GeoEst."]
-    expect = 100 * rva.recall_at(base["area_km2"], [report.CAP_ALPHAS[2]])[0]
+    expect = 100 * recall_at(base["area_km2"], [CAP_ALPHAS[2]])[0]
     assert csv.loc[0, "rva_200km"] == pytest.approx(expect, abs=1e-3)
     md = out["balanced"]["md"].read_text()
     assert "synthetic demo world" in md and "Images per ground-truth LS bucket" in md and " [" in md
@@ -54,8 +57,8 @@ def test_tables_written_with_cis_and_counts(evaluated, tmp_path: Path) -> None:
     assert r"\begin{tabular}" in tex and r"\multicolumn{5}{c}{RvA}" in tex
     # deterministic bytes
     out2 = _outputs(tmp_path / "again", "demo")
-    report.write_tables(df, "demo", out2, n_boot=50, seed=0, balanced_seed=0, demo=True)
-    for k in report.KINDS:
+    write_tables(df, "demo", out2, n_boot=50, seed=0, balanced_seed=0, demo=True)
+    for k in KINDS:
         for f in ("csv", "md", "tex"):
             assert out[k][f].read_bytes() == out2[k][f].read_bytes()
 
@@ -83,7 +86,7 @@ def test_gain_curves_zero_for_identical_methods(evaluated) -> None:
     sub = df[df["base"] == "geoest"].copy()
     same = sub[sub["method"] == "GeoEst."].assign(method="GeoEst.+LS")
     sub = pd.concat([sub[sub["method"] != "GeoEst.+LS"], same])
-    s = rva.summarise(sub, False, 0, 0, 0)
+    s = summarise(sub, False, 0, 0, 0)
     g = report.gain_curves(s, sub, 10, 0, 0, balanced=False)
     ls = g[g["method"] == "GeoEst.+LS"]
     assert np.all(ls["gain"] == 0) and np.all(ls["lo"] == 0) and np.all(ls["hi"] == 0)
@@ -94,7 +97,7 @@ def test_summarise_rejects_incomplete_table(evaluated) -> None:
     _, df = evaluated
     bad = df.drop(df.index[(df["method"] == "GeoEst.+LC")][:3])
     with pytest.raises(ValueError, match="GeoEst.\\+LC"):
-        rva.summarise(bad, False, 0, 0, 0)
+        summarise(bad, False, 0, 0, 0)
 
 
 def test_training_table_compares_with_majority(tmp_path: Path) -> None:
@@ -109,7 +112,7 @@ def test_training_table_compares_with_majority(tmp_path: Path) -> None:
             "val_majority_acc": {"coarse": 0.1, "fine": 0.0, "middle": None},
         },
     }
-    df = report.write_training_table(summaries, tmp_path / "t.csv", tmp_path / "t.md", demo=True)
+    df = write_training_table(summaries, tmp_path / "t.csv", tmp_path / "t.md", demo=True)
     assert list(zip(df["model"], df["head"], strict=True)) == [
         ("ls", "ls"), ("geoest", "coarse"), ("geoest", "middle"), ("geoest", "fine")
     ]  # fmt: skip
@@ -121,7 +124,7 @@ def test_training_table_compares_with_majority(tmp_path: Path) -> None:
     assert "synthetic demo world" in md
     assert "| ls | ls | lcnet_050 @ 64 px | 100 / 20 | 3 of 4 | 60.0% | 30.0% | 2.00x |" in md
     with pytest.raises(KeyError, match="model 'ls' lacks key 'val_majority_acc'"):
-        report.training_frame({"ls": {**common, "val_acc": {"ls": 0.5}}})
+        training_frame({"ls": {**common, "val_acc": {"ls": 0.5}}})
 
 
 @pytest.mark.slow

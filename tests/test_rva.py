@@ -12,18 +12,31 @@ import pyarrow.parquet as pq
 import pytest
 
 from _rva_world import make_world, random_probs, raster_reference, write_inputs
-from geoens import rva
+from geoens.atoms import atoms_from_rasters, read_atoms
 from geoens.constants import CAP_AREAS_KM2, EARTH_RADIUS_KM, GCD_RADIUS_KM, GCD_THRESHOLDS_KM, cap_area_km2
+from geoens.evaluation import PER_IMAGE_COLUMNS, evaluate_testset, read_probs
+from geoens.evaluator import Evaluator
 from geoens.grid import haversine_km
+from geoens.lookup import PixelLookup
+from geoens.methods import Method, absorb, all_methods, family_scores, method_order, normalise_probs, scores_t
+from geoens.metrics import (
+    balanced_sample,
+    bootstrap_ci,
+    bootstrap_weights,
+    curve_alphas,
+    gcd_accuracy,
+    recall_at,
+)
+from geoens.rva import MethodResult, evaluate_groups_dense, group_atoms, group_scores_t
 
 PEER = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "peers" / "GeoEstimation"
 
 
-def _evaluator(world, chunk_elements: int = 50) -> rva.Evaluator:
-    return rva.Evaluator(
+def _evaluator(world, chunk_elements: int = 50) -> Evaluator:
+    return Evaluator(
         world.atoms,
         {"s2": world.n_cells, "ls": 4, "lc": 7},
-        rva.PixelLookup(world.atom_index, world.grid),
+        PixelLookup(world.atom_index, world.grid),
         world.total,
         world.absorption,
         chunk_elements=chunk_elements,
@@ -44,7 +57,7 @@ def _compare(world, n_images: int, seed: int, ties: bool, exact: bool) -> None:
     ev = _evaluator(world)
     sc = ev.scores(probs)
     n_zero = 0
-    for method in rva.all_methods(["geoest"]):
+    for method in all_methods(["geoest"]):
         res = ev.evaluate(method, sc, gt_atom)
         groups = ev.groups(method.families)
         for i in range(n_images):
@@ -58,7 +71,7 @@ def _compare(world, n_images: int, seed: int, ties: bool, exact: bool) -> None:
                 one = {f: s[:, i : i + 1] for f, s in sc.items()}
                 if method.urban_prior:
                     one["ls"] = ev.urban_scores(1)
-                Pg = rva.group_scores_t(groups, one)[:, 0]
+                Pg = group_scores_t(groups, one)[:, 0]
                 painted = Pg[groups.of_atom[world.atom_index]]
                 assert np.array_equal(painted, P), method.name
                 assert res.area[i] == area
@@ -92,7 +105,7 @@ def test_group_areas_and_class_areas_match_raster() -> None:
         ok = lab >= 0
         ref = np.bincount(lab[ok], weights=world.area[ok], minlength=n)
         np.testing.assert_allclose(world.atoms.class_areas(f, n), ref, rtol=1e-12)
-    g = rva.group_atoms(world.atoms, ("s2",), {"s2": world.n_cells})
+    g = group_atoms(world.atoms, ("s2",), {"s2": world.n_cells})
     assert g.n == np.unique(world.labels["s2"]).size
     assert g.area.sum() == pytest.approx(world.total, rel=1e-12)
 
@@ -109,11 +122,11 @@ def test_top1_centroid_inside_and_fallback_both_used() -> None:
     ev = _evaluator(world, chunk_elements=10_000)
     sc = ev.scores(probs)
     gt = np.zeros(n, np.int64)
-    res = ev.evaluate(rva.all_methods(["geoest"])[4], sc, gt)
+    res = ev.evaluate(all_methods(["geoest"])[4], sc, gt)
     # every top-1 lies in a pixel whose atom has the highest P
-    m = rva.all_methods(["geoest"])[4]
+    m = all_methods(["geoest"])[4]
     groups = ev.groups(m.families)
-    P = rva.group_scores_t(groups, sc)
+    P = group_scores_t(groups, sc)
     top_atoms = ev.lookup.atom_at(res.top1_lat, res.top1_lon)
     assert np.all(P[groups.of_atom[top_atoms], np.arange(n)] == P.max(axis=0))
     r, c = world.grid.pixel_of(res.top1_lat, res.top1_lon)
@@ -124,7 +137,7 @@ def test_top1_centroid_inside_and_fallback_both_used() -> None:
 
 def test_reference_atom_builder_matches_masks_stage() -> None:
     world = make_world(seed=3, h=12)  # atoms from geoens.atoms.build_atoms
-    mine, index = rva.atoms_from_rasters(world.labels, world.area, world.grid)
+    mine, index = atoms_from_rasters(world.labels, world.area, world.grid)
     assert mine.n == world.atoms.n
     assert np.array_equal(index, world.atom_index)
     for f in ("s2", "ls", "lc"):
@@ -162,14 +175,14 @@ def test_gcd_accuracy_matches_geoestimation_published() -> None:
     assert len(df) == 2997
     d = haversine_km(df["gt_lat"], df["gt_long"], df["predicted_lat"], df["predicted_long"], GCD_RADIUS_KM)
     np.testing.assert_allclose(d, df["great_circle_distance"], atol=0.006)
-    acc = np.round(100 * rva.gcd_accuracy(d), 2)
+    acc = np.round(100 * gcd_accuracy(d), 2)
     np.testing.assert_array_equal(acc, [9.74, 27.03, 35.64, 49.15, 66.00])
 
 
 def test_recall_at_and_curve() -> None:
     areas = np.array([1.0, 10.0, 10.0, np.inf, np.nan])
-    np.testing.assert_allclose(rva.recall_at(areas, [0.5, 1.0, 10.0, 1e9]), [0, 0.2, 0.6, 0.6])
-    al = rva.curve_alphas(50)
+    np.testing.assert_allclose(recall_at(areas, [0.5, 1.0, 10.0, 1e9]), [0, 0.2, 0.6, 0.6])
+    al = curve_alphas(50)
     assert al[0] == 1.0 and al[-1] == pytest.approx(4 * math.pi * 6371.0088**2)
 
 
@@ -188,7 +201,7 @@ def test_urban_prior_caps_recall_at_urban_share() -> None:
     gt = world.atom_index[rows, cols].astype(np.int64)
     ev = _evaluator(world, chunk_elements=100_000)
     sc = ev.scores(probs)
-    urban_m = [m for m in rva.all_methods(["geoest"]) if m.urban_prior][0]
+    urban_m = [m for m in all_methods(["geoest"]) if m.urban_prior][0]
     res = ev.evaluate(urban_m, sc, gt, top1=False)
     ls_gt = world.atoms.labels["ls"][gt]
     s2_gt = world.atoms.labels["s2"][gt]
@@ -196,7 +209,7 @@ def test_urban_prior_caps_recall_at_urban_share() -> None:
     share = urban.mean()
     assert 0 < share < 1
     assert np.array_equal(~res.zero_prob, urban & (s2_gt >= 0))
-    rec = rva.recall_at(res.area, [world.total * 0.999])[0]
+    rec = recall_at(res.area, [world.total * 0.999])[0]
     assert rec <= share
     assert rec == pytest.approx((urban & (s2_gt >= 0)).mean())
 
@@ -204,24 +217,24 @@ def test_urban_prior_caps_recall_at_urban_share() -> None:
 def test_balanced_sample_equal_counts_and_seeded() -> None:
     rng = np.random.default_rng(0)
     b = rng.choice([-1, 0, 1, 2, 3], p=[0.05, 0.1, 0.2, 0.45, 0.2], size=1000)
-    idx, counts = rva.balanced_sample(b, seed=3)
+    idx, counts = balanced_sample(b, seed=3)
     assert counts == [int((b == k).sum()) for k in range(4)]
     m = min(counts)
     assert [int((b[idx] == k).sum()) for k in range(4)] == [m] * 4
     assert np.all(b[idx] >= 0) and len(set(idx.tolist())) == idx.size
-    idx2, _ = rva.balanced_sample(b, seed=3)
-    idx3, _ = rva.balanced_sample(b, seed=4)
+    idx2, _ = balanced_sample(b, seed=3)
+    idx3, _ = balanced_sample(b, seed=4)
     assert np.array_equal(idx, idx2) and not np.array_equal(idx, idx3)
 
 
 def test_bootstrap_ci_contains_mean_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
     hits = rng.random((300, 3)) < [0.2, 0.5, 0.9]
-    w = rva.bootstrap_weights(300, 200, seed=1)
-    lo, hi = rva.bootstrap_ci(hits, w)
+    w = bootstrap_weights(300, 200, seed=1)
+    lo, hi = bootstrap_ci(hits, w)
     mean = hits.mean(axis=0)
     assert np.all(lo <= mean) and np.all(mean <= hi) and np.all(hi - lo < 0.2)
-    lo2, hi2 = rva.bootstrap_ci(hits, rva.bootstrap_weights(300, 200, seed=1))
+    lo2, hi2 = bootstrap_ci(hits, bootstrap_weights(300, 200, seed=1))
     assert np.array_equal(lo, lo2) and np.array_equal(hi, hi2)
 
 
@@ -229,21 +242,21 @@ def test_evaluate_testset_end_to_end(tmp_path: Path) -> None:
     world = make_world(seed=11, h=12)
     paths = write_inputs(world, tmp_path, n_images=60)
     preds = {m: paths[m] for m in ("ls", "lc", "geoest", "geoclip")}
-    df = rva.evaluate_testset(
+    df = evaluate_testset(
         paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"], preds,
         earth_radius_km=world.grid.earth_radius_km, batch_size=25, chunk_elements=200,
     )  # fmt: skip
-    assert list(df.columns) == list(rva.PER_IMAGE_COLUMNS)
+    assert list(df.columns) == list(PER_IMAGE_COLUMNS)
     assert len(df) == 60 * 12
-    assert list(dict.fromkeys(df["method"])) == rva.method_order()
+    assert list(dict.fromkeys(df["method"])) == method_order()
     own = df[df["method"] == "GeoEst. (cell)"]
     assert own["area_km2"].isna().all() and own["gcd_km"].notna().all()
     # the first image's +LS area equals the raster reference
     lab = pd.read_parquet(paths["labels"])
-    ids, p_s2 = rva.read_probs(paths["geoest"])
-    probs = {"s2": p_s2[0], "ls": rva.read_probs(paths["ls"])[1][0], "lc": rva.read_probs(paths["lc"])[1][0]}
+    ids, p_s2 = read_probs(paths["geoest"])
+    probs = {"s2": p_s2[0], "ls": read_probs(paths["ls"])[1][0], "lc": read_probs(paths["lc"])[1][0]}
     r, c = world.grid.pixel_of(lab["lat"][0], lab["lon"][0])
-    m = rva.all_methods(["geoest"])[1]
+    m = all_methods(["geoest"])[1]
     area, zero, *_ = raster_reference(world, m, probs, (int(r), int(c)))
     got = df[(df["method"] == m.name) & (df["image_id"] == ids[0])]["area_km2"].iloc[0]
     assert got == pytest.approx(world.total if zero else area, rel=1e-9)
@@ -257,25 +270,25 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad_atoms.parquet"
     df.to_parquet(bad)
     with pytest.raises(ValueError, match="bad_atoms.parquet: missing column"):
-        rva.read_atoms(bad)
+        read_atoms(bad)
     ragged = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"image_id": ["a", "b"], "probs": [[0.5, 0.5], [1.0]]}), ragged)
     with pytest.raises(ValueError, match="ragged.parquet: probs of row 1"):
-        rva.read_probs(ragged)
+        read_probs(ragged)
     with pytest.raises(ValueError, match="image b"):
-        rva.normalise_probs([[0.5, 0.5], [0.0, 0.0]], ids=["a", "b"])
+        normalise_probs([[0.5, 0.5], [0.0, 0.0]], ids=["a", "b"])
     wrong = tmp_path / "wrong.parquet"
     pq.write_table(pa.table({"image_id": ["img0000"], "probs": [[0.5, 0.5]]}), wrong)
     with pytest.raises(ValueError, match="wrong.parquet: 2 classes"):
-        rva.evaluate_testset(
+        evaluate_testset(
             paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"],
             {"ls": paths["ls"], "lc": paths["lc"], "geoest": wrong},
         )  # fmt: skip
 
 
-def _all_results(world, probs, gt, **kw) -> dict[str, rva.MethodResult]:
-    ev = rva.Evaluator(
-        world.atoms, {"s2": world.n_cells, "ls": 4, "lc": 7}, rva.PixelLookup(world.atom_index, world.grid),
+def _all_results(world, probs, gt, **kw) -> dict[str, MethodResult]:
+    ev = Evaluator(
+        world.atoms, {"s2": world.n_cells, "ls": 4, "lc": 7}, PixelLookup(world.atom_index, world.grid),
         world.total, world.absorption, **kw,
     )  # fmt: skip
     sc = ev.scores(probs)
@@ -285,8 +298,8 @@ def _all_results(world, probs, gt, **kw) -> dict[str, rva.MethodResult]:
     }
 
 
-def ev_methods() -> list[rva.Method]:
-    return rva.all_methods(["geoest"])
+def ev_methods() -> list[Method]:
+    return all_methods(["geoest"])
 
 
 @pytest.mark.parametrize(("integer_areas", "ties"), [(False, False), (True, True)])
@@ -312,7 +325,7 @@ def test_threshold_form_equals_dense_and_torch(integer_areas: bool, ties: bool) 
         one = {f: sc[f] for f in m.families}
         if m.urban_prior:
             one["ls"] = ev.urban_scores(n)
-        dense = rva.evaluate_groups_dense(ev.groups(m.families), one, gt, world.total, ev.lookup)
+        dense = evaluate_groups_dense(ev.groups(m.families), one, gt, world.total, ev.lookup)
         for other in (dense, torch_res[m.name]):
             r = fast[m.name]
             assert np.array_equal(r.zero_prob, other.zero_prob), m.name
@@ -351,7 +364,7 @@ def test_fused_scores_equal_the_three_steps() -> None:
     rng = np.random.default_rng(2)
     p = random_probs(rng, 20, world.n_cells, ties=True)
     area = world.atoms.class_areas("s2", world.n_cells)
-    ref = rva.family_scores(rva.absorb(rva.normalise_probs(p), *world.absorption), area).T
-    assert np.array_equal(rva.scores_t(p, area, world.absorption, "s2"), ref)
+    ref = family_scores(absorb(normalise_probs(p), *world.absorption), area).T
+    assert np.array_equal(scores_t(p, area, world.absorption, "s2"), ref)
     with pytest.raises(ValueError, match="s2 predictions: image b: probabilities must be finite"):
-        rva.scores_t([[0.5] * world.n_cells, [np.nan] * world.n_cells], area, None, "s2", ["a", "b"])
+        scores_t([[0.5] * world.n_cells, [np.nan] * world.n_cells], area, None, "s2", ["a", "b"])

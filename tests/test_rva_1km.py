@@ -2,7 +2,7 @@
 
 At ``grid.height: 21600`` LandScan is taken at its native resolution (factor 1, no averaging), the land
 cover by 3 x 3 block mode, the atoms are built from windowed reads of the masks with the index in a temporary
-file, and evaluation reads the tiled atom index by windows (:class:`geoens.rva.TiledPixelLookup`). The same
+file, and evaluation reads the tiled atom index by windows (:class:`geoens.TiledPixelLookup`). The same
 functions run here on a 160 x 320 grid (two tile columns of 256), with small strips and a tiled lookup forced.
 """
 
@@ -17,9 +17,13 @@ import pytest
 import rasterio
 
 from _rva_world import World, raster_reference, write_inputs
-from geoens import atoms, rasters, rva, s2
+from geoens import atoms, rasters, s2
+from geoens.atoms import AtomTable
 from geoens.constants import LANDSCAN_NODATA
+from geoens.evaluation import evaluate_testset, read_probs
 from geoens.grid import Grid
+from geoens.lookup import PixelLookup, TiledPixelLookup
+from geoens.methods import all_methods
 from test_rasters import lc_codes, ls_array, write_tif
 from test_s2 import mixed_partition, write_partition
 
@@ -53,7 +57,7 @@ def world_1km(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str
     n_cells = len(s2.read_partition(fine))
     world = World(
         g, labels, g.pixel_areas(), n_cells, (ab["cell"].to_numpy(), ab["target"].to_numpy()),
-        rva.AtomTable.from_frame(table), index, g.total_area(),
+        AtomTable.from_frame(table), index, g.total_area(),
     )  # fmt: skip
     paths = {"ls_native": ls_tif, "atoms": a / "atoms.parquet", "index": a / "index.tif", "fine": fine}
     return world, paths
@@ -80,10 +84,10 @@ def test_streamed_atoms_equal_in_memory_builder(world_1km: tuple[World, dict[str
 def test_tiled_lookup_equals_in_memory(world_1km: tuple[World, dict[str, Path]], tmp_path: Path) -> None:
     world, paths = world_1km
     npx = pd.read_parquet(paths["atoms"])["n_pixels"].to_numpy()
-    tiled = rva.TiledPixelLookup(
+    tiled = TiledPixelLookup(
         paths["index"], world.grid, npx, tmp_path / "px", cache_tiles=1, bucket_bytes=4096
     )
-    mem = rva.PixelLookup(world.atom_index, world.grid)
+    mem = PixelLookup(world.atom_index, world.grid)
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(-90, 90, 500), rng.uniform(-180, 180, 500)
     assert np.array_equal(tiled.atom_at(lat, lon), mem.atom_at(lat, lon))
@@ -97,15 +101,15 @@ def test_1km_path_equals_raster_reference(world_1km: tuple[World, dict[str, Path
     n = 30
     inp = write_inputs(world, tmp_path, n_images=n, seed=5)
     preds = {k: inp[k] for k in ("ls", "lc", "geoest", "geoclip")}
-    df = rva.evaluate_testset(
+    df = evaluate_testset(
         paths["atoms"], paths["index"], inp["absorption"], inp["labels"], inp["fine"], preds,
         earth_radius_km=world.grid.earth_radius_km, batch_size=16, index_max_pixels=0, threads=2,
     )  # fmt: skip
     lab = pd.read_parquet(inp["labels"]).set_index("image_id")
-    probs = {k: dict(zip(*rva.read_probs(inp[k]), strict=True)) for k in preds}
+    probs = {k: dict(zip(*read_probs(inp[k]), strict=True)) for k in preds}
     n_zero = n_checked = 0
     for base in ("geoest", "geoclip"):
-        for m in rva.all_methods([base]):
+        for m in all_methods([base]):
             sub = df[df["method"] == m.name].set_index("image_id")
             for iid, row in sub.iterrows():
                 r, c = world.grid.pixel_of(lab.loc[iid, "lat"], lab.loc[iid, "lon"])

@@ -12,7 +12,8 @@ from rasterio import features
 from shapely.geometry import shape
 
 from _rva_world import make_world, random_probs, raster_reference
-from geoens import rva, search
+from geoens import search
+from geoens.methods import Method
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_regions_ranked_within_budget_and_match_raster(case) -> None:
         extra = world.atoms.area[nxt.max() == P].sum()
         assert reg["cum_area_km2"].iloc[-1] + extra > budget
     # equals the raster form: pixels with P >= the last selected P
-    method = rva.Method("geoest", "+LS", ("s2", "ls"))
+    method = Method("geoest", "+LS", ("s2", "ls"))
     *_, Pr = raster_reference(world, method, {**probs, "lc": np.ones(7)}, (0, 0))
     sel = Pr >= reg["prob"].iloc[-1]
     ranks = search.rank_raster(reg, world.atom_index, world.atoms.n)
@@ -48,7 +49,7 @@ def test_regions_ranked_within_budget_and_match_raster(case) -> None:
 
 def test_budget_equal_to_alg3_area_contains_ground_truth(case) -> None:
     world, probs = case
-    method = rva.Method("geoest", "+LS", ("s2", "ls"))
+    method = Method("geoest", "+LS", ("s2", "ls"))
     for rc in [(2, 3), (6, 20), (10, 11)]:
         area, zero, *_ = raster_reference(world, method, {**probs, "lc": np.ones(7)}, rc)
         if zero:

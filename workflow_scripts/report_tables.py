@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from geoens.logs import setup_logging
-from geoens.report import KINDS, write_tables
+from geoens.tables import KINDS, write_tables
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,7 +2,7 @@
 
 from geoens.io import read_json
 from geoens.logs import setup_logging
-from geoens.report import write_training_table
+from geoens.tables import write_training_table
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

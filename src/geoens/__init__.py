@@ -10,12 +10,19 @@ Modules, one concept each:
 - :mod:`geoens.s2`         vectorised S2 cell ids and partition rasterisation with absorption.
 - :mod:`geoens.partitions` GeoEstimation-style adaptive S2 partitions, CSV I/O, hierarchy.
 - :mod:`geoens.labels`     relabelling geotags with raster attributes, LS bucket edges.
-- :mod:`geoens.atoms`      the atom table on which evaluation runs.
+- :mod:`geoens.atoms`      the atom table on which evaluation runs (build, read, write).
 - :mod:`geoens.data`       image datasets over msgpack shards and image folders.
 - :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model), training loop.
 - :mod:`geoens.geoclip_adapter` GeoCLIP scored on S2 cells.
-- :mod:`geoens.rva`        Algorithms 1-3 on atoms, Recall vs Area, GCD, balanced sets.
-- :mod:`geoens.report`     tables and figures.
+- :mod:`geoens.methods`    methods (ensembles) and Alg. 1 class scores, the urban prior.
+- :mod:`geoens.lookup`     atom index lookups (in memory or by windows of the tiled GeoTIFF).
+- :mod:`geoens.rva`        Algorithms 2-3 on atom groups (dense engine), per-image results, grid top-1.
+- :mod:`geoens.rva_fast`   the threshold-form and torch engines of Algorithms 2-3.
+- :mod:`geoens.evaluator`  the evaluator of every method on batches of images.
+- :mod:`geoens.evaluation` test-set evaluation (per-image table), predictions readers.
+- :mod:`geoens.metrics`    Recall vs Area, GCD accuracy, balanced sets, bootstrap intervals.
+- :mod:`geoens.conformal`  upper sets and conformal quantiles; :mod:`geoens.calibrate` the calibration.
+- :mod:`geoens.tables`     result tables; :mod:`geoens.report` figures.
 """
 
 __version__ = "0.1.0"

@@ -17,18 +17,39 @@ stays at a few strips whatever the grid (the 1 km grid, DESIGN 10, has 933 M pix
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import rasterio
+from rasterio.crs import CRS
 
-from geoens.constants import N_CLASSES
-from geoens.grid import Grid
+from geoens.constants import FAMILIES, N_CLASSES
+from geoens.grid import Grid, latlon_to_xyz
+from geoens.io import atomic_path
+from geoens.types import FloatArray, I32Array, IntArray
 
-#: Columns of ``atoms.parquet``, in order.
-ATOM_COLUMNS = ("atom", "s2", "ls", "lc", "area_km2", "n_pixels", "rep_lat", "rep_lon", "sx", "sy", "sz")
+#: Columns of ``results/atoms/atoms.parquet``, in order.
+ATOM_COLUMNS: tuple[str, ...] = (
+    "atom",
+    "s2",
+    "ls",
+    "lc",
+    "area_km2",
+    "n_pixels",
+    "rep_lat",
+    "rep_lon",
+    "sx",
+    "sy",
+    "sz",
+)
 
 _N_LS = N_CLASSES["ls"] + 1  # classes plus "none"
 _N_LC = N_CLASSES["lc"] + 1
@@ -56,13 +77,13 @@ class _IndexStore:
     def __init__(self, grid: Grid, path: Path | None = None) -> None:
         self.grid = grid
         self.path = path
-        self.array: npt.NDArray[np.int32] | None = None
+        self.array: I32Array | None = None
         if path is None:
             self.array = np.empty(grid.shape, dtype=np.int32)
         else:
             path.write_bytes(b"")
 
-    def write(self, r0: int, idx: npt.NDArray[np.int32]) -> None:
+    def write(self, r0: int, idx: I32Array) -> None:
         if self.array is not None:
             self.array[r0 : r0 + idx.shape[0]] = idx
             return
@@ -71,7 +92,7 @@ class _IndexStore:
             fh.seek(r0 * self.grid.width * 4)
             fh.write(np.ascontiguousarray(idx, dtype=np.int32).tobytes())
 
-    def read(self, r0: int, r1: int) -> npt.NDArray[np.int32]:
+    def read(self, r0: int, r1: int) -> I32Array:
         if self.array is not None:
             return self.array[r0:r1]
         w = self.grid.width
@@ -84,7 +105,7 @@ LabelReader = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 def build_atoms(
     s2: np.ndarray, ls: np.ndarray, lc: np.ndarray, grid: Grid, strip_rows: int = 256
-) -> tuple[pd.DataFrame, npt.NDArray[np.int32]]:
+) -> tuple[pd.DataFrame, I32Array]:
     """Atom table and per-pixel atom index from the three label rasters.
 
     Args:
@@ -202,9 +223,7 @@ def build_atoms_strips(
     )
 
 
-def atom_of(
-    lat: npt.ArrayLike, lon: npt.ArrayLike, atom_index: npt.NDArray[np.int32], grid: Grid
-) -> npt.NDArray[np.int32]:
+def atom_of(lat: npt.ArrayLike, lon: npt.ArrayLike, atom_index: I32Array, grid: Grid) -> I32Array:
     """Atom id of each point (the atom of the grid pixel containing it).
 
     Raises:
@@ -217,7 +236,7 @@ def atom_of(
     return atom_index[r, c]
 
 
-def class_areas(atoms: pd.DataFrame, family: str, n_classes: int) -> npt.NDArray[np.float64]:
+def class_areas(atoms: pd.DataFrame, family: str, n_classes: int) -> FloatArray:
     """Return ``area_f(j)``, ``j = 0..n_classes-1``, of one family (s2, ls or lc) from the atom table."""
     lab = atoms[family].to_numpy()
     ok = lab >= 0
@@ -227,9 +246,6 @@ def class_areas(atoms: pd.DataFrame, family: str, n_classes: int) -> npt.NDArray
 
 def write_atoms(path: str | Path, atoms: pd.DataFrame) -> None:
     """Write the atom table as Parquet with the contract's column order and dtypes."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pa.schema(
         [
             ("atom", pa.int32()),
@@ -251,9 +267,6 @@ def write_atoms(path: str | Path, atoms: pd.DataFrame) -> None:
 
 def _write_index(path: Path, store: _IndexStore, grid: Grid, n_atoms: int, strip_rows: int) -> None:
     """Write the atom index as :func:`geoens.rasters.write_label_raster` would (tiled, deflate), by strips."""
-    import rasterio
-    from rasterio.crs import CRS
-
     profile = {
         "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
         "crs": CRS.from_epsg(4326), "transform": grid.transform, "nodata": -1, "tiled": True,
@@ -286,13 +299,6 @@ def make_atoms(
         ValueError: Naming the mask if it is not on the grid or holds labels out of range.
 
     """
-    import contextlib
-    import tempfile
-
-    import rasterio
-
-    from geoens.io import atomic_path
-
     paths = {"s2": Path(s2_tif), "ls": Path(ls_tif), "lc": Path(lc_tif)}
     with contextlib.ExitStack() as stack:
         ds = {}
@@ -325,3 +331,149 @@ def make_atoms(
         "atoms_with_s2": float((table["s2"] >= 0).sum()),
         "area_km2": float(table["area_km2"].sum()),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# The atom table as evaluation reads it
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AtomTable:
+    """The atom table: one row per distinct tuple of family labels.
+
+    Attributes:
+        labels: Family name -> int64 label of each atom (-1 = no class).
+        area: Area (km^2) of each atom.
+        rep_lat: Latitude of a pixel centre inside each atom.
+        rep_lon: Longitude of that pixel centre.
+        sxyz: ``n x 3`` sums of area times the unit vector of the atom's pixel centres.
+
+    """
+
+    labels: dict[str, IntArray]
+    area: FloatArray
+    rep_lat: FloatArray
+    rep_lon: FloatArray
+    sxyz: FloatArray
+
+    @property
+    def n(self) -> int:
+        """Number of atoms."""
+        return int(self.area.shape[0])
+
+    def class_areas(self, family: str, n_classes: int) -> FloatArray:
+        """``area_f(j)``: total area of the atoms labelled ``j`` in ``family``, for ``j < n_classes``.
+
+        Raises:
+            ValueError: If an atom's label is ``>= n_classes``.
+
+        """
+        lab = self.labels[family]
+        if lab.size and int(lab.max()) >= n_classes:
+            raise ValueError(
+                f"atoms: family {family!r} has label {int(lab.max())} but the predictor has only "
+                f"{n_classes} classes"
+            )
+        ok = lab >= 0
+        return np.bincount(lab[ok], weights=self.area[ok], minlength=n_classes).astype(np.float64)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, source: str = "atoms table") -> AtomTable:
+        """Build from a DataFrame with the ``atoms.parquet`` columns.
+
+        Raises:
+            ValueError: Naming ``source`` if a column is missing or the ``atom`` column is not ``0..n-1``.
+
+        """
+        missing = [c for c in ATOM_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{source}: missing column(s) {missing}")
+        atom = df["atom"].to_numpy(np.int64)
+        if not np.array_equal(atom, np.arange(len(df))):
+            raise ValueError(f"{source}: column 'atom' must be 0..n-1 in order")
+        area = df["area_km2"].to_numpy(np.float64)
+        if not np.all(np.isfinite(area)) or np.any(area < 0):
+            bad = int(np.flatnonzero(~np.isfinite(area) | (area < 0))[0])
+            raise ValueError(f"{source}: bad area_km2 {area[bad]} at row {bad}")
+        return cls(
+            labels={f: df[f].to_numpy(np.int64) for f in FAMILIES},
+            area=area,
+            rep_lat=df["rep_lat"].to_numpy(np.float64),
+            rep_lon=df["rep_lon"].to_numpy(np.float64),
+            sxyz=df[["sx", "sy", "sz"]].to_numpy(np.float64),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the table in the ``atoms.parquet`` layout (``n_pixels`` is not kept and written as -1)."""
+        out = pd.DataFrame({"atom": np.arange(self.n, dtype=np.int32)})
+        for f in FAMILIES:
+            out[f] = self.labels[f].astype(np.int32)
+        out["area_km2"] = self.area
+        out["n_pixels"] = np.full(self.n, -1, dtype=np.int64)
+        out["rep_lat"] = self.rep_lat
+        out["rep_lon"] = self.rep_lon
+        out["sx"], out["sy"], out["sz"] = self.sxyz[:, 0], self.sxyz[:, 1], self.sxyz[:, 2]
+        return out
+
+
+def read_atoms(path: str | Path) -> AtomTable:
+    """Read ``results/atoms/atoms.parquet``."""
+    return AtomTable.from_frame(pd.read_parquet(path), source=str(path))
+
+
+def read_atom_index(path: str | Path, n_atoms: int | None = None) -> I32Array:
+    """Read ``results/atoms/atom_index.tif`` (int32 atom id of each pixel).
+
+    Raises:
+        ValueError: Naming the file if the raster is not ``H x 2H`` or holds ids outside ``0..n_atoms-1``.
+
+    """
+    with rasterio.open(path) as src:
+        idx = src.read(1).astype(np.int32, copy=False)
+    h, w = idx.shape
+    if w != 2 * h:
+        raise ValueError(f"{path}: atom index must be H x 2H, got {h} x {w}")
+    if n_atoms is not None and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n_atoms):
+        raise ValueError(
+            f"{path}: atom ids must lie in 0..{n_atoms - 1}, found {int(idx.min())}..{int(idx.max())}"
+        )
+    return idx
+
+
+def atoms_from_rasters(
+    labels: Mapping[str, npt.ArrayLike], pixel_area: npt.ArrayLike, grid: Grid
+) -> tuple[AtomTable, I32Array]:
+    """Build the atom table and atom index from label rasters (a small reference builder).
+
+    Args:
+        labels: Family -> ``H x W`` integer label raster (-1 = none), for every family of
+            :data:`~geoens.constants.FAMILIES`.
+        pixel_area: ``H x W`` (or ``H`` row vector) pixel areas in km^2.
+        grid: The grid (for pixel centres).
+
+    Returns:
+        ``(atoms, atom_index)``; atoms are numbered in the order of their sorted label tuples.
+
+    """
+    h, w = grid.shape
+    arrs = [np.asarray(labels[f], dtype=np.int64).reshape(h, w) for f in FAMILIES]
+    key = np.zeros((h, w), dtype=np.int64)
+    for a in arrs:
+        span = int(a.max()) + 2
+        key = key * span + (a + 1)
+    uniq, inv = np.unique(key.ravel(), return_inverse=True)
+    inv = inv.astype(np.int32)
+    area_px = np.broadcast_to(np.asarray(pixel_area, dtype=np.float64).reshape(h, -1), (h, w)).ravel()
+    n = uniq.size
+    area = np.bincount(inv, weights=area_px, minlength=n).astype(np.float64)
+    lat_c, lon_c = grid.lat_centers(), grid.lon_centers()
+    lat2, lon2 = np.broadcast_arrays(lat_c[:, None], lon_c[None, :])
+    xyz = latlon_to_xyz(lat2, lon2).reshape(-1, 3)
+    sxyz = np.stack(
+        [np.bincount(inv, weights=area_px * xyz[:, k], minlength=n) for k in range(3)], axis=1
+    ).astype(np.float64)
+    first = np.full(n, -1, dtype=np.int64)
+    first[inv[::-1]] = np.arange(h * w - 1, -1, -1)
+    rows, cols = np.divmod(first, w)
+    rep_lat, rep_lon = grid.pixel_center(rows, cols)
+    lab = {f: a.ravel()[first] for f, a in zip(FAMILIES, arrs, strict=True)}
+    return AtomTable(lab, area, rep_lat, rep_lon, sxyz), inv.reshape(h, w).astype(np.int32)

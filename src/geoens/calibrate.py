@@ -18,7 +18,6 @@ score it was calibrated with can never disagree by rounding. ``P(g) = 0`` gives 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from geoens.atoms import read_atom_index, read_atoms
+from geoens.conformal import cap_region_km2, conformal_quantile, hit_scores, region_areas, upper_sets
 from geoens.constants import (
     BASE_MODELS,
     CAP_SUFFIX,
@@ -36,32 +37,25 @@ from geoens.constants import (
     FAMILIES,
     GCD_RADIUS_KM,
     LS_BUCKETS,
-    METHOD_VARIANTS,
     N_CLASSES,
     TEMPERED_SUFFIX,
 )
-from geoens.grid import Grid, haversine_km
-from geoens.rva import (
-    DEFAULT_CHUNK_ELEMENTS,
-    Evaluator,
-    Groups,
-    PixelLookup,
-    group_scores_t,
-    iter_prob_batches,
-    method_name,
+from geoens.evaluation import (
+    AttributeProbs,
+    ScoreBatch,
+    iter_score_batches,
+    prediction_bases,
     read_absorption,
-    read_atom_index,
-    read_atoms,
-    read_partition_centres,
-    read_probs,
+    read_attribute_probs,
 )
+from geoens.evaluator import Evaluator
+from geoens.grid import Grid, haversine_km
+from geoens.lookup import PixelLookup
+from geoens.methods import all_methods, method_name
+from geoens.partitions import read_partition_csv
+from geoens.rva import DEFAULT_CHUNK_ELEMENTS, Groups, group_scores_t
 from geoens.tempered import FitBatch, TemperedFit, fit_weights, tempered_log_density
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-
-log = logging.getLogger(__name__)
+from geoens.types import BoolArray, FloatArray
 
 #: Columns of the per-image score table (``results/calibration/scores/<dataset>.parquet``).
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -142,9 +136,7 @@ def calibration_methods(bases: Sequence[str] = BASE_MODELS) -> list[CalMethod]:
     """Every calibrated method per base: the paper's variants, the tempered ensemble, the cap baseline."""
     out = []
     for b in bases:
-        for suffix, extra, urban in METHOD_VARIANTS:
-            fams = tuple(f for f in FAMILIES if f == "s2" or f in extra)
-            out.append(CalMethod(b, suffix, fams, urban))
+        out += [CalMethod(b, m.suffix, m.families, m.urban_prior) for m in all_methods([b])]
         out.append(CalMethod(b, TEMPERED_SUFFIX, FAMILIES, tempered=True))
         out.append(CalMethod(b, CAP_SUFFIX, ("s2",), cap=True))
     return out
@@ -169,189 +161,8 @@ def find_method(base: str, suffix: str) -> CalMethod:
 
 
 # --------------------------------------------------------------------------------------------------
-# Upper sets, scores and regions
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class UpperSets:
-    """Upper sets of a batch of images, groups sorted by decreasing ``P`` (``images x groups``).
-
-    The upper set of sorted position ``k`` ends at the end of ``k``'s tie run; its area and mass are the
-    cumulative sums there. Every lookup is a vectorised binary search (``O(log groups)`` per image).
-
-    Attributes:
-        order: Group at each sorted position.
-        p_sorted: ``P`` in sorted order (non-increasing along a row).
-        cum_area: Cumulative area (km^2) along the sorted positions.
-        cum_mass: Cumulative ``P * area`` along the sorted positions.
-        z: Total mass of each image (``cum_mass`` at the last position); 0 when every ``P`` is 0.
-
-    """
-
-    order: IntArray
-    p_sorted: FloatArray
-    cum_area: FloatArray
-    cum_mass: FloatArray
-    z: FloatArray
-
-    @property
-    def n_groups(self) -> int:
-        """Groups per image."""
-        return int(self.p_sorted.shape[1])
-
-    def mass_at(self, rows: IntArray, pos: IntArray) -> FloatArray:
-        """``M`` at sorted positions: cumulative mass over the total (exactly 1 from the last ``P > 0``)."""
-        z = self.z[rows]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(z > 0, self.cum_mass[rows, pos] / np.where(z > 0, z, 1.0), 1.0)
-
-    def count_at_least(self, p: FloatArray) -> IntArray:
-        """Number of sorted positions with ``P >= p`` (per image)."""
-        return _leading(self.p_sorted.shape, lambda r, k: self.p_sorted[r, k] >= p[r])
-
-    def whole_runs(self, c: IntArray) -> IntArray:
-        """Shrink each prefix length ``c`` to whole tie runs.
-
-        The result is the number of positions with ``P > P[c-1]`` when position ``c`` continues the tie
-        run of ``c - 1``, else ``c``.
-        """
-        n, g = self.p_sorted.shape
-        rows = np.arange(n)
-        last = np.maximum(c - 1, 0)
-        v = self.p_sorted[rows, last]
-        nxt = self.p_sorted[rows, np.minimum(c, g - 1)]
-        cut = (c > 0) & (c < g) & (nxt == v)
-        if not cut.any():
-            return c
-        strictly = _leading(self.p_sorted.shape, lambda r, k: self.p_sorted[r, k] > v[r])
-        return np.where(cut, strictly, c)
-
-    def area_of(self, c: IntArray) -> FloatArray:
-        """Area of the first ``c`` sorted positions (0 for ``c = 0``)."""
-        rows = np.arange(c.size)
-        return np.where(c > 0, self.cum_area[rows, np.maximum(c - 1, 0)], 0.0)
-
-
-def _leading(shape: tuple[int, ...], pred: Callable[[IntArray, IntArray], BoolArray]) -> IntArray:
-    """Per row, the length of the prefix where ``pred(row, position)`` holds, by binary search.
-
-    ``pred`` must be monotone along a row (True, then False); all rows are searched at once.
-    """
-    n, g = int(shape[0]), int(shape[1])
-    lo = np.zeros(n, dtype=np.int64)
-    hi = np.full(n, g, dtype=np.int64)
-    rows = np.arange(n)
-    while True:
-        act = np.flatnonzero(lo < hi)
-        if act.size == 0:
-            return lo
-        mid = (lo[act] + hi[act]) // 2
-        ok = pred(rows[act], mid)
-        lo[act] = np.where(ok, mid + 1, lo[act])
-        hi[act] = np.where(ok, hi[act], mid)
-
-
-def upper_sets(P: FloatArray, area: FloatArray, threads: int = 1) -> UpperSets:
-    """Upper sets of each image of a ``groups x images`` score matrix.
-
-    Args:
-        P: ``groups x images`` scores ``>= 0`` (any scale per image; mass is normalised per image).
-        area: Area of each group (km^2).
-        threads: Threads sorting disjoint blocks of images (numpy releases the GIL in sorts and sums).
-
-    """
-    g, n = P.shape
-    order = np.empty((n, g), dtype=np.int64)
-    ps = np.empty((n, g), dtype=np.float64)
-    cum_area = np.empty((n, g), dtype=np.float64)
-    cum_mass = np.empty((n, g), dtype=np.float64)
-
-    def block(rows: slice) -> None:
-        pt = np.ascontiguousarray(P[:, rows].T)
-        o = np.argsort(-pt, axis=1)  # the order inside a tie run does not matter: runs are taken whole
-        order[rows] = o
-        p = np.take_along_axis(pt, o, axis=1)
-        ps[rows] = p
-        a = area[o]
-        np.cumsum(a, axis=1, out=cum_area[rows])
-        np.cumsum(np.multiply(p, a, out=a), axis=1, out=cum_mass[rows])
-
-    k = max(1, min(int(threads), n // 64))
-    bounds = np.linspace(0, n, k + 1).astype(int)
-    parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    if k == 1:
-        block(slice(0, n))
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(k) as pool:
-            list(pool.map(block, parts))
-    z = cum_mass[:, -1].copy() if g else np.zeros(n)
-    return UpperSets(order, ps, cum_area, cum_mass, z)
-
-
-def hit_scores(us: UpperSets, P: FloatArray, gt_group: IntArray) -> tuple[FloatArray, FloatArray, BoolArray]:
-    """``(A(g), M(g), P(g) == 0)`` of each image's ground-truth group, read from its upper sets."""
-    n = gt_group.size
-    thr = P[gt_group, np.arange(n)]
-    count = us.count_at_least(thr)  # sorted positions up to the end of g's tie run
-    rows = np.arange(n)
-    pos = np.maximum(count - 1, 0)
-    return us.cum_area[rows, pos], us.mass_at(rows, pos), thr == 0.0
-
-
-def region_counts(us: UpperSets, kind: str, thresholds: FloatArray) -> IntArray:
-    """Sorted positions in each image's region ``{x : A(x) <= t}`` (fixed) or ``{x : M(x) <= t}`` (adaptive).
-
-    Raises:
-        ValueError: On another kind.
-
-    """
-    t = np.asarray(thresholds, dtype=np.float64)
-    if kind == "fixed":
-        c = _leading(us.p_sorted.shape, lambda r, k: us.cum_area[r, k] <= t[r])
-    elif kind == "adaptive":
-        c = _leading(us.p_sorted.shape, lambda r, k: us.mass_at(r, k) <= t[r])
-    else:
-        raise ValueError(f"region kind must be fixed or adaptive, got {kind!r}")
-    return us.whole_runs(c)
-
-
-def region_areas(us: UpperSets, kind: str, thresholds: FloatArray) -> FloatArray:
-    """Area (km^2) of each image's calibrated region of kind ``fixed`` or ``adaptive``."""
-    return us.area_of(region_counts(us, kind, thresholds))
-
-
-def cap_region_km2(radius_km: FloatArray | float, earth_radius_km: float = GCD_RADIUS_KM) -> FloatArray:
-    """Area of a geodesic cap of each radius; the whole sphere from ``pi R`` on (and for ``inf``)."""
-    r = np.asarray(radius_km, dtype=np.float64)
-    whole = 4.0 * math.pi * earth_radius_km**2
-    rr = np.where(np.isfinite(r), np.minimum(r, math.pi * earth_radius_km), 0.0)
-    out = 2.0 * math.pi * earth_radius_km**2 * (1.0 - np.cos(rr / earth_radius_km))
-    return np.where(np.isfinite(r) & (r < math.pi * earth_radius_km), out, whole)
-
-
-# --------------------------------------------------------------------------------------------------
 # Conformal thresholds
 # --------------------------------------------------------------------------------------------------
-def conformal_quantile(scores: npt.ArrayLike, level: float) -> float:
-    """The ``ceil((n + 1) level)``-th smallest score (``inf`` when that exceeds ``n``, or ``n = 0``).
-
-    Raises:
-        ValueError: If ``level`` is not in ``(0, 1)`` or a score is NaN.
-
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"coverage level must be in (0, 1), got {level}")
-    s = np.asarray(scores, dtype=np.float64)
-    if np.any(np.isnan(s)):
-        raise ValueError("conformal scores must not be NaN")
-    n = s.size
-    k = math.ceil((n + 1) * level - 1e-9)  # guard against (n+1)*level landing an ulp above an integer
-    if k > n:
-        return math.inf
-    return float(np.partition(s, k - 1)[k - 1])
-
-
 def _bucket_name(k: int) -> str:
     return LS_BUCKETS[k]
 
@@ -507,7 +318,7 @@ class Dataset:
     ev: Evaluator
     labels: pd.DataFrame
     predictions: dict[str, Path]
-    attr: dict[str, tuple[pd.Series, npt.NDArray[np.float32]]]
+    attr: AttributeProbs
     centres: tuple[FloatArray, FloatArray]
     bases: list[str]
 
@@ -551,17 +362,10 @@ def open_dataset(
     atoms = read_atoms(atoms_path)
     atom_index = read_atom_index(atom_index_path, atoms.n)
     grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km)
-    centres = read_partition_centres(fine_csv_path)
-    bases = [b for b in BASE_MODELS if b in predictions]
-    missing = [m for m in ("ls", "lc") if m not in predictions]
-    if missing or not bases:
-        raise ValueError(f"calibration: predictions needed for ls, lc and a base model; missing {missing}")
-    attr = {}
-    for f in ("ls", "lc"):
-        ids, p = read_probs(predictions[f])
-        if p.shape[1] != N_CLASSES[f]:
-            raise ValueError(f"{predictions[f]}: {p.shape[1]} classes, expected {N_CLASSES[f]}")
-        attr[f] = (pd.Series(np.arange(len(ids)), index=pd.Index(ids)), p)
+    fine = read_partition_csv(fine_csv_path)
+    centres = (fine.lat_mean, fine.lon_mean)
+    bases = prediction_bases(predictions, "calibration")
+    attr = read_attribute_probs(predictions)
     ev = Evaluator(
         atoms,
         {"s2": centres[0].size, **N_CLASSES},
@@ -576,57 +380,18 @@ def open_dataset(
     )
 
 
-@dataclass
-class Batch:
-    """One batch of images of a base model: ids, class scores, truth atoms and the raw predictions."""
-
-    base: str
-    ids: list[str]
-    scores: dict[str, FloatArray]
-    gt_atom: IntArray
-    lat: FloatArray
-    lon: FloatArray
-    base_probs: npt.NDArray[np.float32]
-    ls_probs: npt.NDArray[np.float32]
-
-
-def iter_batches(ds: Dataset, base: str, batch_size: int) -> Iterator[Batch]:
+def iter_batches(ds: Dataset, base: str, batch_size: int) -> Iterator[ScoreBatch]:
     """Batches of the images with labels and all predictions (others are skipped with a warning)."""
     path = ds.predictions[base]
-    for ids_all, p_base in iter_prob_batches(path, batch_size):
-        if p_base.shape[1] != ds.centres[0].size:
-            raise ValueError(
-                f"{path}: {p_base.shape[1]} classes but the fine partition has {ds.centres[0].size}"
-            )
-        idx = pd.Index(ids_all)
-        keep = np.asarray(
-            idx.isin(ds.labels.index) & idx.isin(ds.attr["ls"][0].index) & idx.isin(ds.attr["lc"][0].index),
-            dtype=bool,
-        )
-        if not keep.all():
-            log.warning(
-                "%s: %d image(s) without labels or attribute predictions skipped", path, int((~keep).sum())
-            )
-        ids = [i for i, k in zip(ids_all, keep, strict=True) if k]
-        if not ids:
-            continue
-        pb = p_base[keep]
-        lat = ds.labels.loc[ids, "lat"].to_numpy(np.float64)
-        lon = ds.labels.loc[ids, "lon"].to_numpy(np.float64)
-        try:
-            gt = ds.ev.lookup.atom_at(lat, lon)
-        except ValueError as exc:
-            raise ValueError(f"labels of {path}: {exc}") from exc
-        probs: dict[str, npt.ArrayLike] = {"s2": pb}
-        for f in ("ls", "lc"):
-            probs[f] = ds.attr[f][1][ds.attr[f][0].loc[ids].to_numpy()]
-        sc = ds.ev.scores(probs, ids)
-        yield Batch(base, ids, sc, gt, lat, lon, pb, np.asarray(probs["ls"], np.float32))
+    return iter_score_batches(
+        ds.ev, ds.labels, ds.attr, path, base, batch_size, f"the fine partition has {ds.centres[0].size}",
+        f"labels of {path}",
+    )  # fmt: skip
 
 
 def score_batch(
     ds: Dataset,
-    b: Batch,
+    b: ScoreBatch,
     weights: Mapping[str, Sequence[float]] | None,
     calibration: Mapping[str, Mapping[str, Any]] | None,
     threads: int = 1,
@@ -793,14 +558,14 @@ def fit_tempered(
     return fit_weights(lambda: fit_batches, g.area, fams)
 
 
-def _subset_batches(batches: list[Batch], keep: BoolArray) -> list[Batch]:
+def _subset_batches(batches: list[ScoreBatch], keep: BoolArray) -> list[ScoreBatch]:
     out, s = [], 0
     for b in batches:
         k = keep[s : s + len(b.ids)]
         s += len(b.ids)
         if k.any():
             out.append(
-                Batch(
+                ScoreBatch(
                     b.base,
                     [i for i, x in zip(b.ids, k, strict=True) if x],
                     {f: v[:, k] for f, v in b.scores.items()},

@@ -29,6 +29,7 @@ from geoens.config import (
     read_config_file,
     render_config,
 )
+from geoens.search import plan_coverage_search, plan_search
 
 log = logging.getLogger("geoens.cli")
 
@@ -79,8 +80,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``geoens search``: ranked regions within the budget for each photo."""
-    from geoens.search import plan_search
-
     if args.budget_km2 is not None and not (np.isfinite(args.budget_km2) and args.budget_km2 > 0):
         raise ValueError(f"--budget-km2 must be a positive area in km^2, got {args.budget_km2}")
     if args.coverage is not None and not 0.0 < args.coverage < 1.0:
@@ -171,8 +170,6 @@ def _coverage_search(
     folder: Path,
 ) -> None:
     """``geoens search --coverage``: the photo's calibrated region (GeoJSON, GeoPackage, COG, PNG)."""
-    from geoens.search import plan_coverage_search
-
     ls = preds["ls"][image_id] if "ls" in preds else None
     r = plan_coverage_search(
         results,

@@ -31,7 +31,8 @@ from geoens.constants import (  # noqa: E402
     TEMPERED_SUFFIX,
 )
 from geoens.io import atomic_path  # noqa: E402
-from geoens.rva import bootstrap_ci, bootstrap_weights, method_name  # noqa: E402
+from geoens.methods import method_name  # noqa: E402
+from geoens.metrics import bootstrap_ci, bootstrap_weights  # noqa: E402
 
 #: Curves of the figure: (variant suffix, region kind).
 FIGURE_CURVES: tuple[tuple[str, str], ...] = (

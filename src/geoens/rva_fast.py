@@ -1,4 +1,4 @@
-"""The evaluation kernels of :mod:`geoens.rva`: Alg. 2-3 and the grid top-1 in about one pass over the groups.
+"""Fast engines of Alg. 2-3 and the grid top-1 on :mod:`geoens.rva`'s groups, in about one pass over them.
 
 Two backends compute the same areas, zero-probability flags and top-1 points:
 
@@ -27,18 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from geoens.grid import xyz_to_latlon
-
-if TYPE_CHECKING:
-    from geoens.rva import Groups, Lookup, MethodResult
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+from geoens.lookup import Lookup
+from geoens.rva import Groups, MethodResult, top1_directions, top1_fallback
+from geoens.types import FloatArray, IntArray
 
 #: Bytes of one ``block rows x images`` work matrix of the numpy backend (kept in the L2 cache).
 BLOCK_BYTES = 512 * 1024
@@ -185,13 +180,9 @@ def evaluate_numpy(
     rows inside one run, so that a block's gathered scores stay in the CPU cache while they are compared
     and summed.
     """
-    from geoens.rva import MethodResult
-
     b = gt_atom.size
-    area = np.empty(b, dtype=np.float64)
-    zero = np.zeros(b, dtype=bool)
-    t_lat = np.full(b, np.nan)
-    t_lon = np.full(b, np.nan)
+    out = MethodResult.empty(b)
+    area, zero, t_lat, t_lon = out.area, out.zero_prob, out.top1_lat, out.top1_lon
     gt_group = groups.of_atom[gt_atom]
     run_of_group = np.searchsorted(layout.run_bounds, np.arange(groups.n), side="right") - 1
     src = scores_t["s2"]
@@ -212,7 +203,7 @@ def evaluate_numpy(
         zero[cols] = z
         if lookup is not None and blk_max is not None:
             _top1_numpy(groups, layout, S, fac, blk_max, lookup, group_atoms_csr, t_lat, t_lon, s0)
-    return MethodResult(area, zero, t_lat, t_lon)
+    return out
 
 
 def _area_pass(
@@ -271,12 +262,7 @@ def _top1_numpy(
         ci = np.flatnonzero(reach[k])
         V = S[np.ix_(layout.cells[a:e], ci)] >= u[r, ci][None, :]
         cen[ci] += V.T.astype(np.float64) @ groups.sxyz[a:e]
-    norm = np.linalg.norm(cen, axis=1)
-    okc = (pmax > 0) & (norm > 0)
-    cen_u = np.where(okc[:, None], cen / np.where(norm > 0, norm, 1.0)[:, None], 0.0)
-    lat, lon = xyz_to_latlon(cen_u)
-    lat = np.clip(lat, -90.0, 90.0)
-    idx = np.flatnonzero(okc)
+    cen_u, lat, lon, idx = top1_directions(cen, pmax)
     if idx.size == 0:
         return
     ga = groups.of_atom[lookup.atom_at(lat[idx], lon[idx])]
@@ -290,29 +276,7 @@ def _top1_numpy(
         for k in np.flatnonzero(reach[:, i]):
             r, a, e = layout.blocks[k]
             gs.append(a + np.flatnonzero(S[layout.cells[a:e], i] >= u[r, i]))
-        t_lat[s0 + i], t_lon[s0 + i] = _fallback(groups, np.concatenate(gs), lookup, csr, cen_u[i])
-
-
-def _fallback(
-    groups: Groups,
-    group_ids: IntArray,
-    lookup: Lookup,
-    csr: tuple[IntArray, IntArray] | None,
-    direction: FloatArray,
-) -> tuple[float, float]:
-    """Centre of the top region's pixel nearest to the centroid direction (exact, from the atom index)."""
-    if csr is None:
-        csr = group_csr(groups)
-    order, start = csr
-    atom_ids = np.concatenate([order[start[g] : start[g + 1]] for g in group_ids])
-    return lookup.nearest_pixel(atom_ids, direction)
-
-
-def group_csr(groups: Groups) -> tuple[IntArray, IntArray]:
-    """``(order, start)``: the atoms of group ``g`` are ``order[start[g]:start[g + 1]]``."""
-    order = np.argsort(groups.of_atom, kind="stable").astype(np.int64)
-    start = np.concatenate([[0], np.cumsum(np.bincount(groups.of_atom, minlength=groups.n))]).astype(np.int64)
-    return order, start
+        t_lat[s0 + i], t_lon[s0 + i] = top1_fallback(groups, np.concatenate(gs), lookup, csr, cen_u[i])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +289,7 @@ def _torch() -> Any:
         ImportError: Naming the extra that provides it.
     """
     try:
-        import torch
+        import torch  # deferred: optional heavy dependency, only the torch backend needs it
     except ImportError as exc:  # optional: only `backend="torch"` needs it
         raise ImportError(
             "the torch evaluation backend needs torch: pip install 'geoens[torch]' (or use the numpy backend)"
@@ -372,15 +336,11 @@ def evaluate_torch(
     device: Any,
 ) -> MethodResult:
     """Alg. 2-3 and the top-1 by the dense form on a torch device (see the module docstring)."""
-    from geoens.rva import MethodResult
-
     torch = _torch()
 
     b = gt_atom.size
-    area = np.empty(b, dtype=np.float64)
-    zero = np.zeros(b, dtype=bool)
-    t_lat = np.full(b, np.nan)
-    t_lon = np.full(b, np.nan)
+    out = MethodResult.empty(b)
+    area, zero, t_lat, t_lon = out.area, out.zero_prob, out.top1_lat, out.top1_lon
     G = groups.n
     if getattr(device, "type", "cpu") == "cuda":  # device memory is plentiful: fewer, larger launches
         chunk_elements = max(chunk_elements, CUDA_CHUNK_ELEMENTS)
@@ -408,13 +368,7 @@ def evaluate_torch(
         pmax = pm.max(dim=0).values
         top = (pm == pmax[None, :]).to(torch.float64)
         cen = (top.T @ tg.sxyz).cpu().numpy()
-        pmax_np = pmax.cpu().numpy()
-        norm = np.linalg.norm(cen, axis=1)
-        okc = (pmax_np > 0) & (norm > 0)
-        cen_u = np.where(okc[:, None], cen / np.where(norm > 0, norm, 1.0)[:, None], 0.0)
-        lat, lon = xyz_to_latlon(cen_u)
-        lat = np.clip(lat, -90.0, 90.0)
-        idx = np.flatnonzero(okc)
+        cen_u, lat, lon, idx = top1_directions(cen, pmax.cpu().numpy())
         if idx.size == 0:
             continue
         ga = groups.of_atom[lookup.atom_at(lat[idx], lon[idx])]
@@ -425,5 +379,5 @@ def evaluate_torch(
         t_lon[s0 + idx[inside]] = lon[idx[inside]]
         for i in idx[~inside]:
             gs = torch.nonzero(top[:, int(i)] > 0).flatten().cpu().numpy().astype(np.int64)
-            t_lat[s0 + i], t_lon[s0 + i] = _fallback(groups, gs, lookup, group_atoms_csr, cen_u[i])
-    return MethodResult(area, zero, t_lat, t_lon)
+            t_lat[s0 + i], t_lon[s0 + i] = top1_fallback(groups, gs, lookup, group_atoms_csr, cen_u[i])
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import rasterio
+from affine import Affine
+from rasterio import features
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy as rio_copy
+from shapely.geometry import mapping, shape
+from shapely.ops import unary_union
 
-from geoens.constants import FAMILIES, N_CLASSES
+from geoens.atoms import AtomTable, read_atom_index, read_atoms
+from geoens.calibrate import CalMethod, method_scores, method_slug, threshold_of
+from geoens.conformal import region_counts, upper_sets
+from geoens.constants import EARTH_RADIUS_KM, FAMILIES, INDEX_IN_MEMORY_MAX_PIXELS, LS_BUCKETS, N_CLASSES
+from geoens.evaluation import read_absorption
+from geoens.evaluator import Evaluator
 from geoens.grid import Grid
-from geoens.io import atomic_path
-from geoens.rva import AtomTable, TiledPixelLookup, absorb, family_scores, normalise_probs
-
-FloatArray = npt.NDArray[np.float64]
+from geoens.io import atomic_path, read_json
+from geoens.lookup import PixelLookup, TiledPixelLookup, open_pixel_lookup
+from geoens.methods import absorb, family_scores, normalise_probs
+from geoens.types import BoolArray, FloatArray, I32Array
 
 
 def atom_scores(
@@ -127,20 +140,21 @@ def search_regions(
     return pd.DataFrame(rows, columns=cols)
 
 
-def rank_raster(
-    regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int
-) -> npt.NDArray[np.int32]:
+def rank_raster(regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int) -> I32Array:
     """``H x W`` int32 raster of each pixel's rank group (0 = not selected)."""
+    return _rank_of_atom(regions, n_atoms)[atom_index]
+
+
+def _rank_of_atom(regions: pd.DataFrame, n_atoms: int) -> I32Array:
+    """Rank group of each atom (0 = not selected)."""
     rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
     for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
         rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
-    return rank_of_atom[atom_index]
+    return rank_of_atom
 
 
-def write_geotiff(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+def write_geotiff(path: str | Path, ranks: I32Array, grid: Grid) -> None:
     """Write the rank raster as a tiled, deflate-compressed int32 GeoTIFF (EPSG:4326, nodata 0)."""
-    import rasterio
-
     profile = {
         "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
         "crs": "EPSG:4326", "transform": grid.transform, "nodata": 0, "compress": "deflate",
@@ -152,7 +166,7 @@ def write_geotiff(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) ->
         dst.update_tags(meaning="rank group of the search plan, 1 = most likely; 0 = not selected")
 
 
-def region_features(regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> dict[str, object]:
+def region_features(regions: pd.DataFrame, ranks: I32Array, grid: Grid) -> dict[str, object]:
     """GeoJSON FeatureCollection: one (Multi)Polygon per rank group, traced on the pixel grid."""
     sel = ranks > 0
     if sel.any():
@@ -164,14 +178,9 @@ def region_features(regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: G
 
 
 def window_features(
-    regions: pd.DataFrame, sub: npt.NDArray[np.int32], row0: int, col0: int, grid: Grid
+    regions: pd.DataFrame, sub: I32Array, row0: int, col0: int, grid: Grid
 ) -> dict[str, object]:
     """:func:`region_features` from the window of the rank raster that holds every selected pixel."""
-    from affine import Affine
-    from rasterio import features
-    from shapely.geometry import mapping, shape
-    from shapely.ops import unary_union
-
     polys: dict[int, list[object]] = {}
     if sub.size:
         t = grid.transform
@@ -195,9 +204,13 @@ def window_features(
     return {"type": "FeatureCollection", "features": feats}
 
 
-def write_geojson(path: str | Path, regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+def write_geojson(path: str | Path, regions: pd.DataFrame, ranks: I32Array, grid: Grid) -> None:
     """Write :func:`region_features` as GeoJSON (lon/lat, EPSG:4326)."""
-    fc = region_features(regions, ranks, grid)
+    _write_feature_collection(path, region_features(regions, ranks, grid))
+
+
+def _write_feature_collection(path: str | Path, fc: dict[str, object]) -> None:
+    """Write a GeoJSON FeatureCollection compactly, one line."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
 
@@ -231,9 +244,6 @@ def plan_search(
         The ranked regions (:func:`search_regions`).
 
     """
-    from geoens.constants import EARTH_RADIUS_KM, INDEX_IN_MEMORY_MAX_PIXELS
-    from geoens.rva import open_pixel_lookup, read_absorption, read_atoms
-
     atoms = read_atoms(atoms_path)
     absorption = read_absorption(absorption_path) if absorption_path is not None else None
     lookup = open_pixel_lookup(
@@ -266,12 +276,8 @@ def _write_windowed(
     strip_rows: int = 1024,
 ) -> None:
     """Rank GeoTIFF and GeoJSON from strips of a tiled atom index (bounded memory at the 1 km grid)."""
-    import rasterio
-
     grid = lookup.grid
-    rank_of_atom = np.zeros(n_atoms, dtype=np.int32)
-    for rank, ids in zip(regions["rank"], regions["atoms"], strict=True):
-        rank_of_atom[np.asarray(ids, dtype=np.int64)] = int(rank)
+    rank_of_atom = _rank_of_atom(regions, n_atoms)
     r_lo, r_hi, c_lo, c_hi = grid.height, -1, grid.width, -1
     profile = {
         "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
@@ -304,8 +310,7 @@ def _write_windowed(
         with rasterio.open(lookup.path) as ds:
             sub = rank_of_atom[ds.read(1, window=win)]
         fc = window_features(regions, sub, r_lo, c_lo, grid)
-    with atomic_path(out_geojson) as tmp:
-        tmp.write_text(json.dumps(fc, separators=(",", ":")) + "\n", encoding="utf-8")
+    _write_feature_collection(out_geojson, fc)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,10 +361,6 @@ def coverage_region(
         ValueError: On an unknown region kind, an uncalibrated level, or a missing LS vector.
 
     """
-    from geoens.calibrate import CalMethod, method_scores, region_counts, threshold_of, upper_sets
-    from geoens.constants import EARTH_RADIUS_KM
-    from geoens.rva import Evaluator, PixelLookup
-
     if region not in COVERAGE_REGIONS:
         raise ValueError(f"--region must be one of {', '.join(COVERAGE_REGIONS)}, got {region!r}")
     kind, per_bucket = region.split("-")[0], region.endswith("-bucket")
@@ -411,12 +412,8 @@ def coverage_region(
     return pd.DataFrame(rows, columns=cols), thr
 
 
-def write_cog(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+def write_cog(path: str | Path, ranks: I32Array, grid: Grid) -> None:
     """Write the rank raster as a Cloud-Optimized GeoTIFF (deflate, EPSG:4326, nodata 0)."""
-    import rasterio
-    from rasterio.io import MemoryFile
-    from rasterio.shutil import copy as rio_copy
-
     profile = {
         "driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "int32",
         "crs": "EPSG:4326", "transform": grid.transform, "nodata": 0,
@@ -432,9 +429,9 @@ def write_cog(path: str | Path, ranks: npt.NDArray[np.int32], grid: Grid) -> Non
             raise ValueError(f"{path}: COG written with {chk.count} bands")
 
 
-def write_gpkg(path: str | Path, regions: pd.DataFrame, ranks: npt.NDArray[np.int32], grid: Grid) -> None:
+def write_gpkg(path: str | Path, regions: pd.DataFrame, ranks: I32Array, grid: Grid) -> None:
     """Write the region's rank groups as a GeoPackage layer ``region`` (EPSG:4326) via geopandas."""
-    import geopandas as gpd
+    import geopandas as gpd  # deferred: heavy optional dependency, only the GeoPackage needs it
 
     fc = region_features(regions, ranks, grid)
     feats = fc["features"]
@@ -449,18 +446,16 @@ def write_gpkg(path: str | Path, regions: pd.DataFrame, ranks: npt.NDArray[np.in
 
 def write_region_png(
     path: str | Path,
-    ranks: npt.NDArray[np.int32],
-    land: npt.NDArray[np.bool_],
+    ranks: I32Array,
+    land: BoolArray,
     title: str,
     max_width: int = 1440,
 ) -> None:
     """PNG map: land mask in grey, the region's pixels coloured by rank group (1 = most likely)."""
-    import math
-
-    import matplotlib
+    import matplotlib  # deferred: heavy plotting dependency, only the PNG map needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: as matplotlib above
 
     step = max(1, math.ceil(ranks.shape[1] / max_width))
     r = ranks[step // 2 :: step, step // 2 :: step]
@@ -511,11 +506,6 @@ def plan_coverage_search(
         FileNotFoundError: If the calibration artifact is missing.
 
     """
-    from geoens.calibrate import method_slug
-    from geoens.constants import EARTH_RADIUS_KM
-    from geoens.io import read_json
-    from geoens.rva import read_absorption, read_atom_index, read_atoms
-
     res = Path(results)
     fams = [f for f in ("ls", "lc") if f in probs_by_family]
     slug = method_slug(base, attributes_suffix(fams))
@@ -537,8 +527,6 @@ def plan_coverage_search(
     area = float(regions["area_km2"].sum()) if len(regions) else 0.0
     group, n_cal = "all", int(calibration["n"])
     if region.endswith("-bucket") and ls_probs is not None:
-        from geoens.constants import LS_BUCKETS
-
         group = LS_BUCKETS[int(np.argmax(np.asarray(ls_probs, dtype=np.float64)))]
         n_cal = int(calibration["n_per_bucket"][group])
     stem = Path(out_stem)

@@ -1,0 +1,17 @@
+"""Array type aliases shared by the numeric modules (one home, imported everywhere they are used)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+#: float64 arrays (areas, scores, coordinates).
+FloatArray = npt.NDArray[np.float64]
+#: float32 arrays (predictor probabilities as stored).
+F32Array = npt.NDArray[np.float32]
+#: int64 arrays (labels, indices, counts).
+IntArray = npt.NDArray[np.int64]
+#: int32 arrays (atom index rasters).
+I32Array = npt.NDArray[np.int32]
+#: bool arrays (masks, flags).
+BoolArray = npt.NDArray[np.bool_]
