@@ -19,7 +19,7 @@ from geoens.atoms import build_atoms
 from geoens.constants import FAMILIES, LS_URBAN_BUCKETS
 from geoens.grid import Grid, latlon_to_xyz
 from geoens.rva import AtomTable, Method, atoms_from_rasters
-from geoens.s2 import apply_absorption
+from geoens.s2mask import apply_absorption
 
 N_CLS = {"ls": 4, "lc": 7}
 
