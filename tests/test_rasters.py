@@ -164,6 +164,13 @@ def test_ls_edges_file_and_fallback(tmp_path: Path) -> None:
     p.write_text(json.dumps({"edges": [1]}))
     with pytest.raises(ValueError, match="ls_edges.json.*edges_log10"):
         buckets.load_ls_edges(p, None)
+    # edges that are not 5 increasing finite numbers: the file is named, the fallback is not used
+    for bad in ([0, 1, 2], [0, 2, 1, 3, 4], [0, 1, 2, 3, "x"], 5):
+        p.write_text(json.dumps({"edges_log10": bad}))
+        with pytest.raises(ValueError, match=r"ls_edges\.json: no valid 'edges_log10' list"):
+            buckets.load_ls_edges(p, [9, 10, 11, 12, 13])
+    with pytest.raises(ValueError, match="5 increasing"):
+        buckets.load_ls_edges(None, [9, 10, 11, 12])
 
 
 def test_ls_mask_end_to_end(tmp_path: Path) -> None:
