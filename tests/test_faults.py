@@ -129,7 +129,7 @@ def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> N
 
 def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
     from geoens.data import ShardIndex
-    from geoens.io import ShardFormatError
+    from geoens.shards import ShardFormatError
 
     shards = tmp_path / "shards"
     shards.mkdir()

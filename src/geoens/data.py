@@ -30,8 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from geoens.io import ShardFormatError, list_shards
-from geoens.shards import record_image, scan_records
+from geoens.shards import ShardFormatError, list_shards, record_image, scan_records
 
 log = logging.getLogger(__name__)
 

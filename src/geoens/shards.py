@@ -1,5 +1,7 @@
 """msgpack shards (streams of ``{"id": str, "image": JPEG bytes}`` records): the one module that parses them.
 
+* :func:`list_shards` lists the shard files of a folder (:data:`SHARD_PATTERNS`); a folder or record that
+  breaks the format raises :class:`ShardFormatError`;
 * :func:`shard_ids` / :func:`available_ids` list the image ids present (streaming; shards read in parallel
   processes), :func:`folder_ids` those of an image folder;
 * :func:`scan_records` gives the id, byte offset and byte length of every record of a shard (for
@@ -16,7 +18,29 @@ from typing import Any
 import msgpack
 import pyarrow as pa
 
-from geoens.io import SHARD_PATTERNS, ShardFormatError, list_shards
+#: File patterns of msgpack shards (``{"id", "image"}`` records) in a shards folder.
+SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
+
+
+class ShardFormatError(ValueError):
+    """A shards folder or shard record that does not follow the ``{"id", "image"}`` msgpack format."""
+
+
+def list_shards(shards_dir: str | Path) -> list[Path]:
+    """The shard files of a folder, sorted by name.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+        ShardFormatError: If it holds no shard file.
+
+    """
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shards folder not found: {root}")
+    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
+    if not paths:
+        raise ShardFormatError(f"no *.msgpack shard in {root}")
+    return paths
 
 
 def _shard_id_array(path: Path) -> pa.Array:
