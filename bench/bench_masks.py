@@ -159,24 +159,25 @@ def synthetic_partition(path: Path) -> None:
 
 
 def step(name: str, work: Path, h: int) -> dict[str, float]:
-    from geoens import atoms, rasters, s2
+    from geoens import atoms, landcover, masks, rasters, s2, s2mask
     from geoens.grid import Grid
+    from geoens.partitions import read_partition_csv
 
     g = Grid(h, 2 * h)
     m = work / "masks"
     res: dict[str, float] = {}
     t = time.perf_counter()
     if name == "ls":
-        rasters.make_ls_mask(work / "landscan.tif", None, g, m / "ls.tif", None, fallback=[0, 1, 2, 3, 5])
+        masks.make_ls_mask(work / "landscan.tif", None, g, m / "ls.tif", None, fallback=[0, 1, 2, 3, 5])
     elif name == "lc":
-        rasters.make_lc_mask(work / "landcover.tif", g, m / "lc.tif", None)
+        masks.make_lc_mask(work / "landcover.tif", g, m / "lc.tif", None)
     elif name == "lc_baseline":
         # one strip: block_counts (byte masks, rows then columns) vs a naive 4-D reshape sum per class
         with rasters.open_checked(work / "landcover.tif", "landcover") as lc:
             f = lc.height // h
-            cls = rasters.lc_class_lut()[lc.read_rows(0, 16 * f)]
+            cls = landcover.lc_class_lut()[lc.read_rows(0, 16 * f)]
         t0 = time.perf_counter()
-        a = rasters.block_counts(cls, f, 7)
+        a = landcover.block_counts(cls, f, 7)
         res["block_counts_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         b = np.stack([(cls == c).reshape(16, f, -1, f).sum(axis=(1, 3)) for c in range(7)])
@@ -186,11 +187,11 @@ def step(name: str, work: Path, h: int) -> dict[str, float]:
     elif name == "s2":
         part = REAL_FINE if REAL_FINE.exists() else work / "fine.csv"
         t0 = time.perf_counter()
-        p = s2.read_partition(part)
-        lab = s2.rasterize_partition(p, g)
+        p = read_partition_csv(part)
+        lab = s2mask.rasterize_partition(p, g)
         res["rasterize_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        table = s2.absorption_table(p, lab, g)
+        table = s2mask.absorption_table(p, lab, g)
         res["absorption_s"] = time.perf_counter() - t1
         res["cells"] = float(len(p))
         res["absorbed"] = float(len(table))

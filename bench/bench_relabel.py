@@ -138,7 +138,7 @@ def make_inputs(root: Path, size: dict) -> dict[str, Path]:
 
 def worker(root: Path, out_json: Path) -> None:
     """Child process: time partitions, then the relabel, then the baselines (after the relabel's peak)."""
-    from geoens import labels, partitions
+    from geoens import labels, metadata, partitions, shards
     from geoens.rasters import open_checked
 
     res: dict = {}
@@ -164,10 +164,10 @@ def worker(root: Path, out_json: Path) -> None:
     res["relabel_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     # stage timings and baselines
-    meta, _ = labels.read_metadata(paths["meta"])
+    meta, _ = metadata.read_metadata(paths["meta"])
     lat, lon = meta["lat"].to_numpy(), meta["lon"].to_numpy()
     t = time.perf_counter()
-    labels.shard_ids(paths["shards"])
+    shards.shard_ids(paths["shards"])
     res["list_ids_s"] = time.perf_counter() - t
     for key, kind in (("ls", "landscan"), ("lc", "landcover")):
         t = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Grid 5400 x 10800 (``--small``: 540 x 1080; ``--height``: any) with the real fine S2 partition
 (GeoEstimation's cells_50_1000.csv from the peer data, ``$GEOENS_PEERS`` or ``../shared/reference/peers``,
-rasterised by ``geoens.s2``; a synthetic block partition, with a message, when the file is absent) and two
+rasterised by ``geoens.s2mask``; a synthetic block partition, with a message, when the file is absent) and two
 synthetic attribute worlds:
 
 * ``smooth``: LS and LC as argmax of smooth random fields (few LS x LC tuples per S2 cell);
@@ -117,12 +117,13 @@ def smooth_field(grid: Grid, rng: np.random.Generator, coarse: int) -> np.ndarra
 def s2_labels(grid: Grid) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray], str]:
     """The fine partition rasterised on the grid, its size and absorption; synthetic blocks without it."""
     if CELLS.exists():
-        from geoens import s2
+        from geoens.partitions import read_partition_csv
+        from geoens.s2mask import absorption_table, rasterize_partition
 
-        part = s2.read_partition(CELLS)
+        part = read_partition_csv(CELLS)
         base = grid if grid.height <= 5400 else Grid(5400, 10800)
-        lab = s2.rasterize_partition(part, base)
-        tab = s2.absorption_table(part, lab, base)
+        lab = rasterize_partition(part, base)
+        tab = absorption_table(part, lab, base)
         if base != grid:  # nearest upsampling (exact S2 at 21600: bench_1km.py)
             f = grid.height // base.height
             lab = np.repeat(np.repeat(lab, f, axis=0), f, axis=1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoens import atoms, rasters, s2
+from geoens import atoms, masks, s2mask
 from geoens.constants import CAP_AREAS_KM2
 from geoens.evaluation import evaluate_testset
 from geoens.grid import Grid
@@ -35,9 +35,9 @@ def build(work: Path, grid: Grid, res: Path, landscan: Path, landcover: Path) ->
     """Masks and atoms on ``grid`` into ``work``; returns timings and the atom count."""
     m = work / "masks"
     t0 = time.perf_counter()
-    rasters.make_ls_mask(landscan, res / "labels" / "ls_edges.json", grid, m / "ls.tif")
-    rasters.make_lc_mask(landcover, grid, m / "lc.tif")
-    s2.make_s2_mask(res / "partitions" / "fine.csv", grid, m / "s2_fine.tif", m / "s2_absorption.parquet")
+    masks.make_ls_mask(landscan, res / "labels" / "ls_edges.json", grid, m / "ls.tif")
+    masks.make_lc_mask(landcover, grid, m / "lc.tif")
+    s2mask.make_s2_mask(res / "partitions" / "fine.csv", grid, m / "s2_fine.tif", m / "s2_absorption.parquet")
     info = atoms.make_atoms(m / "s2_fine.tif", m / "ls.tif", m / "lc.tif", grid, work / "atoms.parquet",
                             work / "atom_index.tif")  # fmt: skip
     return {"build_s": time.perf_counter() - t0, "atoms": info["atoms"]}

@@ -19,7 +19,7 @@ from geoens.atoms import AtomTable, atoms_from_rasters, build_atoms
 from geoens.constants import FAMILIES, LS_URBAN_BUCKETS
 from geoens.grid import Grid, latlon_to_xyz
 from geoens.methods import Method
-from geoens.s2 import apply_absorption
+from geoens.s2mask import apply_absorption
 
 N_CLS = {"ls": 4, "lc": 7}
 

@@ -115,7 +115,7 @@ def test_stage_entry_points_end_to_end(tmp_path: Path) -> None:
 
     import rasterio
 
-    from geoens import rasters, s2
+    from geoens import masks, s2mask
     from geoens.constants import LANDSCAN_NODATA
     from test_rasters import lc_codes, ls_array, write_lc_netcdf, write_tif
     from test_s2 import mixed_partition, write_partition
@@ -128,10 +128,10 @@ def test_stage_entry_points_end_to_end(tmp_path: Path) -> None:
     edges = tmp_path / "ls_edges.json"
     edges.write_text(json.dumps({"edges_log10": [0, 1, 2, 3, 4.7]}))
     m = tmp_path / "masks"
-    info = rasters.make_ls_mask(ls_tif, edges, g, m / "ls.tif", m / "ls.png")
+    info = masks.make_ls_mask(ls_tif, edges, g, m / "ls.tif", m / "ls.png")
     assert info["edges_log10"] == [0, 1, 2, 3, 4.7]
-    rasters.make_lc_mask(lc_nc, g, m / "lc.tif", m / "lc.png", unknown_codes="none")  # codes 5, 99, 255
-    counts = s2.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet", m / "s2_fine.png")
+    masks.make_lc_mask(lc_nc, g, m / "lc.tif", m / "lc.png", unknown_codes="none")  # codes 5, 99, 255
+    counts = s2mask.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet", m / "s2_fine.png")
     assert counts["cells"] == counts["cells_with_pixels"] + counts["absorbed"]
     a = tmp_path / "atoms"
     atoms.make_atoms(

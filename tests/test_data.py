@@ -18,7 +18,6 @@ from geoens.data import (
     AugmentConfig,
     FolderSource,
     ImageDataset,
-    ShardFormatError,
     ShardIndex,
     ShardSource,
     collate_skip,
@@ -26,6 +25,7 @@ from geoens.data import (
     make_transforms,
     read_label_parts,
 )
+from geoens.shards import ShardFormatError
 
 
 def jpeg(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:

@@ -14,9 +14,11 @@ import torch
 from rasterio.transform import from_bounds
 
 from geoens import labels as lb
-from geoens import rasters
+from geoens import landcover, masks, metadata
 from geoens.constants import LANDSCAN_NODATA
 from geoens.grid import Grid
+from geoens.metadata import MetadataError
+from geoens.shards import available_ids
 
 # ---------------------------------------------------------------------------------------------------
 # metadata CSVs
@@ -26,7 +28,7 @@ from geoens.grid import Grid
 def test_metadata_with_a_utf8_bom_is_read(tmp_path: Path) -> None:
     csv = tmp_path / "excel.csv"
     csv.write_bytes(b"\xef\xbb\xbfIMG_ID,LAT,LON\r\na.jpg,1.5,2\r\nb.jpg,-3,4\r\n")
-    meta, bad = lb.read_metadata(csv, available_ids=["a.jpg", "b.jpg"])
+    meta, bad = metadata.read_metadata(csv, available_ids=["a.jpg", "b.jpg"])
     assert meta["image_id"].tolist() == ["a.jpg", "b.jpg"]
     assert meta["lat"].tolist() == [1.5, -3.0] and bad.n_bad == 0
 
@@ -37,8 +39,8 @@ def test_metadata_that_is_not_utf8_names_the_line(tmp_path: Path, line: int) -> 
     rows[line - 1] = rows[line - 1].replace(b"I", b"\xc9").replace(b"img", b"caf\xe9")  # Latin-1 accents
     csv = tmp_path / "latin1.csv"
     csv.write_bytes(b"\n".join(rows) + b"\n")
-    with pytest.raises(lb.MetadataError, match=rf"latin1\.csv: not UTF-8 text at line {line}, byte \d+"):
-        lb.read_metadata(csv)
+    with pytest.raises(MetadataError, match=rf"latin1\.csv: not UTF-8 text at line {line}, byte \d+"):
+        metadata.read_metadata(csv)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def test_truncated_geotiff_names_the_file_and_the_rows(tmp_path: Path, tiled: bo
     tif.write_bytes(tif.read_bytes()[: tif.stat().st_size * 2 // 3])  # header intact, data cut
     grid = Grid(24, 48)
     with pytest.raises(ValueError, match=r"landscan\.tif: reading rows \d+\.\.\d+, .*truncated or corrupt"):
-        rasters.ls_mask(tif, grid, [0, 1, 2, 3, 4])
+        masks.ls_mask(tif, grid, [0, 1, 2, 3, 4])
     # the relabel stage reads the same file point-wise: the same error
     with pytest.raises(ValueError, match=r"landscan\.tif: reading rows \d+\.\.\d+, .*truncated or corrupt"):
         lb.sample_landscan(tif, np.linspace(-89, 89, 500), np.linspace(-179, 179, 500))
@@ -116,18 +118,18 @@ def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> N
     grid = Grid(24, 48)
     msg = r"nonodata\.tif: 1920 pixel\(s\) hold negative population value\(s\) -9999, .*not the nodata"
     with pytest.raises(ValueError, match=msg):
-        rasters.ls_mask(tif, grid, [0, 1, 2, 3, 4])
+        masks.ls_mask(tif, grid, [0, 1, 2, 3, 4])
     with pytest.raises(ValueError, match=msg.replace("1920", "1")):
         lb.sample_landscan(tif, [89.5, 0.0], [0.0, 0.0])
     # declared as nodata, the same values are simply "no data"
     ok = _global_tif(tmp_path / "declared.tif", arr, -9999)
-    labels, n_nodata = rasters.ls_mask(ok, grid, [0, 1, 2, 3, 4])
+    labels, n_nodata = masks.ls_mask(ok, grid, [0, 1, 2, 3, 4])
     assert n_nodata > 0 and (labels[:2] == -1).all()
 
 
 def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
     from geoens.data import ShardIndex
-    from geoens.io import ShardFormatError
+    from geoens.shards import ShardFormatError
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -139,7 +141,7 @@ def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
     )
     # the relabel stage (ids present) and the shard indexer (byte ranges) both stop with the same message
     with pytest.raises(ShardFormatError, match=msg):
-        lb.available_ids(shards)
+        available_ids(shards)
     with pytest.raises(ShardFormatError, match=msg):
         ShardIndex.build(shards)
 
@@ -183,10 +185,10 @@ def test_unknown_lc_codes_are_an_error_naming_codes_counts_and_file(tmp_path: Pa
     grid = Grid(12, 24)
     msg = r"modis\.nc: 106 pixels hold codes outside the ESA CCI LCCS legend: "
     msg += r"17 \(96 pixels\), 99 \(10 pixels\)"
-    with pytest.raises(rasters.LandCoverError, match=msg + r".*masks\.unknown_lc_codes: none"):
-        rasters.lc_mask(nc, grid)
+    with pytest.raises(landcover.LandCoverError, match=msg + r".*masks\.unknown_lc_codes: none"):
+        masks.lc_mask(nc, grid)
     # by choice they are no class, counted in the summary
-    summary = rasters.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes="none")
+    summary = masks.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes="none")
     assert summary["unknown_codes"] == {"17": 96, "99": 10}
     assert summary["native_classified"] == codes.size - 106
 
@@ -204,8 +206,8 @@ def test_land_cover_of_fill_values_only_stops_the_mask_stage(tmp_path: Path, dec
         match = r"fill\.nc: none of .*: 0 are no data .*unknown codes 129 \(4,608 pixels\)"
     match += r".*-127 reads as code 129"
     for mode in ("error", "none"):
-        with pytest.raises(rasters.LandCoverError, match=match):
-            rasters.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes=mode)  # type: ignore[arg-type]
+        with pytest.raises(landcover.LandCoverError, match=match):
+            masks.make_lc_mask(nc, grid, tmp_path / "lc.tif", unknown_codes=mode)  # type: ignore[arg-type]
     assert not (tmp_path / "lc.tif").exists() and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -214,10 +216,12 @@ def test_land_cover_missing_over_most_populated_land_is_an_error() -> None:
     ls[:6] = 2  # populated northern half
     lc = np.full((12, 24), -1, dtype=np.int8)
     lc[:2] = 0  # classes over a third of it only
-    with pytest.raises(rasters.LandCoverError, match=r"lc\.tif: only 33\.3% of the 144 pixels with LandScan"):
-        rasters.check_lc_coverage(ls, lc, 0.5, "lc.tif")
+    with pytest.raises(
+        landcover.LandCoverError, match=r"lc\.tif: only 33\.3% of the 144 pixels with LandScan"
+    ):
+        landcover.check_lc_coverage(ls, lc, 0.5, "lc.tif")
     lc[:4] = 0
-    assert rasters.check_lc_coverage(ls, lc, 0.5, "lc.tif") == pytest.approx(4 / 6)
+    assert landcover.check_lc_coverage(ls, lc, 0.5, "lc.tif") == pytest.approx(4 / 6)
 
 
 def _label_frame(lc_code: list[int], ls_value: list[float]) -> pd.DataFrame:
@@ -229,13 +233,13 @@ def test_relabel_stops_when_the_images_have_no_land_cover_class() -> None:
     # every training image with population data has lc7 = none (fill values sampled as nodata 0)
     frame = _label_frame([0, 0, 0, 10], [5.0, 80.0, 3.0, np.nan])
     with pytest.raises(
-        rasters.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: lc7 is 'none' for 3 of"
+        landcover.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: lc7 is 'none' for 3 of"
     ):
         lb.check_lc_labels(frame, "lc.nc", "mp16")
     # unknown codes at the geotags: an error, or (by choice) counted in the summary
     frame = _label_frame([99, 10, 10, 10], [5.0, 80.0, 3.0, 1.0])
     with pytest.raises(
-        rasters.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: 1 pixels .*99 \(1 pixels\)"
+        landcover.LandCoverError, match=r"lc\.nc at the 4 geotags of mp16: 1 pixels .*99 \(1 pixels\)"
     ):
         lb.check_lc_labels(frame, "lc.nc", "mp16")
     assert lb.check_lc_labels(frame, "lc.nc", "mp16", {"unknown_lc_codes": "none"}) == {"99": 1}

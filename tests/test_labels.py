@@ -15,9 +15,12 @@ import pytest
 import rasterio
 from affine import Affine
 
+from geoens import buckets as bk
 from geoens import labels as lb
+from geoens import metadata as md
 from geoens import partitions as pt
 from geoens import s2
+from geoens import shards as sh
 from geoens.constants import LANDSCAN_NODATA, LC_URBAN, lc_lookup_tables
 
 LS_H, LS_W = 90, 180  # LandScan-like native raster (2 degrees / 1 pixel ... any H x 2H)
@@ -150,7 +153,7 @@ def test_read_metadata_counts_each_bad_reason(tmp_path: Path) -> None:
         "NA,3,4",  # line 11 good: an id spelled NA is an id
     ]
     csv = _write_csv(tmp_path / "meta.csv", rows)
-    meta, bad = lb.read_metadata(csv, available_ids=["a.jpg", "f.jpg", "NA", "b.jpg"])
+    meta, bad = md.read_metadata(csv, available_ids=["a.jpg", "f.jpg", "NA", "b.jpg"])
     assert meta["image_id"].tolist() == ["a.jpg", "f.jpg", "NA"]
     assert meta["lat"].tolist() == [10.5, -90.0, 3.0]
     assert meta["lon"].tolist() == [20.25, 180.0, 4.0]
@@ -171,7 +174,7 @@ def test_read_metadata_counts_each_bad_reason(tmp_path: Path) -> None:
 
 def test_read_metadata_ignores_extra_columns_and_without_ids_keeps_all(tmp_path: Path) -> None:
     csv = _write_csv(tmp_path / "m.csv", ["x,1,2,foo", "y,3,4,bar"], header="IMG_ID,LAT,LON,S3_Label")
-    meta, bad = lb.read_metadata(csv)
+    meta, bad = md.read_metadata(csv)
     assert meta["image_id"].tolist() == ["x", "y"]
     assert bad.n_bad == 0
 
@@ -179,16 +182,16 @@ def test_read_metadata_ignores_extra_columns_and_without_ids_keeps_all(tmp_path:
 def test_read_metadata_too_many_bad_rows_names_file_and_lines(tmp_path: Path) -> None:
     rows = ["a,1,1", "b,200,1", "c,1,1", "d,1,xyz"]
     csv = _write_csv(tmp_path / "broken_meta.csv", rows)
-    with pytest.raises(lb.MetadataError, match=r"broken_meta\.csv.*2 of 4 rows.*line 3 \(lat_out_of_range\)"):
-        lb.read_metadata(csv, max_bad_fraction=0.25)
-    meta, bad = lb.read_metadata(csv, max_bad_fraction=0.5)  # at the threshold: fine
+    with pytest.raises(md.MetadataError, match=r"broken_meta\.csv.*2 of 4 rows.*line 3 \(lat_out_of_range\)"):
+        md.read_metadata(csv, max_bad_fraction=0.25)
+    meta, bad = md.read_metadata(csv, max_bad_fraction=0.5)  # at the threshold: fine
     assert len(meta) == 2 and bad.fraction == 0.5
 
 
 def test_read_metadata_missing_column_names_file_and_column(tmp_path: Path) -> None:
     csv = _write_csv(tmp_path / "nolon.csv", ["a,1"], header="IMG_ID,LAT")
-    with pytest.raises(lb.MetadataError, match=r"nolon\.csv: missing column 'LON'"):
-        lb.read_metadata(csv)
+    with pytest.raises(md.MetadataError, match=r"nolon\.csv: missing column 'LON'"):
+        md.read_metadata(csv)
 
 
 def test_shard_and_folder_ids(tmp_path: Path) -> None:
@@ -199,20 +202,20 @@ def test_shard_and_folder_ids(tmp_path: Path) -> None:
             for i in range(3):
                 fh.write(msgpack.packb({"image": b"\xff\xd8" + bytes(100), "id": f"img{k}_{i}.jpg"}))
     (shards / "README.txt").write_text("not a shard")
-    ids = lb.available_ids(shards)
+    ids = sh.available_ids(shards)
     assert ids.to_pylist() == [f"img{k}_{i}.jpg" for k in range(2) for i in range(3)]
-    assert lb.shard_ids(shards, processes=2).to_pylist() == ids.to_pylist()
+    assert sh.shard_ids(shards, processes=2).to_pylist() == ids.to_pylist()
 
     with open(shards / "shard-002.msgpack", "wb") as fh:
         fh.write(msgpack.packb({"id": "ok"}) + msgpack.packb({"image": b"x"}))
     with pytest.raises(ValueError, match=r"shard-002\.msgpack: record 1 is not a map with an 'id'"):
-        lb.shard_ids(shards)
+        sh.shard_ids(shards)
 
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     for name in ("b.jpg", "a.jpg", "sub/c.jpg", ".hidden"):
         (folder / name).write_bytes(b"x")
-    assert lb.available_ids(folder).to_pylist() == ["a.jpg", "b.jpg", "sub/c.jpg"]
+    assert sh.available_ids(folder).to_pylist() == ["a.jpg", "b.jpg", "sub/c.jpg"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_landcover_sampling_equals_direct_lookup(rasters: dict[str, Path], key: 
 
 def test_ls_edges_and_counts_match_hand_computation() -> None:
     values = np.array([0, 1, 10, 100, 1000, 10000, np.nan, 5, 0, 3162.0])
-    rec = lb.ls_bucket_edges(values)
+    rec = bk.ls_bucket_edges(values)
     np.testing.assert_allclose(rec["edges_log10"], [0, 1, 2, 3, 4], atol=1e-12)
     # buckets: 0,0 -> lowest; 1, 5 -> [0,1) lowest; 10 -> low; 100 -> medium; 1000, 3162, 10000 -> high
     assert rec["counts"] == [4, 1, 1, 3]
@@ -273,7 +276,7 @@ def test_ls_edges_and_counts_match_hand_computation() -> None:
 
 def test_ls_edges_uneven_range() -> None:
     values = np.array([2.0, 50.0, 7.0, 0.0, 1234.0])
-    rec = lb.ls_bucket_edges(values)
+    rec = bk.ls_bucket_edges(values)
     lo, hi = np.log10(2.0), np.log10(1234.0)
     np.testing.assert_allclose(rec["edges_log10"], lo + (hi - lo) * np.arange(5) / 4)
     logs = np.log10([2.0, 50.0, 7.0, 1234.0])
@@ -284,27 +287,17 @@ def test_ls_edges_uneven_range() -> None:
 
 def test_ls_edges_need_a_range() -> None:
     with pytest.raises(ValueError, match="none of the 3 sampled values is positive"):
-        lb.ls_bucket_edges([0, 0, np.nan, -1])
+        bk.ls_bucket_edges([0, 0, np.nan, -1])
     with pytest.raises(ValueError, match="all positive sampled values equal"):
-        lb.ls_bucket_edges([5, 5, 0])
+        bk.ls_bucket_edges([5, 5, 0])
 
 
 def test_bucketize_rules() -> None:
     edges = [0.0, 1.0, 2.0, 3.0, 4.0]
     v = np.array([-5, 0, 0.5, 1, 9.99, 10, 99, 100, 1000, 1e9, np.nan])
-    assert lb.bucketize(v, edges).tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 3, 3, -1]
+    assert bk.bucketize(v, edges).tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 3, 3, -1]
     with pytest.raises(ValueError, match="increasing"):
-        lb.bucketize(v, [0, 2, 1, 3, 4])
-
-
-def test_bucketize_agrees_with_mask_stage() -> None:
-    rasters_mod = pytest.importorskip("geoens.rasters")
-    if not hasattr(rasters_mod, "ls_bucket_of"):
-        pytest.skip("geoens.rasters.ls_bucket_of not present")
-    rng = np.random.default_rng(0)
-    v = np.r_[10 ** rng.uniform(-2, 6, 5000), 0, -1, np.nan, 1.0, 10.0, 100.0, 1000.0, 10000.0]
-    edges = [0.0, 1.0, 2.0, 3.0, 4.0]
-    np.testing.assert_array_equal(lb.bucketize(v, edges), rasters_mod.ls_bucket_of(v, edges))
+        bk.bucketize(v, [0, 2, 1, 3, 4])
 
 
 def test_lc_labels_fold_subclasses() -> None:
@@ -433,7 +426,7 @@ def test_relabel_train_and_testset_end_to_end(tmp_path: Path, rasters: dict[str,
     edges = json.loads((out / "a" / "ls_edges.json").read_text())
     assert len(edges["edges_log10"]) == 5 and sum(edges["counts"]) == edges["n_sampled"]
     assert edges["min_positive"] == np.nanmin(ls_ref[ls_ref > 0]) and edges["max"] == np.nanmax(ls_ref)
-    np.testing.assert_array_equal(lab["ls_bucket"].to_numpy(), lb.bucketize(ls_ref, edges["edges_log10"]))
+    np.testing.assert_array_equal(lab["ls_bucket"].to_numpy(), bk.bucketize(ls_ref, edges["edges_log10"]))
     assert np.bincount(lab["ls_bucket"][lab["ls_bucket"] >= 0], minlength=4).tolist() == edges["counts"]
     # cells: every point in at most one cell, equal to the partition's lookup
     fine = pt.read_partition_csv(w["pdir"] / "fine.csv")
@@ -456,14 +449,14 @@ def test_relabel_train_and_testset_end_to_end(tmp_path: Path, rasters: dict[str,
     assert ts["rows_kept"] == 200 and (tl["split"] == "test").all() and tl["attr_keep"].all()
     tref = direct_lookup(_ls_array(), tl["lat"].to_numpy(), tl["lon"].to_numpy()).astype(np.float64)
     tref[tref == LANDSCAN_NODATA] = np.nan
-    np.testing.assert_array_equal(tl["ls_bucket"].to_numpy(), lb.bucketize(tref, edges["edges_log10"]))
+    np.testing.assert_array_equal(tl["ls_bucket"].to_numpy(), bk.bucketize(tref, edges["edges_log10"]))
     assert json.loads((out / "test_summary.json").read_text())["rows_kept"] == 200
 
 
 def test_relabel_train_fails_on_too_many_missing_images(tmp_path: Path, rasters: dict[str, Path]) -> None:
     w = _make_world(tmp_path, rasters, n=100)
     cfg = {"val_fraction": 0.1, "urban_cap": 0.125, "max_bad_fraction": 0.01, "rows_per_shard": 1000}
-    with pytest.raises(lb.MetadataError, match=r"train\.csv: 3 of 100 rows are bad.*no_image=2"):
+    with pytest.raises(md.MetadataError, match=r"train\.csv: 3 of 100 rows are bad.*no_image=2"):
         lb.run_relabel_train(
             w["meta"], w["shards"], rasters["ls"], rasters["lc_nc"], w["pdir"], tmp_path / "o",
             tmp_path / "e.json", tmp_path / "s.json", cfg, seed=0,
@@ -474,7 +467,7 @@ def test_relabel_train_fails_on_too_many_missing_images(tmp_path: Path, rasters:
 def test_relabel_train_without_population_names_the_raster(tmp_path: Path, rasters: dict[str, Path]) -> None:
     w = _make_world(tmp_path, rasters, n=200)
     empty = write_geotiff(tmp_path / "empty_ls.tif", np.zeros((LS_H, LS_W), np.int32), LANDSCAN_NODATA)
-    meta, _ = lb.read_metadata(w["meta"])
+    meta, _ = md.read_metadata(w["meta"])
     parts = pt.read_partitions({lv: w["pdir"] / f"{lv}.csv" for lv in pt.LEVELS})
     with pytest.raises(ValueError, match=r"empty_ls\.tif at 199 training geotags: .*none of the 199"):
         lb.relabel_train(meta, empty, rasters["lc_tif"], parts, 0.1, 0.125, 0)

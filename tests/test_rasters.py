@@ -14,7 +14,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 
-from geoens import rasters
+from geoens import buckets, landcover, masks, rasters
 from geoens.constants import LANDSCAN_NODATA, lc_lookup_tables
 from geoens.grid import Grid
 
@@ -109,7 +109,7 @@ def ref_block_mode(codes: np.ndarray, f: int) -> np.ndarray:
 @pytest.fixture(autouse=True)
 def small_strips(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force several strips even on tiny rasters."""
-    monkeypatch.setattr(rasters, "STRIP_BYTES", 4096)
+    monkeypatch.setattr(masks, "STRIP_BYTES", 4096)
 
 
 def ls_array(h: int, w: int, f: int, seed: int = 0) -> np.ndarray:
@@ -133,46 +133,53 @@ def test_landscan_block_mean_equals_reference(tmp_path: Path) -> None:
     g, f = Grid(12, 24), 4
     arr = ls_array(g.height * f, g.width * f, f)
     tif = write_tif(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
-    mean = rasters.landscan_mean(tif, g)
+    mean = masks.landscan_mean(tif, g)
     ref = ref_block_mean(arr, f, LANDSCAN_NODATA)
     np.testing.assert_allclose(mean, ref, rtol=1e-12, equal_nan=True)
     assert np.isnan(mean[0, 0]) and np.isnan(mean[-1, -1])
     assert mean[1, -1] == 7.0 and mean[2, 0] == 0.0
     # undeclared nodata -> LandScan default
     tif2 = write_tif(tmp_path / "ls2.tif", arr, nodata=None)
-    np.testing.assert_allclose(rasters.landscan_mean(tif2, g), ref, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(masks.landscan_mean(tif2, g), ref, rtol=1e-12, equal_nan=True)
 
 
 def test_ls_buckets() -> None:
     edges = [0.0, 1.0, 2.0, 3.0, 4.0]
     v = np.array([np.nan, -5, 0, 0.5, 1, 5, 10, 99.9, 100, 999, 1000, 1e4, 1e9])
-    assert rasters.ls_bucket_of(v, edges).tolist() == [-1, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
-    assert rasters.ls_bucket_of(v, edges).dtype == np.int8
+    assert buckets.bucketize(v, edges).tolist() == [-1, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert buckets.bucketize(v, edges).dtype == np.int8
     with pytest.raises(ValueError, match="increasing"):
-        rasters.ls_bucket_of(v, [0, 1, 1, 2, 3])
+        buckets.check_ls_edges([0, 1, 1, 2, 3])
     with pytest.raises(ValueError, match="5 increasing"):
-        rasters.ls_bucket_of(v, [0, 1, 2])
+        buckets.check_ls_edges([0, 1, 2])
 
 
 def test_ls_edges_file_and_fallback(tmp_path: Path) -> None:
     p = tmp_path / "ls_edges.json"
     p.write_text(json.dumps({"edges_log10": [0, 1, 2, 3, 4.5], "counts": [1, 1, 1, 1]}))
-    assert rasters.load_ls_edges(p, [9, 10, 11, 12, 13]) == [0, 1, 2, 3, 4.5]
-    assert rasters.load_ls_edges(tmp_path / "none.json", [9, 10, 11, 12, 13]) == [9, 10, 11, 12, 13]
+    assert buckets.load_ls_edges(p, [9, 10, 11, 12, 13]) == [0, 1, 2, 3, 4.5]
+    assert buckets.load_ls_edges(tmp_path / "none.json", [9, 10, 11, 12, 13]) == [9, 10, 11, 12, 13]
     with pytest.raises(ValueError, match="none.json"):
-        rasters.load_ls_edges(tmp_path / "none.json", None)
+        buckets.load_ls_edges(tmp_path / "none.json", None)
     p.write_text(json.dumps({"edges": [1]}))
     with pytest.raises(ValueError, match="ls_edges.json.*edges_log10"):
-        rasters.load_ls_edges(p, None)
+        buckets.load_ls_edges(p, None)
+    # edges that are not 5 increasing finite numbers: the file is named, the fallback is not used
+    for bad in ([0, 1, 2], [0, 2, 1, 3, 4], [0, 1, 2, 3, "x"], 5):
+        p.write_text(json.dumps({"edges_log10": bad}))
+        with pytest.raises(ValueError, match=r"ls_edges\.json: no valid 'edges_log10' list"):
+            buckets.load_ls_edges(p, [9, 10, 11, 12, 13])
+    with pytest.raises(ValueError, match="5 increasing"):
+        buckets.load_ls_edges(None, [9, 10, 11, 12])
 
 
 def test_ls_mask_end_to_end(tmp_path: Path) -> None:
     g, f = Grid(6, 12), 2
     arr = ls_array(12, 24, f, seed=1)
     tif = write_tif(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
-    lab, n_nodata = rasters.ls_mask(tif, g, [0.0, 1.0, 2.0, 3.0, 4.0])
+    lab, n_nodata = masks.ls_mask(tif, g, [0.0, 1.0, 2.0, 3.0, 4.0])
     np.testing.assert_array_equal(
-        lab, rasters.ls_bucket_of(ref_block_mean(arr, f, LANDSCAN_NODATA), [0, 1, 2, 3, 4])
+        lab, buckets.bucketize(ref_block_mean(arr, f, LANDSCAN_NODATA), [0, 1, 2, 3, 4])
     )
     assert lab[0, 0] == -1
     assert n_nodata == int(np.isnan(ref_block_mean(arr, f, LANDSCAN_NODATA)).sum()) > 0
@@ -185,7 +192,7 @@ def test_overviews_are_not_read(tmp_path: Path) -> None:
     with rasterio.open(tif) as ds:
         assert ds.overviews(1) == [2, 4]
     np.testing.assert_allclose(
-        rasters.landscan_mean(tif, g), ref_block_mean(arr, 8, LANDSCAN_NODATA), rtol=1e-12, equal_nan=True
+        masks.landscan_mean(tif, g), ref_block_mean(arr, 8, LANDSCAN_NODATA), rtol=1e-12, equal_nan=True
     )
 
 
@@ -216,7 +223,7 @@ def test_lc_block_mode_equals_reference_tif(tmp_path: Path, f: int) -> None:
     g = Grid(6, 12)
     codes = lc_codes(g.height * f, g.width * f, f, seed=f)
     tif = write_tif(tmp_path / "lc.tif", codes, nodata=0)
-    lab = rasters.lc_mask(tif, g, unknown_codes="none")  # codes 5, 99, 255 are no class (by choice)
+    lab = masks.lc_mask(tif, g, unknown_codes="none")  # codes 5, 99, 255 are no class (by choice)
     ref = ref_block_mode(codes, f)
     np.testing.assert_array_equal(lab, ref)
     assert lab.dtype == np.int8
@@ -228,14 +235,14 @@ def test_block_mode_large_factor_matches() -> None:
     rng = np.random.default_rng(5)
     cls = rng.integers(-1, 7, size=(48, 96)).astype(np.int8)
     f = 24  # 24^2 counts do not fit uint8: uint16 counting
-    got = rasters.block_mode(cls, f, 7)
+    got = landcover.block_mode(cls, f, 7)
     for i in range(2):
         for j in range(4):
             b = cls[i * f : (i + 1) * f, j * f : (j + 1) * f]
             cnt = np.bincount(b[b >= 0], minlength=7)
             assert got[i, j] == np.argmax(cnt)
-    assert rasters.block_counts(cls[:24, :24], 12, 7).dtype == np.uint8
-    assert rasters.block_counts(cls[:24, :24], 24, 7).dtype == np.uint16
+    assert landcover.block_counts(cls[:24, :24], 12, 7).dtype == np.uint8
+    assert landcover.block_counts(cls[:24, :24], 24, 7).dtype == np.uint16
 
 
 @pytest.mark.parametrize(("south_up", "time_dim"), [(False, True), (True, False)])
@@ -247,7 +254,7 @@ def test_lc_netcdf_unsigned_trap(tmp_path: Path, south_up: bool, time_dim: bool)
         assert r.dtype == np.uint8 and r.nodata == 0
         np.testing.assert_array_equal(r.read_rows(0, 24), codes)  # 190, 210 ... not negative
         np.testing.assert_array_equal(r.read_rows(5, 3), codes[5:8])
-    np.testing.assert_array_equal(rasters.lc_mask(nc, g, unknown_codes="none"), ref_block_mode(codes, f))
+    np.testing.assert_array_equal(masks.lc_mask(nc, g, unknown_codes="none"), ref_block_mode(codes, f))
 
 
 def test_sample_points(tmp_path: Path) -> None:
@@ -273,36 +280,36 @@ def test_bad_inputs_raise_naming_the_file(tmp_path: Path) -> None:
     ok = np.zeros((8, 16), dtype=np.int32)
     p = write_tif(tmp_path / "merc.tif", ok, crs="EPSG:3857", bounds=(-2e7, -2e7, 2e7, 2e7))
     with pytest.raises(ValueError, match=r"merc.tif: CRS .*3857"):
-        rasters.landscan_mean(p, g)
+        masks.landscan_mean(p, g)
     p = write_tif(tmp_path / "part.tif", ok, bounds=(-180, -60, 180, 85))
     with pytest.raises(ValueError, match="part.tif: extent .* not global"):
-        rasters.landscan_mean(p, g)
+        masks.landscan_mean(p, g)
     p = write_tif(tmp_path / "float.tif", ok.astype(np.float32))
     with pytest.raises(ValueError, match="float.tif: landscan dtype is float32, expected int32"):
-        rasters.landscan_mean(p, g)
+        masks.landscan_mean(p, g)
     p = write_tif(tmp_path / "lcint.tif", ok)
     with pytest.raises(ValueError, match="lcint.tif: landcover dtype is int32, expected uint8"):
-        rasters.lc_mask(p, g)
+        masks.lc_mask(p, g)
     p = write_tif(tmp_path / "odd.tif", np.zeros((10, 20), dtype=np.int32))
     with pytest.raises(ValueError, match="odd.tif: native size 10 x 20 is not a multiple"):
-        rasters.landscan_mean(p, g)
+        masks.landscan_mean(p, g)
     with pytest.raises(ValueError, match="missing.tif: landscan raster not found"):
-        rasters.landscan_mean(tmp_path / "missing.tif", g)
+        masks.landscan_mean(tmp_path / "missing.tif", g)
     p = tmp_path / "junk.tif"
     p.write_bytes(b"not a tiff")
     with pytest.raises(ValueError, match="junk.tif: cannot open"):
-        rasters.landscan_mean(p, g)
+        masks.landscan_mean(p, g)
     nc = tmp_path / "novar.nc"
     with netCDF4.Dataset(nc, "w") as ds:
         ds.createDimension("lat", 2)
         ds.createVariable("other", "i1", ("lat",))
     with pytest.raises(ValueError, match="novar.nc: no variable 'lccs_class'"):
-        rasters.lc_mask(nc, g)
+        masks.lc_mask(nc, g)
     nc = write_lc_netcdf(tmp_path / "utm.nc", np.zeros((8, 16), dtype=np.uint8))
     with netCDF4.Dataset(nc, "a") as ds:
         ds.variables["crs"].wkt = CRS.from_epsg(32633).to_wkt()
     with pytest.raises(ValueError, match="utm.nc: CRS"):
-        rasters.lc_mask(nc, g)
+        masks.lc_mask(nc, g)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,5 +347,5 @@ def test_lc_declared_nodata_code_is_no_class(tmp_path: Path) -> None:
     codes[:3, :3] = 190
     codes[0, 0] = 50  # ... but 10 is the declared nodata here
     tif = write_tif(tmp_path / "lc_nd10.tif", codes, nodata=10)
-    lab = rasters.lc_mask(tif, g)
+    lab = masks.lc_mask(tif, g)
     assert lab.tolist() == [[5, -1, -1, -1], [-1, -1, -1, -1]]

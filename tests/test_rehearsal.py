@@ -21,7 +21,7 @@ from geoens import rehearsal as rh
 from geoens.config import effective_config, read_config_file
 from geoens.constants import LANDSCAN_NODATA
 from geoens.grid import Grid
-from geoens.rasters import make_lc_mask
+from geoens.masks import make_lc_mask
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:

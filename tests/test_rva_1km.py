@@ -17,13 +17,14 @@ import pytest
 import rasterio
 
 from _rva_world import World, raster_reference, write_inputs
-from geoens import atoms, rasters, s2
+from geoens import atoms, buckets, masks, rasters, s2mask
 from geoens.atoms import AtomTable
 from geoens.constants import LANDSCAN_NODATA
 from geoens.evaluation import evaluate_testset, read_probs
 from geoens.grid import Grid
 from geoens.lookup import PixelLookup, TiledPixelLookup
 from geoens.methods import all_methods
+from geoens.partitions import read_partition_csv
 from test_rasters import lc_codes, ls_array, write_tif
 from test_s2 import mixed_partition, write_partition
 
@@ -41,9 +42,9 @@ def world_1km(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str
     write_partition(fine, mixed_partition(2))
     (tmp / "edges.json").write_text(json.dumps({"edges_log10": EDGES}))
     m = tmp / "masks"
-    rasters.make_ls_mask(ls_tif, tmp / "edges.json", g, m / "ls.tif")
-    rasters.make_lc_mask(lc_tif, g, m / "lc.tif", unknown_codes="none")  # lc_codes draws 5, 99, 255 too
-    s2.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet")
+    masks.make_ls_mask(ls_tif, tmp / "edges.json", g, m / "ls.tif")
+    masks.make_lc_mask(lc_tif, g, m / "lc.tif", unknown_codes="none")  # lc_codes draws 5, 99, 255 too
+    s2mask.make_s2_mask(fine, g, m / "s2_fine.tif", m / "s2_absorption.parquet")
     a = tmp / "atoms"
     atoms.make_atoms(
         m / "s2_fine.tif", m / "ls.tif", m / "lc.tif", g, a / "atoms.parquet", a / "index.tif", 7
@@ -54,7 +55,7 @@ def world_1km(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str
     table = pd.read_parquet(a / "atoms.parquet")
     with rasterio.open(a / "index.tif") as ds:
         index = ds.read(1)
-    n_cells = len(s2.read_partition(fine))
+    n_cells = len(read_partition_csv(fine))
     world = World(
         g, labels, g.pixel_areas(), n_cells, (ab["cell"].to_numpy(), ab["target"].to_numpy()),
         AtomTable.from_frame(table), index, g.total_area(),
@@ -68,7 +69,7 @@ def test_ls_factor_one_takes_native_values(world_1km: tuple[World, dict[str, Pat
     with rasterio.open(paths["ls_native"]) as ds:
         native = ds.read(1).astype(np.float64)
     native[native == LANDSCAN_NODATA] = np.nan
-    assert np.array_equal(world.labels["ls"], rasters.ls_bucket_of(native, EDGES))  # no averaging
+    assert np.array_equal(world.labels["ls"], buckets.bucketize(native, EDGES))  # no averaging
 
 
 def test_streamed_atoms_equal_in_memory_builder(world_1km: tuple[World, dict[str, Path]]) -> None:

@@ -1,4 +1,4 @@
-"""geoens.s2 against s2sphere: leaf ids, ancestry, ranges, tokens, centres; partition rasterisation."""
+"""geoens.s2 against s2sphere: leaf ids, ancestry, ranges, tokens, centres; s2mask: rasterisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import s2sphere
 
-from geoens import s2
+from geoens import partitions as pt
+from geoens import s2, s2mask
 from geoens.grid import Grid
 
 
@@ -149,9 +150,9 @@ def test_every_pixel_gets_the_cell_s2sphere_says(tmp_path: Path) -> None:
     tokens = mixed_partition(3)
     csv = tmp_path / "fine.csv"
     write_partition(csv, tokens)
-    part = s2.read_partition(csv)
+    part = pt.read_partition_csv(csv)
     g = Grid(36, 72)
-    lab = s2.rasterize_partition(part, g, strip_rows=7)
+    lab = s2mask.rasterize_partition(part, g, strip_rows=7)
     assert lab.shape == g.shape and lab.dtype == np.int32
     index = {s2sphere.CellId.from_token(t).id(): k for k, t in enumerate(tokens)}
     la, lo = g.lat_centers(), g.lon_centers()
@@ -163,25 +164,13 @@ def test_every_pixel_gets_the_cell_s2sphere_says(tmp_path: Path) -> None:
     assert (lab == -1).any()
 
 
-def test_overlapping_cells_are_an_error(tmp_path: Path) -> None:
+def test_overlapping_cells_are_an_error() -> None:
     c = s2sphere.CellId.from_token("8747c")
-    csv = tmp_path / "bad.csv"
-    write_partition(csv, ["8747c", c.child_begin().to_token(), "1"])
-    with pytest.raises(ValueError, match="overlap.*8747c"):
-        s2.rasterize_partition(s2.read_partition(csv), Grid(4, 8))
-
-
-def test_bad_partition_files(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a\nb\nclass_label,hex_id\n0,zz\n")
-    with pytest.raises(ValueError, match="bad.csv"):
-        s2.read_partition(bad)
-    bad.write_text("a\nb\nclass_label,hex_id\n1,8747c\n")
-    with pytest.raises(ValueError, match="bad.csv.*class_label"):
-        s2.read_partition(bad)
-    bad.write_text("a\nb\nfoo,bar\n1,8747c\n")
-    with pytest.raises(ValueError, match="bad.csv.*class_label"):
-        s2.read_partition(bad)
+    tokens = ["8747c", c.child_begin().to_token(), "1"]
+    n = len(tokens)
+    part = pt.Partition(s2.token_to_id(tokens), np.full(n, 100), np.zeros(n), np.zeros(n), 100 * n, "bad.csv")
+    with pytest.raises(ValueError, match="bad.csv.*8747c.*overlap"):
+        s2mask.rasterize_partition(part, Grid(4, 8))
 
 
 def test_absorption_targets_and_conservation(tmp_path: Path) -> None:
@@ -202,22 +191,22 @@ def test_absorption_targets_and_conservation(tmp_path: Path) -> None:
     tokens = [c.to_token() for c in others] + [c.to_token() for c in fine]
     csv = tmp_path / "fine.csv"
     write_partition(csv, tokens)
-    part = s2.read_partition(csv)
+    part = pt.read_partition_csv(csv)
     g = Grid(18, 36)
-    lab = s2.rasterize_partition(part, g)
-    table = s2.absorption_table(part, lab, g)
+    lab = s2mask.rasterize_partition(part, g)
+    table = s2mask.absorption_table(part, lab, g)
     n = len(tokens)
     owned = np.bincount(lab[lab >= 0], minlength=n) > 0
     np.testing.assert_array_equal(np.sort(table["cell"].to_numpy()), np.flatnonzero(~owned))
     assert table["cell"].dtype == np.int32 and table["target"].dtype == np.int32
     assert owned[table["target"].to_numpy()].all()
     # each target owns the pixel holding the absorbed cell's centre
-    clat, clon = s2.cell_center_latlng(part.ids[table["cell"].to_numpy()])
+    clat, clon = s2.cell_center_latlng(part.cells[table["cell"].to_numpy()])
     r, c = g.pixel_of(clat, clon)
     np.testing.assert_array_equal(lab[r, c], table["target"].to_numpy())
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(n), size=5)
-    out = s2.apply_absorption(probs, table)
+    out = s2mask.apply_absorption(probs, table)
     np.testing.assert_allclose(out.sum(axis=1), probs.sum(axis=1), rtol=1e-12)
     assert (out[:, table["cell"].to_numpy()] == 0).all()
     t0, c0 = int(table["target"].iloc[0]), table["cell"].to_numpy()
@@ -233,11 +222,11 @@ def test_absorption_to_nearest_labelled_pixel_when_centre_pixel_is_unlabelled(tm
     near = s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(55.0, 135.0)).parent(4)
     csv = tmp_path / "fine.csv"
     write_partition(csv, [big.to_token(), tiny.to_token(), near.to_token()])
-    part = s2.read_partition(csv)
-    lab = s2.rasterize_partition(part, g)
+    part = pt.read_partition_csv(csv)
+    lab = s2mask.rasterize_partition(part, g)
     r, c = g.pixel_of(60.0, 150.0)
     assert lab[r, c] == -1
-    table = s2.absorption_table(part, lab, g)
+    table = s2mask.absorption_table(part, lab, g)
     assert table["cell"].tolist() == [1]
     assert table["target"].tolist() == [2]  # the nearer cell, not the big one
 
@@ -251,12 +240,12 @@ REAL_FINE = shared_dir() / "reference" / "peers" / "GeoEstimation" / "geo-cells"
 
 @pytest.mark.skipif(not REAL_FINE.exists(), reason="peer reference data absent")
 def test_real_fine_partition_on_a_moderate_grid() -> None:
-    part = s2.read_partition(REAL_FINE)
-    assert len(part.labels) == 12893
+    part = pt.read_partition_csv(REAL_FINE)
+    assert len(part) == 12893
     g = Grid(540, 1080)
-    lab = s2.rasterize_partition(part, g)
+    lab = s2mask.rasterize_partition(part, g)
     owned = np.unique(lab[lab >= 0])
-    table = s2.absorption_table(part, lab, g)
+    table = s2mask.absorption_table(part, lab, g)
     n_abs = len(table)
     print(f"real fine partition on 540 x 1080: {owned.size} cells own pixels, {n_abs} absorbed")
     assert owned.size + n_abs == 12893

@@ -5,8 +5,9 @@ import time
 
 from geoens.atoms import make_atoms
 from geoens.config import grid_from_config
+from geoens.landcover import check_lc_coverage
 from geoens.logs import setup_logging
-from geoens.rasters import check_lc_coverage, read_label_raster
+from geoens.rasters import read_label_raster
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -5,7 +5,7 @@ import time
 
 from geoens.config import grid_from_config
 from geoens.logs import setup_logging
-from geoens.rasters import make_ls_mask
+from geoens.masks import make_ls_mask
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -5,7 +5,7 @@ import time
 
 from geoens.config import grid_from_config
 from geoens.logs import setup_logging
-from geoens.s2 import make_s2_mask
+from geoens.s2mask import make_s2_mask
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -6,11 +6,17 @@ Modules, one concept each:
 - :mod:`geoens.config`     load and validate a workflow config against the JSON Schema.
 - :mod:`geoens.grid`       the common equirectangular grid, pixel areas, point -> pixel.
 - :mod:`geoens.demo`       the synthetic demo world (rasters, msgpack shards, test sets).
-- :mod:`geoens.rasters`    raster checks, windowed block-mean / block-mode downsampling, GeoTIFF writing.
-- :mod:`geoens.s2`         vectorised S2 cell ids and partition rasterisation with absorption.
+- :mod:`geoens.rasters`    native raster checks and strip reads, label raster (GeoTIFF) writing and previews.
+- :mod:`geoens.s2`         vectorised S2 cell ids (cell math only).
+- :mod:`geoens.buckets`    the LS bucket rule: edges, bucketize, ``ls_edges.json``.
+- :mod:`geoens.metadata`   metadata CSVs: reading, cleaning, bad-row accounting.
+- :mod:`geoens.shards`     msgpack shards: ids, record scan, record reads.
 - :mod:`geoens.partitions` GeoEstimation-style adaptive S2 partitions, CSV I/O, hierarchy.
-- :mod:`geoens.labels`     relabelling geotags with raster attributes, LS bucket edges.
-- :mod:`geoens.atoms`      the atom table on which evaluation runs (build, read, write).
+- :mod:`geoens.landcover`  land-cover class table, block mode, legend and coverage checks.
+- :mod:`geoens.masks`      the LS and LC masks on the grid (block mean / block mode by strips).
+- :mod:`geoens.s2mask`     the S2 mask: partition rasterisation and absorption.
+- :mod:`geoens.labels`     relabelling geotags with raster attributes, splits, urban cap, label tables.
+- :mod:`geoens.atoms`      the atom table on which evaluation runs.
 - :mod:`geoens.data`       image datasets over msgpack shards and image folders.
 - :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model), training loop.
 - :mod:`geoens.geoclip_adapter` GeoCLIP scored on S2 cells.

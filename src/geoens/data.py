@@ -1,7 +1,7 @@
 """Image datasets for training and prediction: msgpack shards (MP-16 layout) and image folders.
 
 Shards are streams of msgpack maps ``{"id": str, "image": JPEG bytes}``. :class:`ShardIndex` maps every id to
-``(shard, byte offset, byte length)`` in one streaming pass (``msgpack.Unpacker.tell()``); afterwards a
+``(shard, byte offset, byte length)`` in one streaming pass (:func:`geoens.shards.scan_records`); afterwards a
 record is read by one ``seek`` + ``read``. File handles are opened lazily in each process, so a
 :class:`ShardSource` can be handed to DataLoader worker processes (fork or spawn).
 
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import msgpack
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -31,22 +30,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from geoens.io import ShardFormatError, list_shards
+from geoens.shards import ShardFormatError, list_shards, record_image, scan_records
 
 log = logging.getLogger(__name__)
 
 #: ImageNet normalisation (timm's default); BiT models use 0.5/0.5 (passed through ``make_transforms``).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def _record_id(record: Any, shard: Path, offset: int) -> str:
-    if not isinstance(record, dict):
-        raise ShardFormatError(f"{shard} at byte {offset}: record is {type(record).__name__}, not a map")
-    rid = record.get("id", record.get(b"id"))
-    if rid is None:
-        raise ShardFormatError(f"{shard} at byte {offset}: record has no 'id' key (keys {list(record)[:5]})")
-    return rid.decode() if isinstance(rid, bytes) else str(rid)
 
 
 @dataclass
@@ -116,29 +106,11 @@ class ShardIndex:
 
             iterator = tqdm(iterator, total=len(paths), desc="index shards", mininterval=10)
         for s, path in iterator:
-            with open(path, "rb") as fh:
-                unpacker = msgpack.Unpacker(fh, raw=False, max_buffer_size=1 << 30)
-                start = 0
-                while True:
-                    try:
-                        record = unpacker.unpack()
-                    except msgpack.OutOfData:
-                        break
-                    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-                        raise ShardFormatError(f"{path} at byte {start}: cannot unpack ({exc})") from exc
-                    end = unpacker.tell()
-                    ids.append(_record_id(record, path, start))
-                    shard_no.append(s)
-                    offsets.append(start)
-                    lengths.append(end - start)
-                    start = end
-                size = path.stat().st_size
-                if start != size:
-                    n_done = sum(1 for k in shard_no if k == s)
-                    raise ShardFormatError(
-                        f"{path}: truncated record {n_done} at byte {start} (file has {size} bytes; "
-                        f"{n_done} complete records before it)"
-                    )
+            rec_ids, rec_offsets, rec_lengths = scan_records(path)
+            ids.extend(rec_ids)
+            shard_no.extend([s] * len(rec_ids))
+            offsets.extend(rec_offsets)
+            lengths.extend(rec_lengths)
         return cls(
             shards=[p.name for p in paths],
             ids=np.asarray(ids, dtype=object),
@@ -254,13 +226,10 @@ class ShardSource:
         try:
             fh = self._handle(shard)
             fh.seek(offset)
-            record = msgpack.unpackb(fh.read(length), raw=False)
-        except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            data = fh.read(length)
+        except (OSError, ValueError):
             return None
-        if not isinstance(record, dict):
-            return None
-        image = record.get("image", record.get(b"image"))
-        return bytes(image) if isinstance(image, bytes | bytearray) else None
+        return record_image(data)
 
     def close(self) -> None:
         """Close the open shard files of this process."""

@@ -94,31 +94,6 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-#: File patterns of msgpack shards (``{"id", "image"}`` records) in a shards folder.
-SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
-
-
-class ShardFormatError(ValueError):
-    """A shards folder or shard record that does not follow the ``{"id", "image"}`` msgpack format."""
-
-
-def list_shards(shards_dir: str | Path) -> list[Path]:
-    """The shard files of a folder, sorted by name.
-
-    Raises:
-        FileNotFoundError: If the folder does not exist.
-        ShardFormatError: If it holds no shard file.
-
-    """
-    root = Path(shards_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"shards folder not found: {root}")
-    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
-    if not paths:
-        raise ShardFormatError(f"no *.msgpack shard in {root}")
-    return paths
-
-
 # Fingerprints of input folders, per process: key = (folder, its inode and mtime), so a folder that is
 # (re)created during a run (the demo world, before the jobs that read it) is walked again.
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

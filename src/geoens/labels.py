@@ -2,79 +2,55 @@
 
 The stage has four parts, each a plain function so that workflow scripts stay thin:
 
-1. :func:`read_metadata` reads an ``IMG_ID, LAT, LON`` CSV (vectorised pandas), drops and counts bad rows
-   (:class:`BadRows`) and fails, naming the file and the first bad lines, past ``max_bad_fraction``.
-   :func:`available_ids` lists the images that exist (msgpack shards, streaming; or an image folder).
-2. :func:`sample_raster` samples a raster at points, *nearest native pixel* (the pixel containing the point,
-   as the paper), reading each raster block that holds points once (never one read per point).
-3. :func:`ls_bucket_edges` derives the four LandScan buckets from the values sampled at the training
-   geotags; :func:`bucketize` applies them. :func:`lc_labels` folds LCCS codes into 22 top codes and 7
-   classes.
+1. :func:`geoens.metadata.read_metadata` reads and cleans an ``IMG_ID, LAT, LON`` CSV;
+   :func:`geoens.shards.available_ids` lists the images that exist (msgpack shards, or an image folder).
+2. :func:`sample_landscan` / :func:`sample_landcover` sample a raster at points, *nearest native pixel* (the
+   pixel containing the point, as the paper), reading each raster block that holds points once (never one
+   read per point, :func:`read_pixels`).
+3. :func:`geoens.buckets.ls_bucket_edges` derives the four LandScan buckets from the values sampled at the
+   training geotags; :func:`geoens.buckets.bucketize` (the canonical LS bucket rule) applies them.
+   :func:`lc_labels` folds LCCS codes into 22 top codes and 7 classes.
 4. :func:`relabel_train` / :func:`relabel_testset` put everything together (S2 cells through
    :mod:`geoens.partitions`), with a seeded train/val split and the paper's urban cap (``attr_keep``);
    :func:`write_label_shards` writes ``part-NNNNN.parquet`` files.
-
-``bucketize`` here is the canonical LS bucket function of the project (the mask stage must use it or give
-identical results).
 """
 
 from __future__ import annotations
 
-import csv as csv_module
 import logging
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import rasterio
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geoens import s2
+from geoens.buckets import bucketize, load_ls_edges, ls_bucket_edges
 from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
-from geoens.io import SHARD_PATTERNS, ShardFormatError, atomic_path, list_shards, read_json, write_json
-from geoens.rasters import Kind, NegativePopulationError, check_population, read_window
+from geoens.io import atomic_path, write_json
+from geoens.landcover import LandCoverError, describe_codes, handle_unknown_lc_codes, unknown_lc_codes
+from geoens.metadata import BadRows, read_metadata
+from geoens.partitions import LEVELS, Partition, cell_of, read_partitions
+from geoens.rasters import Kind, NegativePopulationError, check_population, open_checked, read_window
+from geoens.shards import available_ids
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Required metadata columns.
-METADATA_COLUMNS: tuple[str, str, str] = ("IMG_ID", "LAT", "LON")
-#: Reasons a metadata row is dropped, in the order they are checked (a row counts under its first reason).
-BAD_REASONS: tuple[str, ...] = (
-    "missing_id",
-    "missing_coordinates",
-    "non_numeric_coordinates",
-    "lat_out_of_range",
-    "lon_out_of_range",
-    "no_image",
-    "duplicate_id",
-)
-#: Strings read as a missing coordinate.
-_NA_STRINGS: list[str] = ["", "NA", "N/A", "NaN", "nan", "NAN", "null", "NULL", "None", "-nan", "#N/A"]
-#: How many bad rows an error message or summary names.
-N_BAD_EXAMPLES = 10
 #: Largest window (bytes) read from a raster at once.
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
 #: File suffixes read block-wise through rasterio (tiles holding points only).
 GEOTIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
-#: Number of LS buckets.
-N_LS_BUCKETS = len(LS_BUCKETS)
 
 #: Parquet schema of the label tables (docs/ARCHITECTURE.md, "label columns").
 LABEL_SCHEMA = pa.schema(
@@ -95,303 +71,6 @@ LABEL_SCHEMA = pa.schema(
     ]
 )
 LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
-LEVELS: tuple[str, str, str] = ("coarse", "middle", "fine")
-
-
-class MetadataError(ValueError):
-    """A metadata CSV that lacks a column, cannot be parsed or has too many bad rows."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# metadata
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BadRows:
-    """Bad rows of one metadata file, counted per reason.
-
-    Attributes:
-        file: The CSV.
-        n_rows: Data rows in the file.
-        counts: Bad rows per reason (every reason of :data:`BAD_REASONS`, zero included).
-        examples: The first bad rows as ``(line, reason)``; ``line`` is the 1-based line of the file
-            (the header is line 1, the first data row line 2).
-
-    """
-
-    file: str
-    n_rows: int
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BAD_REASONS, 0))
-    examples: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def n_bad(self) -> int:
-        """Number of dropped rows."""
-        return int(sum(self.counts.values()))
-
-    @property
-    def fraction(self) -> float:
-        """Share of dropped rows (0 for an empty file)."""
-        return self.n_bad / self.n_rows if self.n_rows else 0.0
-
-    def describe(self) -> str:
-        """One line naming the non-zero counts and the first bad lines."""
-        counts = ", ".join(f"{k}={v}" for k, v in self.counts.items() if v)
-        lines = ", ".join(f"line {ln} ({why})" for ln, why in self.examples)
-        return f"{counts}; first bad rows: {lines}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "file": self.file,
-            "rows_total": self.n_rows,
-            "rows_bad": self.n_bad,
-            "bad_fraction": self.fraction,
-            "bad_by_reason": dict(self.counts),
-            "first_bad_rows": [{"line": ln, "reason": why} for ln, why in self.examples],
-        }
-
-
-def _undecodable_line(path: Path) -> str:
-    """``"line N, byte B"`` of the first line of ``path`` that is not UTF-8 (a UTF-8 BOM is accepted)."""
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                return f"line {number}, byte {exc.start + 1} ({raw[exc.start : exc.start + 1]!r})"
-    return "no line"  # pragma: no cover - only called after a decoding error
-
-
-def _read_header(path: Path) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            line = fh.readline()
-    except OSError as exc:
-        raise MetadataError(f"{path}: cannot read the CSV header: {exc}") from exc
-    try:
-        # utf-8-sig: the byte-order mark that spreadsheet programs write is not part of the first name
-        first = next(csv_module.reader([line.decode("utf-8-sig")]), None)
-    except UnicodeDecodeError as exc:
-        raise MetadataError(f"{path}: not UTF-8 text at {_undecodable_line(path)}: save it as UTF-8") from exc
-    if not first:
-        raise MetadataError(f"{path}: empty file (expected a header with {', '.join(METADATA_COLUMNS)})")
-    return [c.strip() for c in first]
-
-
-def _read_columns(path: Path, numeric: bool) -> pa.Table:
-    """IMG_ID as string; LAT, LON as float64 (``numeric``) or as strings; NA spellings -> null."""
-    coord_type = pa.float64() if numeric else pa.string()
-    convert = pacsv.ConvertOptions(
-        include_columns=list(METADATA_COLUMNS),
-        column_types={"IMG_ID": pa.string(), "LAT": coord_type, "LON": coord_type},
-        null_values=_NA_STRINGS,
-        strings_can_be_null=False,
-        quoted_strings_can_be_null=False,
-    )
-    return pacsv.read_csv(path, convert_options=convert)
-
-
-def _coords(col: pa.ChunkedArray) -> tuple[FloatArray, BoolArray, BoolArray]:
-    """``(values, missing, non_numeric)`` of a coordinate column read as float64 or as strings."""
-    if pa.types.is_floating(col.type):
-        vals = np.asarray(col.to_numpy(), dtype=np.float64)
-        missing = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        return vals, missing, np.zeros(vals.size, dtype=bool)
-    text = pc.utf8_trim_whitespace(col)
-    missing = np.asarray(
-        pc.or_(pc.is_null(text), pc.is_in(text, value_set=pa.array(_NA_STRINGS)))
-        .fill_null(True)
-        .to_numpy(zero_copy_only=False),
-        dtype=bool,
-    )
-    num = pd.to_numeric(pd.Series(text.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
-    vals = num.to_numpy(dtype=np.float64, na_value=np.nan)
-    return vals, missing, np.isnan(vals) & ~missing
-
-
-def read_metadata(
-    csv: str | Path,
-    available_ids: Iterable[str] | pa.Array | pa.ChunkedArray | None = None,
-    max_bad_fraction: float | None = None,
-) -> tuple[pd.DataFrame, BadRows]:
-    """Read and clean an ``IMG_ID, LAT, LON`` metadata CSV (other columns are ignored).
-
-    Rows are dropped (and counted in :class:`BadRows`) for, in this order: an empty id, a missing or
-    non-numeric coordinate, a latitude outside [-90, 90], a longitude outside [-180, 180], an id with no
-    image in ``available_ids``, and an id already seen in an earlier good row (the first is kept). The file
-    is parsed by Arrow's multithreaded CSV reader (coordinates straight to float64; only a file with a
-    non-numeric coordinate is re-read as text); the ids go through one hash pass (Arrow ``index_in`` against
-    the available ids, or ``dictionary_encode``), duplicates are then found among integer codes.
-
-    Args:
-        csv: The metadata file.
-        available_ids: Ids of the images that exist (:func:`available_ids`, or any iterable of str); ``None``
-            skips that check.
-        max_bad_fraction: Fail when more than this share of rows is bad; ``None`` never fails.
-
-    Returns:
-        ``(frame, bad)``: the kept rows as columns ``image_id`` (str), ``lat``, ``lon`` (float64) in file
-        order with a fresh index, and the bad-row report.
-
-    Raises:
-        MetadataError: Naming the file: a missing column, an unparsable file, no rows, or too many bad rows
-            (naming the first bad lines).
-
-    """
-    path = Path(csv)
-    header = _read_header(path)
-    for col in METADATA_COLUMNS:
-        if col not in header:
-            raise MetadataError(f"{path}: missing column {col!r} (columns: {header})")
-    try:
-        try:
-            table = _read_columns(path, numeric=True)
-        except pa.ArrowInvalid as exc:
-            if "conversion error" not in str(exc).lower():
-                raise
-            table = _read_columns(path, numeric=False)
-    except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as exc:
-        if "utf8" in str(exc).lower().replace("-", ""):
-            where = _undecodable_line(path)
-            raise MetadataError(f"{path}: not UTF-8 text at {where}: save it as UTF-8") from exc
-        raise MetadataError(f"{path}: cannot parse the CSV: {exc}") from exc
-    n = table.num_rows
-    if n == 0:
-        raise MetadataError(f"{path}: no data rows")
-
-    ids = pc.utf8_trim_whitespace(table.column("IMG_ID"))
-    reason = np.full(n, -1, dtype=np.int8)
-
-    def mark(mask: npt.ArrayLike, name: str) -> None:
-        m = np.asarray(mask, dtype=bool) & (reason < 0)
-        reason[m] = BAD_REASONS.index(name)
-
-    mark(pc.equal(ids, "").to_numpy(zero_copy_only=False), "missing_id")
-    lat, lat_missing, lat_bad = _coords(table.column("LAT"))
-    lon, lon_missing, lon_bad = _coords(table.column("LON"))
-    mark(lat_missing | lon_missing, "missing_coordinates")
-    mark(lat_bad | lon_bad | np.isinf(lat) | np.isinf(lon), "non_numeric_coordinates")
-    with np.errstate(invalid="ignore"):
-        mark(~((lat >= -90.0) & (lat <= 90.0)), "lat_out_of_range")
-        mark(~((lon >= -180.0) & (lon <= 180.0)), "lon_out_of_range")
-    # One hash pass over the ids: their position in the available ids (null: no image), or their
-    # dictionary code; duplicates are then found among integers.
-    if available_ids is not None:
-        if isinstance(available_ids, pa.ChunkedArray):
-            value_set = available_ids.combine_chunks()
-        elif isinstance(available_ids, pa.Array):
-            value_set = available_ids
-        else:
-            value_set = pa.array(list(available_ids), pa.string())
-        pos = pc.index_in(ids, value_set=value_set).combine_chunks()
-        mark(~np.asarray(pos.is_valid().to_numpy(zero_copy_only=False), dtype=bool), "no_image")
-        codes = np.asarray(pos.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    else:
-        codes = np.asarray(pc.dictionary_encode(ids).combine_chunks().indices.to_numpy(), dtype=np.int64)
-    good = np.flatnonzero(reason < 0)
-    _, first = np.unique(codes[good], return_index=True)
-    dup = np.zeros(n, dtype=bool)
-    dup[good] = True
-    dup[good[first]] = False
-    mark(dup, "duplicate_id")
-
-    bad = BadRows(file=str(path), n_rows=n)
-    reasons, cnts = np.unique(reason[reason >= 0], return_counts=True)
-    for code, cnt in zip(reasons.tolist(), cnts.tolist(), strict=True):
-        bad.counts[BAD_REASONS[code]] = int(cnt)
-    first_bad = np.flatnonzero(reason >= 0)[:N_BAD_EXAMPLES]
-    bad.examples = [(int(i) + 2, BAD_REASONS[reason[i]]) for i in first_bad]
-    if max_bad_fraction is not None and bad.fraction > max_bad_fraction:
-        raise MetadataError(
-            f"{path}: {bad.n_bad} of {n} rows are bad ({bad.fraction:.2%} > labels.max_bad_fraction = "
-            f"{max_bad_fraction:.2%}): {bad.describe()}"
-        )
-    keep = reason < 0
-    kept = pa.table(
-        {
-            "image_id": ids.filter(pa.array(keep)),
-            "lat": pa.array(lat[keep], pa.float64()),
-            "lon": pa.array(lon[keep], pa.float64()),
-        }
-    )
-    frame = kept.to_pandas()
-    if bad.n_bad:
-        log.warning("%s: dropped %d of %d rows: %s", path, bad.n_bad, n, bad.describe())
-    return frame, bad
-
-
-def _shard_id_array(path: Path) -> pa.Array:
-    """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
-    out: list[str] = []
-    end = 0  # byte after the last complete record
-    with open(path, "rb") as fh:
-        unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
-        try:
-            for index, rec in enumerate(unpacker):
-                if not isinstance(rec, dict) or "id" not in rec:
-                    raise ValueError(f"{path}: record {index} is not a map with an 'id'")
-                out.append(str(rec["id"]))
-                end = unpacker.tell()
-        except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
-            if str(path) in str(exc):
-                raise
-            raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
-    size = path.stat().st_size
-    if end != size:  # the unpacker stops silently at a record cut short
-        raise ShardFormatError(
-            f"{path}: truncated record {len(out)} at byte {end} (file has {size} bytes; "
-            f"{len(out)} complete records before it)"
-        )
-    return pa.array(out, pa.string())
-
-
-def shard_ids(shards_dir: str | Path, processes: int = 1) -> pa.Array:
-    """Ids of every record in the msgpack shards of a folder (shard order), streaming.
-
-    Args:
-        shards_dir: The folder.
-        processes: Shards read in parallel by this many processes.
-
-    Raises:
-        ValueError: Naming the shard and record index of a record that is not a map with an ``id``.
-
-    """
-    paths = list_shards(shards_dir)
-    if processes > 1 and len(paths) > 1:
-        with ProcessPoolExecutor(max_workers=min(processes, len(paths))) as pool:
-            arrays = list(pool.map(_shard_id_array, paths))
-    else:
-        arrays = [_shard_id_array(p) for p in paths]
-    return pa.concat_arrays(arrays)
-
-
-def folder_ids(folder: str | Path) -> list[str]:
-    """Image ids of an image folder: file paths relative to it (POSIX separators), hidden files skipped.
-
-    Raises:
-        FileNotFoundError: If the folder does not exist.
-
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root)
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                out.append((rel / name).as_posix())
-    return out
-
-
-def available_ids(path: str | Path, processes: int = 1) -> pa.Array:
-    """Ids of the images present (Arrow strings): msgpack shards if the folder holds some, else the files."""
-    root = Path(path)
-    has_shards = root.is_dir() and any(next(root.glob(p), None) is not None for p in SHARD_PATTERNS)
-    return shard_ids(root, processes) if has_shards else pa.array(folder_ids(root), pa.string())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,8 +157,6 @@ def sample_native(
         ``(values, nodata)``: values in the raster's dtype (int32 LandScan, uint8 land cover).
 
     """
-    from geoens.rasters import open_checked
-
     p = Path(path)
     with open_checked(p, kind) as raster:
         nodata = int(raster.nodata)
@@ -515,83 +192,8 @@ def sample_landcover(path: str | Path, lat: npt.ArrayLike, lon: npt.ArrayLike) -
 
 
 # ---------------------------------------------------------------------------------------------------
-# LS buckets, LC classes
+# LC classes
 # ---------------------------------------------------------------------------------------------------
-
-
-def ls_bucket_edges(values: npt.ArrayLike, n_buckets: int = N_LS_BUCKETS) -> dict[str, Any]:
-    """Bucket edges equally spaced in log10 between the smallest positive and the largest sampled value.
-
-    Args:
-        values: LS values sampled at the training geotags (NaN = nodata, ignored).
-        n_buckets: Number of buckets (4).
-
-    Returns:
-        The ``ls_edges.json`` record: ``edges_log10`` (``n_buckets + 1`` floats), ``counts`` (sampled values
-        per bucket, by :func:`bucketize`), ``min_positive``, ``max`` and ``n_sampled`` (non-NaN values).
-
-    Raises:
-        ValueError: If no value is positive or all positive values are equal (no range to split).
-
-    """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    pos = v[v > 0]
-    if pos.size == 0:
-        raise ValueError(f"cannot derive LS bucket edges: none of the {v.size} sampled values is positive")
-    lo, hi = float(pos.min()), float(v.max())
-    if not hi > lo:
-        raise ValueError(f"cannot derive LS bucket edges: all positive sampled values equal {lo}")
-    edges = np.linspace(math.log10(lo), math.log10(hi), n_buckets + 1)
-    buckets = bucketize(v, edges)
-    counts = np.bincount(buckets, minlength=n_buckets)
-    return {
-        "edges_log10": [float(e) for e in edges],
-        "counts": [int(c) for c in counts],
-        "min_positive": lo,
-        "max": hi,
-        "n_sampled": int(v.size),
-    }
-
-
-def bucketize(values: npt.ArrayLike, edges_log10: Sequence[float] | npt.ArrayLike) -> npt.NDArray[np.int8]:
-    """LS bucket of each value: the canonical rule of the project.
-
-    ``values <= 0`` -> 0 (lowest); NaN -> -1; otherwise ``log10(value)`` is placed by the inner edges, a value
-    on an inner edge going to the upper bucket (buckets ``[e_k, e_{k+1})``), values below the first edge or
-    above the last clipping into the end buckets.
-
-    Raises:
-        ValueError: If the edges are fewer than 2 or not increasing.
-
-    """
-    e = np.asarray(edges_log10, dtype=np.float64)
-    if e.ndim != 1 or e.size < 2 or not np.all(np.diff(e) > 0):
-        raise ValueError(f"LS edges must be an increasing list of at least 2 numbers, got {e.tolist()}")
-    v = np.asarray(values, dtype=np.float64)
-    out = np.full(v.shape, -1, dtype=np.int8)
-    valid = ~np.isnan(v)
-    pos = valid & (v > 0)
-    out[valid & ~pos] = 0
-    out[pos] = np.searchsorted(e[1:-1], np.log10(v[pos]), side="right").astype(np.int8)
-    return out
-
-
-def load_ls_edges(path: str | Path) -> FloatArray:
-    """Read the ``edges_log10`` of an ``ls_edges.json`` artifact.
-
-    Raises:
-        ValueError: Naming the file if the edges are missing, not 5 numbers or not increasing.
-
-    """
-    rec = read_json(path)
-    try:
-        edges = np.asarray(rec["edges_log10"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: no valid 'edges_log10' list") from exc
-    if edges.shape != (N_LS_BUCKETS + 1,) or not np.all(np.diff(edges) > 0):
-        raise ValueError(f"{path}: 'edges_log10' must be {N_LS_BUCKETS + 1} increasing numbers, got {edges}")
-    return edges
 
 
 def lc_labels(codes: npt.ArrayLike) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int8]]:
@@ -652,12 +254,12 @@ def point_labels(
     meta: pd.DataFrame,
     landscan: str | Path,
     landcover: str | Path,
-    partitions: Mapping[str, Any],
+    partitions: Mapping[str, Partition],
 ) -> pd.DataFrame:
     """Attribute and cell labels of cleaned metadata (``image_id, lat, lon``), without bucket or split.
 
     Args:
-        meta: Output of :func:`read_metadata`.
+        meta: Output of :func:`geoens.metadata.read_metadata`.
         landscan: LandScan raster.
         landcover: Land-cover raster (GeoTIFF or NetCDF).
         partitions: ``{"coarse", "middle", "fine"}`` -> :class:`geoens.partitions.Partition`.
@@ -666,8 +268,6 @@ def point_labels(
         Columns ``image_id, lat, lon, ls_value, lc_code, lc22, lc7, cell_coarse, cell_middle, cell_fine``.
 
     """
-    from geoens.partitions import cell_of
-
     lat = meta["lat"].to_numpy(dtype=np.float64)
     lon = meta["lon"].to_numpy(dtype=np.float64)
     log.info("sampling LandScan at %d points", lat.size)
@@ -706,7 +306,7 @@ def relabel_train(
     meta: pd.DataFrame,
     landscan: str | Path,
     landcover: str | Path,
-    partitions: Mapping[str, Any],
+    partitions: Mapping[str, Partition],
     val_fraction: float,
     urban_cap: float,
     seed: int,
@@ -731,7 +331,7 @@ def relabel_testset(
     meta: pd.DataFrame,
     landscan: str | Path,
     landcover: str | Path,
-    partitions: Mapping[str, Any],
+    partitions: Mapping[str, Partition],
     edges_log10: npt.ArrayLike,
 ) -> pd.DataFrame:
     """Label a test set with the training set's LS edges and partitions (``split = "test"``, all kept)."""
@@ -816,9 +416,7 @@ def write_summary(path: str | Path, summary: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _partition_paths(partitions_dir_or_paths: str | Path | Mapping[str, str | Path]) -> dict[str, Any]:
-    from geoens.partitions import read_partitions
-
+def _partition_paths(partitions_dir_or_paths: str | Path | Mapping[str, str | Path]) -> dict[str, Partition]:
     if isinstance(partitions_dir_or_paths, Mapping):
         paths = dict(partitions_dir_or_paths)
     else:
@@ -851,8 +449,6 @@ def check_lc_labels(
             images with LandScan data have a land-cover class (``lc7`` is "none" for the others).
 
     """
-    from geoens.rasters import LandCoverError, describe_codes, handle_unknown_lc_codes, unknown_lc_codes
-
     cfg = {**MASKS_DEFAULTS, **(masks_cfg or {})}
     codes = labels["lc_code"].to_numpy(dtype=np.uint8)
     unknown = unknown_lc_codes(codes, 0)

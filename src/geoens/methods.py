@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from geoens.constants import BASE_MODELS, DISPLAY_NAMES, FAMILIES, LS_URBAN_BUCKETS, METHOD_VARIANTS
-from geoens.s2 import apply_absorption
+from geoens.s2mask import apply_absorption
 from geoens.types import FloatArray, IntArray
 
 
@@ -97,8 +97,8 @@ def normalise_probs(
 def absorb(probs: FloatArray, cells: npt.ArrayLike, targets: npt.ArrayLike) -> FloatArray:
     """Move the probability of absorbed S2 cells onto the cells receiving them (row sums conserved).
 
-    Delegates to :func:`geoens.s2.apply_absorption` so that every stage absorbs the same way; absorbed cells'
-    columns become 0.
+    Delegates to :func:`geoens.s2mask.apply_absorption` so that every stage absorbs the same way; absorbed
+    cells' columns become 0.
 
     Raises:
         ValueError: If a cell or target is outside the predictor's classes.
@@ -168,7 +168,7 @@ def scores_t(
                 f"absorption table: absorption table refers to cells outside 0..{c - 1} "
                 f"(the predictor has {c} classes)"
             )
-        order = np.argsort(target, kind="stable")  # as geoens.s2.apply_absorption
+        order = np.argsort(target, kind="stable")  # as geoens.s2mask.apply_absorption
         uniq, starts = np.unique(target[order], return_index=True)
         sums = np.add.reduceat(p[:, cell[order]], starts, axis=1)
         p[:, cell] = 0.0

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from geoens import s2
 from geoens.io import atomic_path
+from geoens.metadata import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -471,8 +472,6 @@ def run_partitions(
     if cfg.get("source", "build") == "csv":
         parts = read_partitions(csv_paths if csv_paths is not None else cfg["csv"])
     else:
-        from geoens.labels import read_metadata
-
         if metadata is None:
             raise ValueError("partitions.source is 'build' but no metadata was given")
         meta, bad = read_metadata(metadata, max_bad_fraction=max_bad_fraction)

@@ -1,4 +1,4 @@
-"""Native global rasters (LandScan, ESA CCI land cover) -> label masks on the common grid (DESIGN 3).
+"""Native global rasters (LandScan, ESA CCI land cover) and label rasters on the grid: reading and writing.
 
 Reading.
     :func:`open_checked` opens a GeoTIFF (through rasterio/GDAL) or a NetCDF file (through netCDF4: GDAL's
@@ -7,22 +7,14 @@ Reading.
     viewed as uint8 here, never as signed). It validates CRS (geographic WGS84), extent (global, half a pixel
     tolerance), orientation (north-up), dtype (int32 LandScan, uint8 land cover) and nodata, and raises
     ``ValueError`` naming the file and what was found. Reads are always at native resolution, by row window
-    (``read(out_shape=...)`` would silently read an overview).
-
-Downsampling.
-    Streamed in row strips (never the whole native raster in memory):
-
-    * LandScan: block mean over valid native pixels (block with none valid -> NaN), then
-      :func:`ls_bucket_of` with log10 edges (DESIGN 3: values <= 0 -> bucket 0; log10 values outside the
-      edges clip into the end buckets; a value equal to an inner edge goes to the upper bucket; NaN -> -1).
-    * Land cover: LCCS code -> 22 top codes -> 7 merged classes (``constants.lc_lookup_tables``; 0 and
-      unknown codes -> no class), then block mode over pixels with a class, ties to the lowest class index,
-      blocks with no class -> -1. Counts per class are byte-mask sums (uint8 up to factor 15), rows of the
-      block first, then columns.
+    (``read(out_shape=...)`` would silently read an overview). :func:`check_population` finds negative
+    population values that are not the nodata value.
 
 Writing.
     :func:`write_label_raster`: tiled (256), deflate, EPSG:4326 GeoTIFF with nodata and a ``classes`` tag
-    (JSON list); :func:`preview_png` draws a categorical preview with a legend.
+    (JSON list), read back by :func:`read_label_raster`; :func:`preview_png` draws a categorical preview with
+    a legend. The mask stage that computes the label rasters is :mod:`geoens.masks` (LS, LC) and
+    :mod:`geoens.s2mask` (S2 cells).
 """
 
 from __future__ import annotations
@@ -43,22 +35,12 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geoens.constants import (
-    LANDSCAN_NODATA,
-    LC_CLASSES,
-    LC_NODATA,
-    LC_TOP_CODES,
-    LS_BUCKETS,
-    NO_CLASS,
-    lc_lookup_tables,
-)
+from geoens.constants import LANDSCAN_NODATA, LC_NODATA, NO_CLASS
 from geoens.grid import Grid
-from geoens.logs import TqdmToLogger
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["landscan", "landcover"]
-FloatArray = npt.NDArray[np.float64]
 
 #: Expected native dtype per input kind.
 EXPECTED_DTYPE: dict[str, str] = {"landscan": "int32", "landcover": "uint8"}
@@ -66,8 +48,6 @@ EXPECTED_DTYPE: dict[str, str] = {"landscan": "int32", "landcover": "uint8"}
 DEFAULT_NODATA: dict[str, int] = {"landscan": LANDSCAN_NODATA, "landcover": LC_NODATA}
 #: NetCDF variable read for the land cover.
 LC_VARIABLE = "lccs_class"
-#: Native bytes per strip that the downsamplers aim for (keeps peak memory well under 1 GB).
-STRIP_BYTES = 96 * 2**20
 #: GDAL block cache (MB) while reading a native GeoTIFF: one strip of tiles across the whole width.
 GDAL_CACHE_MB = 320
 
@@ -285,7 +265,7 @@ def _netcdf_crs_ok(nc: Any, var: Any, path: Path) -> None:
 
 @contextlib.contextmanager
 def _open_netcdf(path: Path, kind: str) -> Iterator[NativeRaster]:
-    import netCDF4
+    import netCDF4  # deferred: optional heavy dependency, needed only for NetCDF land cover
 
     with netCDF4.Dataset(path) as nc:
         if kind == "landcover":
@@ -383,412 +363,6 @@ def open_checked(path: str | Path, kind: Kind) -> Iterator[NativeRaster]:
         yield raster
 
 
-def _strip_blocks(native: NativeRaster, factor: int, grid_width: int, bytes_per_px: float) -> int:
-    """Grid rows per strip so that a strip's working set stays near :data:`STRIP_BYTES`."""
-    per_row = factor * native.width * bytes_per_px
-    return max(1, int(STRIP_BYTES // max(per_row, 1)))
-
-
-def _read_ahead(
-    native: NativeRaster, strips: Sequence[tuple[int, int, int]]
-) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """Yield ``(grid_row0, n_grid_rows, factor, native rows)`` while the next strip is read in a thread.
-
-    Reading (file I/O and decompression in GDAL / netCDF) releases the GIL, so it overlaps the numpy work on
-    the current strip; one reader thread keeps the dataset handle single-threaded.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
-        pending = None
-        for i, (r0, k, f) in enumerate(strips):
-            if pending is None:
-                pending = pool.submit(native.read_rows, r0 * f, k * f)
-            data = pending.result()
-            if i + 1 < len(strips):
-                n0, nk, nf = strips[i + 1]
-                pending = pool.submit(native.read_rows, n0 * nf, nk * nf)
-            yield r0, k, f, data
-
-
-def _strip_rows(
-    native: NativeRaster, grid: Grid, bytes_per_px: float, progress: bool
-) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """Strips of ``native`` covering the grid, read ahead in a thread, with a tqdm bar into the log."""
-    from tqdm import tqdm
-
-    strips = list(_strips(native, grid, bytes_per_px))
-    yield from tqdm(
-        _read_ahead(native, strips),
-        total=len(strips),
-        desc=Path(native.path).name,
-        disable=not progress,
-        mininterval=5,
-        file=TqdmToLogger(log),
-    )
-
-
-def _strips(native: NativeRaster, grid: Grid, bytes_per_px: float) -> Iterator[tuple[int, int, int]]:
-    """Yield ``(grid_row0, n_grid_rows, factor)`` strips covering the grid."""
-    factor = grid.factor_of(native.height, native.width, what=str(native.path))
-    k = _strip_blocks(native, factor, grid.width, bytes_per_px)
-    for r0 in range(0, grid.height, k):
-        yield r0, min(k, grid.height - r0), factor
-
-
-# ---------------------------------------------------------------------------------------------------
-# LandScan
-# ---------------------------------------------------------------------------------------------------
-
-
-def block_mean(arr: np.ndarray, factor: int, nodata: int) -> FloatArray:
-    """Mean over valid pixels of each ``factor x factor`` block (NaN where a block has none valid)."""
-    h, w = arr.shape
-    valid = arr != nodata
-    vals = np.where(valid, arr, 0)
-    # exact integer sums (int64), first over the block's rows, then over its columns
-    s = vals.reshape(h // factor, factor, w).sum(axis=1, dtype=np.int64)
-    s = s.reshape(h // factor, w // factor, factor).sum(axis=2)
-    n = valid.reshape(h // factor, factor, w).sum(axis=1, dtype=np.int32)
-    n = n.reshape(h // factor, w // factor, factor).sum(axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
-def landscan_mean(path: str | Path, grid: Grid, progress: bool = False) -> FloatArray:
-    """LandScan block mean on the grid (float64, NaN where the block has no valid native pixel).
-
-    Raises:
-        ValueError: If the file fails validation or its size is not a multiple of the grid.
-
-    """
-    out = np.full(grid.shape, np.nan, dtype=np.float64)
-    n_neg, neg_values = 0, set[int]()
-    with open_checked(path, "landscan") as ls:
-        for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
-            n, vals = check_population(rows, ls.nodata, path)
-            n_neg, neg_values = n_neg + n, neg_values | set(vals)
-            out[r0 : r0 + k] = block_mean(rows, f, ls.nodata)
-        if n_neg:
-            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
-    return out
-
-
-def ls_bucket_of(values: npt.ArrayLike, edges_log10: Sequence[float]) -> npt.NDArray[np.int8]:
-    """LS bucket (0..3) of population values; -1 for NaN (nodata). Delegates to ``geoens.labels.bucketize``.
-
-    DESIGN 3: values <= 0 -> bucket 0 ("lowest"); positive values by ``log10`` against the edges, values
-    outside ``[edges[0], edges[-1]]`` clipping into the end buckets; a value exactly on an inner edge goes to
-    the upper bucket (``np.searchsorted(..., side="right")``).
-
-    Args:
-        values: Population values (any shape; NaN = nodata).
-        edges_log10: The ``n_buckets + 1`` increasing log10 edges (5 for the four buckets).
-
-    Raises:
-        ValueError: If the edges are not increasing or not 5 of them.
-
-    """
-    e = np.asarray(edges_log10, dtype=np.float64)
-    if (
-        e.ndim != 1
-        or e.size != len(LS_BUCKETS) + 1
-        or not np.all(np.diff(e) > 0)
-        or not np.all(np.isfinite(e))
-    ):
-        raise ValueError(
-            f"LS edges must be {len(LS_BUCKETS) + 1} increasing finite log10 values, got {e.tolist()}"
-        )
-    # One rule for the whole project: the relabel stage's canonical function (same edges -> same buckets).
-    from geoens.labels import bucketize
-
-    return bucketize(values, e)
-
-
-def load_ls_edges(path: str | Path | None, fallback: Sequence[float] | None = None) -> list[float]:
-    """Load the log10 LS edges from ``results/labels/ls_edges.json`` (key ``edges_log10``), else ``fallback``.
-
-    Raises:
-        ValueError: If the file is absent and no fallback is given, or it lacks ``edges_log10``.
-
-    """
-    if path is not None and Path(path).exists():
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(obj, dict) or "edges_log10" not in obj:
-            raise ValueError(f"{path}: no key 'edges_log10'")
-        edges = [float(x) for x in obj["edges_log10"]]
-    elif fallback is not None:
-        log.warning("LS edges file %s absent; using config labels.ls_edges_fallback", path)
-        edges = [float(x) for x in fallback]
-    else:
-        raise ValueError(f"{path}: LS edges file not found and labels.ls_edges_fallback not set")
-    ls_bucket_of(np.zeros(0), edges)  # validates
-    return edges
-
-
-def ls_mask(
-    path: str | Path, grid: Grid, edges_log10: Sequence[float], progress: bool = False
-) -> tuple[npt.NDArray[np.int8], int]:
-    """LS label raster (int8, -1 none) and the number of nodata blocks; block means bucketed per strip.
-
-    Raises:
-        ValueError: If the file fails validation, its size is not a multiple of the grid, or bad edges.
-
-    """
-    ls_bucket_of(np.zeros(0), edges_log10)  # validate the edges before reading
-    out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
-    n_nodata = 0
-    n_neg, neg_values = 0, set[int]()
-    with open_checked(path, "landscan") as ls:
-        for r0, k, f, rows in _strip_rows(ls, grid, 4 + 8 + 8 + 1, progress):
-            n, vals = check_population(rows, ls.nodata, path)
-            n_neg, neg_values = n_neg + n, neg_values | set(vals)
-            mean = block_mean(rows, f, ls.nodata)
-            n_nodata += int(np.isnan(mean).sum())
-            out[r0 : r0 + k] = ls_bucket_of(mean, edges_log10)
-        if n_neg:
-            raise NegativePopulationError(path, n_neg, sorted(neg_values)[:5], ls.nodata)
-    return out, n_nodata
-
-
-# ---------------------------------------------------------------------------------------------------
-# land cover
-# ---------------------------------------------------------------------------------------------------
-
-
-def lc_class_lut() -> npt.NDArray[np.int8]:
-    """256-entry table LCCS code -> merged class 0..6 (-1 for 0 and unknown codes)."""
-    return np.asarray(lc_lookup_tables()[1], dtype=np.int8)
-
-
-def block_mode(
-    classes: np.ndarray, factor: int, n_classes: int, lut: npt.NDArray[np.int8] | None = None
-) -> npt.NDArray[np.int8]:
-    """Mode of each ``factor x factor`` block of class indices (``-1`` = no class; ties -> lowest index).
-
-    Args:
-        classes: ``(h, w)`` int8 class index per native pixel, -1 for none.
-        factor: Block size.
-        n_classes: Number of classes (indices ``0..n_classes-1``).
-        lut: Optional code -> class table (then ``classes`` holds uint8 codes), see :func:`block_counts`.
-
-    """
-    h, w = classes.shape
-    return _mode_of_counts(block_counts(classes, factor, n_classes, lut)).reshape(h // factor, w // factor)
-
-
-def _mode_of_counts(counts: np.ndarray) -> npt.NDArray[np.int8]:
-    """Class with the most pixels per block (ties -> lowest index; -1 where no pixel has a class)."""
-    best = np.argmax(counts, axis=0).astype(np.int8)  # first maximum = lowest class index
-    best[counts.max(axis=0) == 0] = NO_CLASS
-    return best
-
-
-def block_counts(
-    classes: np.ndarray, factor: int, n_classes: int, lut: npt.NDArray[np.int8] | None = None
-) -> np.ndarray:
-    """``(n_classes, h/f, w/f)`` counts of each class per block.
-
-    One pass per class over byte masks, summed first over the block's rows, then over its columns, in the
-    smallest unsigned type that holds ``factor^2`` (uint8 up to factor 15): this moves 8x fewer bytes than
-    one-hot counting in uint64 and measured about 2x faster.
-
-    Args:
-        classes: ``(h, w)`` int8 class indices (-1 none), or uint8 codes when ``lut`` is given.
-        factor: Block size.
-        n_classes: Number of classes.
-        lut: Optional 256-entry table code -> class (-1 none).
-
-    """
-    h, w = classes.shape
-    hb, wb = h // factor, w // factor
-    cls = classes if lut is None else lut[classes.view(np.uint8)]
-    n = factor * factor
-    dt = np.uint8 if n <= 0xFF else np.uint16 if n <= 0xFFFF else np.int64
-    cnt = np.empty((n_classes, hb, wb), dtype=dt)
-    for c in range(n_classes):
-        m = (cls == c).view(np.uint8).reshape(hb, factor, w)
-        cnt[c] = m.sum(axis=1, dtype=dt).reshape(hb, wb, factor).sum(axis=2, dtype=dt)
-    return cnt
-
-
-#: How netCDF's default int8 fill value shows up in an ``_Unsigned`` LCCS variable.
-FILL_HINT = "netCDF's default int8 fill value -127 reads as code 129"
-
-#: What to do with land-cover codes outside the LCCS legend (config ``masks.unknown_lc_codes``).
-UnknownCodes = Literal["error", "none"]
-
-
-class LandCoverError(ValueError):
-    """A land-cover raster whose codes are not (or not enough) LCCS codes."""
-
-
-def unknown_lc_codes(
-    codes: np.ndarray, nodata: int, counts: npt.NDArray[np.int64] | None = None
-) -> npt.NDArray[np.int64]:
-    """Add the pixels per code of ``codes`` that are neither LCCS codes nor nodata (0 or ``nodata``).
-
-    Args:
-        codes: uint8 (or int8 viewed as uint8) land-cover codes.
-        nodata: The file's nodata code (besides the LCCS nodata 0).
-        counts: 256-entry count array to add to (a new one when ``None``).
-
-    Returns:
-        ``counts``: pixels per code, non-zero only for unknown codes.
-
-    """
-    out = np.zeros(256, dtype=np.int64) if counts is None else counts
-    known = lc_class_lut() >= 0
-    known[LC_NODATA] = True
-    if 0 <= nodata < 256:
-        known[nodata] = True
-    c = (
-        np.asarray(codes).view(np.uint8)
-        if np.asarray(codes).dtype == np.int8
-        else np.asarray(codes, np.uint8)
-    )
-    hist = np.bincount(c.ravel(), minlength=256)  # 10x faster than np.unique over the unknown pixels
-    hist[known] = 0
-    out += hist
-    return out
-
-
-def describe_codes(counts: npt.NDArray[np.int64], limit: int = 10) -> str:
-    """``"99 (1,234 pixels), 129 (5 pixels)"`` for the non-zero entries of a 256-entry count array."""
-    nz = np.flatnonzero(counts)
-    parts = [f"{int(c)} ({int(counts[c]):,} pixels)" for c in nz[:limit]]
-    more = f" and {nz.size - limit} more" if nz.size > limit else ""
-    return ", ".join(parts) + more
-
-
-def handle_unknown_lc_codes(counts: npt.NDArray[np.int64], path: str | Path, mode: UnknownCodes) -> int:
-    """Raise (``mode="error"``) or warn (``"none"``: the pixels count as no class) about unknown codes.
-
-    Returns:
-        The number of pixels with an unknown code.
-
-    Raises:
-        LandCoverError: In ``error`` mode when any code is unknown, naming the codes, their pixel counts
-            and the file.
-
-    """
-    n = int(counts.sum())
-    if n == 0:
-        return 0
-    known = ", ".join(str(c) for c in LC_TOP_CODES)
-    what = f"{path}: {n:,} pixels hold codes outside the ESA CCI LCCS legend: {describe_codes(counts)}"
-    if counts[129]:
-        what += f" ({FILL_HINT}: no data was written there)"
-    if mode == "error":
-        raise LandCoverError(
-            f"{what}. Expected LCCS codes ({known} and their regional subclasses; 0 = no data). "
-            "Is this a land cover from another product? To treat them as 'no class', set "
-            "masks.unknown_lc_codes: none"
-        )
-    log.warning("%s; treated as no class (masks.unknown_lc_codes: none)", what)
-    return n
-
-
-@dataclass
-class LcStats:
-    """What the land-cover mask found in the native raster.
-
-    Attributes:
-        n_pixels: Native pixels read.
-        n_classified: Pixels with one of the 7 classes.
-        n_nodata: Pixels with the nodata code (0 or the file's).
-        unknown: 256-entry pixel counts of unknown codes.
-
-    """
-
-    n_pixels: int = 0
-    n_classified: int = 0
-    n_nodata: int = 0
-    unknown: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
-
-
-def lc_mask_stats(
-    path: str | Path, grid: Grid, progress: bool = False, unknown_codes: UnknownCodes = "error"
-) -> tuple[npt.NDArray[np.int8], LcStats]:
-    """LC label raster on the grid (block mode of the 7 merged classes, int8, -1 none) and its statistics.
-
-    Raises:
-        ValueError: If the file fails validation or its size is not a multiple of the grid.
-        LandCoverError: If no native pixel holds an LCCS class (e.g. a file of fill values only), or
-            (``unknown_codes="error"``) if any pixel holds a code outside the LCCS legend.
-
-    """
-    lut = lc_class_lut()
-    n = len(LC_CLASSES)
-    out = np.full(grid.shape, NO_CLASS, dtype=np.int8)
-    stats = LcStats()
-    with open_checked(path, "landcover") as lc:
-        if 0 <= lc.nodata < 256:
-            lut[lc.nodata] = NO_CLASS  # a declared nodata code is never a class
-        for r0, k, f, rows in _strip_rows(lc, grid, 1 + 8 + 1, progress):
-            counts = block_counts(rows, f, n, lut)
-            out[r0 : r0 + k] = _mode_of_counts(counts).reshape(k, grid.width)
-            classified = int(counts.sum(dtype=np.int64))
-            codes = rows.view(np.uint8)
-            nodata = int(np.count_nonzero(codes == LC_NODATA))
-            if lc.nodata != LC_NODATA and 0 <= lc.nodata < 256:
-                nodata += int(np.count_nonzero(codes == lc.nodata))
-            if classified + nodata < rows.size:  # some code is unknown: find which (rare, so cheap)
-                unknown_lc_codes(codes, lc.nodata, stats.unknown)
-            stats.n_pixels += rows.size
-            stats.n_classified += classified
-            stats.n_nodata += nodata
-        nodata_code = lc.nodata
-    if stats.n_classified == 0:
-        unknown = (
-            f", the others hold unknown codes {describe_codes(stats.unknown)}" if stats.unknown.any() else ""
-        )
-        raise LandCoverError(
-            f"{path}: none of the {stats.n_pixels:,} pixels holds a land-cover class: {stats.n_nodata:,} are "
-            f"no data (code 0 or the file's nodata {nodata_code}){unknown}. "
-            f"Does lccs_class hold only its fill value ({FILL_HINT})?"
-        )
-    handle_unknown_lc_codes(stats.unknown, path, unknown_codes)
-    return out, stats
-
-
-def lc_mask(
-    path: str | Path, grid: Grid, progress: bool = False, unknown_codes: UnknownCodes = "error"
-) -> npt.NDArray[np.int8]:
-    """LC label raster on the grid: block mode of the 7 merged classes (int8, -1 none).
-
-    Raises:
-        ValueError: If the file fails validation or its size is not a multiple of the grid.
-        LandCoverError: See :func:`lc_mask_stats`.
-
-    """
-    return lc_mask_stats(path, grid, progress, unknown_codes)[0]
-
-
-def check_lc_coverage(ls_labels: np.ndarray, lc_labels: np.ndarray, min_share: float, what: str) -> float:
-    """Share of the LandScan-valid pixels (``ls >= 0``) that have a land-cover class (``lc >= 0``).
-
-    Land under people has land cover: a land cover that leaves most of it without a class is the wrong
-    file or legend.
-
-    Raises:
-        LandCoverError: If the share is below ``min_share`` (naming it and ``what``).
-
-    """
-    valid = np.asarray(ls_labels) >= 0
-    n_valid = int(np.count_nonzero(valid))
-    if n_valid == 0:
-        return 1.0
-    share = float(np.count_nonzero(valid & (np.asarray(lc_labels) >= 0))) / n_valid
-    if share < min_share:
-        raise LandCoverError(
-            f"{what}: only {share:.1%} of the {n_valid:,} pixels with LandScan data have a land-cover class "
-            f"(expected at least masks.min_lc_share = {min_share:.0%}): wrong land-cover file, legend or "
-            "grid? (unknown codes and fill values count as no class)"
-        )
-    return share
-
-
 # ---------------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------------
@@ -863,11 +437,12 @@ def preview_png(
 
     Many-class rasters (S2 cells) get a deterministic hashed colour per class and no legend.
     """
+    # deferred: matplotlib is heavy and only needed for previews
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    import matplotlib.pyplot as plt  # deferred: see above
+    from matplotlib.patches import Patch  # deferred: see above
 
     step = max(1, int(math.ceil(labels.shape[1] / max_width)))
     small = labels[step // 2 :: step, step // 2 :: step].astype(np.int64)
@@ -894,72 +469,3 @@ def preview_png(
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------
-# stage entry points (called by the workflow scripts)
-# ---------------------------------------------------------------------------------------------------
-
-
-def make_ls_mask(
-    landscan: str | Path,
-    edges_json: str | Path | None,
-    grid: Grid,
-    out_tif: str | Path,
-    out_png: str | Path | None = None,
-    fallback: Sequence[float] | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Build ``results/masks/ls.tif`` (+ preview), atomically; return a summary for the log."""
-    from geoens.io import atomic_path
-
-    edges = load_ls_edges(edges_json, fallback)
-    labels, nodata_blocks = ls_mask(landscan, grid, edges, progress=progress)
-    with atomic_path(out_tif) as tmp:
-        write_label_raster(tmp, labels, grid, LS_BUCKETS, tags={"edges_log10": json.dumps(edges)})
-    if out_png is not None:
-        with atomic_path(out_png) as tmp:
-            preview_png(tmp, labels, LS_BUCKETS, f"LandScan buckets on {grid.height} x {grid.width}")
-    return _summary(labels, grid, LS_BUCKETS) | {
-        "edges_log10": edges,
-        "nodata_blocks": nodata_blocks,
-    }
-
-
-def make_lc_mask(
-    landcover: str | Path,
-    grid: Grid,
-    out_tif: str | Path,
-    out_png: str | Path | None = None,
-    progress: bool = False,
-    unknown_codes: UnknownCodes = "error",
-) -> dict[str, Any]:
-    """Build ``results/masks/lc.tif`` (+ preview), atomically; return a summary for the log.
-
-    Raises:
-        LandCoverError: See :func:`lc_mask_stats`.
-
-    """
-    from geoens.io import atomic_path
-
-    labels, stats = lc_mask_stats(landcover, grid, progress=progress, unknown_codes=unknown_codes)
-    with atomic_path(out_tif) as tmp:
-        write_label_raster(tmp, labels, grid, LC_CLASSES)
-    if out_png is not None:
-        with atomic_path(out_png) as tmp:
-            preview_png(tmp, labels, LC_CLASSES, f"Land cover (7 classes) on {grid.height} x {grid.width}")
-    return _summary(labels, grid, LC_CLASSES) | {
-        "native_pixels": stats.n_pixels,
-        "native_classified": stats.n_classified,
-        "native_nodata": stats.n_nodata,
-        "unknown_codes": {str(c): int(stats.unknown[c]) for c in np.flatnonzero(stats.unknown)},
-    }
-
-
-def _summary(labels: np.ndarray, grid: Grid, classes: Sequence[str]) -> dict[str, Any]:
-    areas = grid.row_areas()
-    per = {}
-    for j, name in enumerate(classes):
-        per[name] = float((np.count_nonzero(labels == j, axis=1) * areas).sum())
-    per["none"] = float((np.count_nonzero(labels < 0, axis=1) * areas).sum())
-    return {"area_km2": per, "shape": list(labels.shape)}

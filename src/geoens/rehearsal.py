@@ -442,7 +442,7 @@ def rule_costs(out: Path) -> list[dict[str, Any]]:
 
 def compare_encodings(out: Path, grid: Grid) -> dict[str, Any]:
     """Build the LC mask from the NC_UBYTE copy; compare it with the workflow's ``lc.tif`` byte for byte."""
-    from geoens.rasters import make_lc_mask
+    from geoens.masks import make_lc_mask
 
     paper = read_config_file(out / "my.yaml")
     lc_path = out / paper["inputs"]["landcover"]

@@ -1,0 +1,172 @@
+"""msgpack shards (streams of ``{"id": str, "image": JPEG bytes}`` records): the one module that parses them.
+
+* :func:`list_shards` lists the shard files of a folder (:data:`SHARD_PATTERNS`); a folder or record that
+  breaks the format raises :class:`ShardFormatError`;
+* :func:`shard_ids` / :func:`available_ids` list the image ids present (streaming; shards read in parallel
+  processes), :func:`folder_ids` those of an image folder;
+* :func:`scan_records` gives the id, byte offset and byte length of every record of a shard (for
+  :class:`geoens.data.ShardIndex`), :func:`record_image` the image bytes of one record read back by offset.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pyarrow as pa
+
+#: File patterns of msgpack shards (``{"id", "image"}`` records) in a shards folder.
+SHARD_PATTERNS: tuple[str, ...] = ("*.msgpack", "*.msg")
+
+
+class ShardFormatError(ValueError):
+    """A shards folder or shard record that does not follow the ``{"id", "image"}`` msgpack format."""
+
+
+def list_shards(shards_dir: str | Path) -> list[Path]:
+    """The shard files of a folder, sorted by name.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+        ShardFormatError: If it holds no shard file.
+
+    """
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"shards folder not found: {root}")
+    paths = sorted({p for pat in SHARD_PATTERNS for p in root.glob(pat)})
+    if not paths:
+        raise ShardFormatError(f"no *.msgpack shard in {root}")
+    return paths
+
+
+def _shard_id_array(path: Path) -> pa.Array:
+    """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
+    out: list[str] = []
+    end = 0  # byte after the last complete record
+    with open(path, "rb") as fh:
+        unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
+        try:
+            for index, rec in enumerate(unpacker):
+                if not isinstance(rec, dict) or "id" not in rec:
+                    raise ValueError(f"{path}: record {index} is not a map with an 'id'")
+                out.append(str(rec["id"]))
+                end = unpacker.tell()
+        except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
+    size = path.stat().st_size
+    if end != size:  # the unpacker stops silently at a record cut short
+        raise ShardFormatError(
+            f"{path}: truncated record {len(out)} at byte {end} (file has {size} bytes; "
+            f"{len(out)} complete records before it)"
+        )
+    return pa.array(out, pa.string())
+
+
+def shard_ids(shards_dir: str | Path, processes: int = 1) -> pa.Array:
+    """Ids of every record in the msgpack shards of a folder (shard order), streaming.
+
+    Args:
+        shards_dir: The folder.
+        processes: Shards read in parallel by this many processes.
+
+    Raises:
+        ValueError: Naming the shard and record index of a record that is not a map with an ``id``.
+
+    """
+    paths = list_shards(shards_dir)
+    if processes > 1 and len(paths) > 1:
+        with ProcessPoolExecutor(max_workers=min(processes, len(paths))) as pool:
+            arrays = list(pool.map(_shard_id_array, paths))
+    else:
+        arrays = [_shard_id_array(p) for p in paths]
+    return pa.concat_arrays(arrays)
+
+
+def folder_ids(folder: str | Path) -> list[str]:
+    """Image ids of an image folder: file paths relative to it (POSIX separators), hidden files skipped.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist.
+
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                out.append((rel / name).as_posix())
+    return out
+
+
+def available_ids(path: str | Path, processes: int = 1) -> pa.Array:
+    """Ids of the images present (Arrow strings): msgpack shards if the folder holds some, else the files."""
+    root = Path(path)
+    has_shards = root.is_dir() and any(next(root.glob(p), None) is not None for p in SHARD_PATTERNS)
+    return shard_ids(root, processes) if has_shards else pa.array(folder_ids(root), pa.string())
+
+
+def _record_id(record: Any, shard: Path, offset: int) -> str:
+    if not isinstance(record, dict):
+        raise ShardFormatError(f"{shard} at byte {offset}: record is {type(record).__name__}, not a map")
+    rid = record.get("id", record.get(b"id"))
+    if rid is None:
+        raise ShardFormatError(f"{shard} at byte {offset}: record has no 'id' key (keys {list(record)[:5]})")
+    return rid.decode() if isinstance(rid, bytes) else str(rid)
+
+
+def scan_records(path: Path) -> tuple[list[str], list[int], list[int]]:
+    """(ids, offsets, lengths) of every record of one shard, in file order (one streaming pass).
+
+    Raises:
+        ShardFormatError: On a record that is not a map with an id (naming shard and byte offset), or on
+            a truncated shard.
+
+    """
+    ids: list[str] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    with open(path, "rb") as fh:
+        unpacker = msgpack.Unpacker(fh, raw=False, max_buffer_size=1 << 30)
+        start = 0
+        while True:
+            try:
+                record = unpacker.unpack()
+            except msgpack.OutOfData:
+                break
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+                raise ShardFormatError(f"{path} at byte {start}: cannot unpack ({exc})") from exc
+            end = unpacker.tell()
+            ids.append(_record_id(record, path, start))
+            offsets.append(start)
+            lengths.append(end - start)
+            start = end
+        size = path.stat().st_size
+        if start != size:
+            n_done = len(ids)
+            raise ShardFormatError(
+                f"{path}: truncated record {n_done} at byte {start} (file has {size} bytes; "
+                f"{n_done} complete records before it)"
+            )
+    return ids, offsets, lengths
+
+
+def record_image(data: bytes) -> bytes | None:
+    """The image bytes of one packed record; None if it does not unpack or is not a map with an image."""
+    try:
+        record = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    image = record.get("image", record.get(b"image"))
+    return bytes(image) if isinstance(image, bytes | bytearray) else None
