@@ -174,7 +174,8 @@ def heavy_modules() -> set[str]:
 
 
 def test_no_import_cycles() -> None:
-    assert cycles(import_graph()) == []
+    found = cycles(import_graph())
+    assert not found, f"import cycles: {found}"
 
 
 def test_function_level_imports_only_defer_heavy_dependencies() -> None:
@@ -190,7 +191,7 @@ def test_function_level_imports_only_defer_heavy_dependencies() -> None:
         if not (is_heavy and commented):
             why = "not a heavy dependency" if not is_heavy else "no '# deferred:' comment"
             bad.append(f"{imp.module}.{imp.function} line {imp.line}: {imp.target} ({why})")
-    assert bad == []
+    assert not bad, "\n".join(bad)
 
 
 def statement_counts(path: Path) -> Iterator[tuple[str, int]]:
@@ -246,7 +247,7 @@ def test_each_public_name_has_one_home() -> None:
             if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
                 homes.setdefault(node.name, []).append(module)
     twice = {name: where for name, where in homes.items() if len(where) > 1 and name not in SHARED_NAMES}
-    assert twice == {}
+    assert not twice, "\n".join(f"{n}: {w}" for n, w in sorted(twice.items()))
 
 
 def test_the_checks_catch_a_cycle_and_a_long_function(tmp_path: Path) -> None:
