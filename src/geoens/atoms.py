@@ -428,7 +428,7 @@ def read_atom_index(path: str | Path, n_atoms: int | None = None) -> I32Array:
 
     """
     with rasterio.open(path) as src:
-        idx = src.read(1).astype(np.int32, copy=False)
+        idx: npt.NDArray[np.int32] = src.read(1).astype(np.int32, copy=False)
     h, w = idx.shape
     if w != 2 * h:
         raise ValueError(f"{path}: atom index must be H x 2H, got {h} x {w}")

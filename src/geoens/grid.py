@@ -155,4 +155,5 @@ def haversine_km(
     dphi = p2 - p1
     dlmb = np.deg2rad(np.asarray(lon2, float) - np.asarray(lon1, float))
     a = np.sin(dphi / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2.0) ** 2
-    return 2.0 * radius_km * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    km: npt.NDArray[np.float64] = 2.0 * radius_km * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return km

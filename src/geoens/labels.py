@@ -377,7 +377,8 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
     if not files:
         raise FileNotFoundError(f"no part-*.parquet in {p}")
-    return pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files]).to_pandas()
+    frame: pd.DataFrame = pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files]).to_pandas()
+    return frame
 
 
 def summarize(dataset: str, labels: pd.DataFrame, bad: BadRows) -> dict[str, Any]:

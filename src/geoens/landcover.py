@@ -53,7 +53,8 @@ def block_mode(
 
 def mode_of_counts(counts: np.ndarray) -> npt.NDArray[np.int8]:
     """Class with the most pixels per block (ties -> lowest index; -1 where no pixel has a class)."""
-    best = np.argmax(counts, axis=0).astype(np.int8)  # first maximum = lowest class index
+    # The first maximum is the lowest class index.
+    best: npt.NDArray[np.int8] = np.argmax(counts, axis=0).astype(np.int8)
     best[counts.max(axis=0) == 0] = NO_CLASS
     return best
 

@@ -112,7 +112,8 @@ class TiledPixelLookup:
     def read_rows(self, r0: int, r1: int) -> I32Array:
         """Rows ``[r0, r1)`` of the atom index."""
         with rasterio.open(self.path) as ds:
-            return ds.read(1, window=rasterio.windows.Window(0, r0, self.grid.width, r1 - r0))
+            rows: I32Array = ds.read(1, window=rasterio.windows.Window(0, r0, self.grid.width, r1 - r0))
+            return rows
 
     def atom_at(self, lat: FloatArray, lon: FloatArray) -> IntArray:
         """Atom of the pixel holding each point (tile-wise windowed reads, decoded tiles cached)."""

@@ -441,7 +441,8 @@ def write_hierarchy(frame: pd.DataFrame, path: str | Path) -> None:
 
 def read_hierarchy(path: str | Path) -> pd.DataFrame:
     """Read ``hierarchy.parquet``."""
-    return pq.read_table(path, schema=HIERARCHY_SCHEMA).to_pandas()
+    frame: pd.DataFrame = pq.read_table(path, schema=HIERARCHY_SCHEMA).to_pandas()
+    return frame
 
 
 def read_partitions(paths: Mapping[str, str | Path]) -> dict[str, Partition]:

@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from geoens.atoms import AtomTable, read_atom_index, read_atoms  # noqa: E402
 from geoens.constants import (  # noqa: E402
@@ -74,7 +76,7 @@ def _theme() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
 
 
-def _mark_caps(ax: plt.Axes, labels: bool) -> None:
+def _mark_caps(ax: Axes, labels: bool) -> None:
     for r, a in zip(GCD_THRESHOLDS_KM, CAP_AREAS_KM2, strict=True):
         ax.axvline(a, color="0.3", linestyle="--", linewidth=0.7, zorder=0)
         if labels:
@@ -130,7 +132,7 @@ def gain_curves(
 
 
 def _plot_curve(
-    ax: plt.Axes, c: pd.DataFrame, column: str, label: str, style: dict[str, Any], n_boot: int
+    ax: Axes, c: pd.DataFrame, column: str, label: str, style: dict[str, Any], n_boot: int
 ) -> None:
     """One method's curve (``column`` in percent) and, with bootstrap resamples, its 95% band."""
     ax.plot(c["alpha"], 100 * c[column], label=label, **style)
@@ -204,7 +206,7 @@ def rva_figure(
     _save(fig, out_pdf, out_png)
 
 
-def _save(fig: plt.Figure, out_pdf: str | Path, out_png: str | Path | None, dpi: int = 150) -> None:
+def _save(fig: Figure, out_pdf: str | Path, out_png: str | Path | None, dpi: int = 150) -> None:
     with atomic_path(out_pdf) as tmp:
         fig.savefig(tmp, format="pdf", metadata={"CreationDate": None, "ModDate": None})
     if out_png is not None:
@@ -315,7 +317,7 @@ def _probmap_inputs(
 
 
 def _probmap_panel(
-    ax: plt.Axes,
+    ax: Axes,
     P: FloatArray,
     disp: I32Array,
     norm: LogNorm,

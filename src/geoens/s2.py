@@ -268,7 +268,8 @@ def children(cell_id: int | np.uint64) -> U64Array:
         raise ValueError(f"leaf cell {int(a)} has no children")
     new = old >> np.uint64(2)
     begin = a - old + new
-    return begin + np.arange(4, dtype=np.uint64) * (new << np.uint64(1))
+    out: U64Array = begin + np.arange(4, dtype=np.uint64) * (new << np.uint64(1))
+    return out
 
 
 def face(ids: npt.ArrayLike) -> IntArray:
@@ -356,7 +357,8 @@ def cell_center_xyz(ids: npt.ArrayLike) -> FloatArray:
     t = (2 * j0 + size).astype(np.float64) * (1.0 / (1 << 31))
     x, y, z = _face_uv_to_xyz(f, _st_to_uv(s), _st_to_uv(t))
     xyz = np.stack([x, y, z], axis=-1)
-    return xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    unit: FloatArray = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    return unit
 
 
 def cell_center_latlng(ids: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:

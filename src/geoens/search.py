@@ -142,7 +142,8 @@ def search_regions(
 
 def rank_raster(regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int) -> I32Array:
     """``H x W`` int32 raster of each pixel's rank group (0 = not selected)."""
-    return _rank_of_atom(regions, n_atoms)[atom_index]
+    ranks: npt.NDArray[np.int32] = _rank_of_atom(regions, n_atoms)[atom_index]
+    return ranks
 
 
 def _rank_of_atom(regions: pd.DataFrame, n_atoms: int) -> I32Array:
