@@ -18,18 +18,15 @@ from PIL import Image
 from geoens.data import FolderSource, ShardSource
 from geoens.models import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
 from geoens.train import (
-    TrainerConfig,
-    TrainingError,
     load_model,
     majority_baseline,
     predict,
     predict_to_parquet,
-    read_hierarchy,
-    read_partition_sizes,
-    select_rows,
     torchrun_command,
     train_model,
 )
+from geoens.training.config import TrainerConfig, TrainingError, select_rows
+from geoens.training.inputs import hierarchy_parents, partition_sizes
 
 #: One clearly different colour per class, so that a tiny CNN can learn the classes in a few steps.
 COLOURS = np.array(
@@ -139,9 +136,9 @@ def test_select_rows_filters_by_model(tmp_path: Path) -> None:
     assert len(geo_rows) == 24 and geo_t.shape == (24, 3)
     with pytest.raises(KeyError, match="cell_fine"):
         select_rows(labels.drop(columns="cell_fine"), "geoest")
-    assert read_partition_sizes(paths["partitions"]) == (2, 3, 4)
+    assert partition_sizes(paths["partitions"]) == (2, 3, 4)
     np.testing.assert_array_equal(
-        read_hierarchy(paths["partitions"] / "hierarchy.parquet")[:, 0], FINE_TO_MIDDLE
+        hierarchy_parents(paths["partitions"] / "hierarchy.parquet")[:, 0], FINE_TO_MIDDLE
     )
 
 
@@ -346,7 +343,7 @@ def test_prediction_dataset_val_and_testset(tmp_path: Path) -> None:
 
 
 def test_early_stopping_update() -> None:
-    from geoens.train import early_stopping_update
+    from geoens.training.runtime import early_stopping_update
 
     state = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     losses = [1.0, 0.8, 0.8, 0.7, 0.75, 0.71]

@@ -12,8 +12,9 @@ Modules, one concept each:
 - :mod:`geoens.labels`     relabelling geotags with raster attributes, LS bucket edges.
 - :mod:`geoens.atoms`      the atom table on which evaluation runs.
 - :mod:`geoens.data`       image datasets over msgpack shards and image folders.
-- :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model), training loop.
-- :mod:`geoens.geoclip_adapter` GeoCLIP scored on S2 cells.
+- :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model): training, prediction.
+- :mod:`geoens.training`   the training runtime shared by both trainers (device, seeding, epochs, outputs).
+- :mod:`geoens.geoclip`    GeoCLIP scored on S2 cells (location encoder, cell cache, towers, stages).
 - :mod:`geoens.rva`        Algorithms 1-3 on atoms, Recall vs Area, GCD, balanced sets.
 - :mod:`geoens.report`     tables and figures.
 """

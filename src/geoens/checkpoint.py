@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -97,8 +98,6 @@ def run_child_ignoring_stop_signals(cmd: list[str]) -> int:
     their checkpoints. The children inherit the ignored SIGUSR1 (so torchrun's agent is not killed by it);
     training processes install their own handlers, torchrun forwards SIGTERM to its workers.
     """
-    import subprocess
-
     previous = {s: signal.signal(signal.Signals[s], signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         return subprocess.run(cmd, check=False).returncode

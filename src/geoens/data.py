@@ -12,6 +12,7 @@ Images that are missing or do not decode are *skipped and counted*, never fatal:
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -31,7 +32,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from geoens.io import ShardFormatError, list_shards
+from geoens.io import ShardFormatError, atomic_path, list_shards
+from geoens.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -494,11 +496,6 @@ def read_label_parts(labels: str | Path, columns: Sequence[str] | None = None) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m geoens.data SHARDS_DIR OUT.parquet``: build and save a :class:`ShardIndex`."""
-    import argparse
-
-    from geoens.io import atomic_path
-    from geoens.logs import setup_logging
-
     parser = argparse.ArgumentParser(
         prog="python -m geoens.data", description="Index a folder of msgpack shards"
     )
