@@ -11,6 +11,9 @@ the metadata :func:`load_model` needs. Single process on CPU/GPU, or Distributed
 Prediction (:func:`predict`, :func:`predict_to_parquet`): per-image probability vectors (``geoest``: the
 hierarchical fine-cell probabilities) and the top class; undecodable images are dropped and counted.
 
+The steps of training (data, model and optimisation, resume, epochs) and the runtime they share with the
+GeoCLIP tower live in :mod:`geoens.training`; this module composes them, owns ``model.pt`` and the CLI.
+
 Command line (used by ``rules/train.smk``; under ``torchrun`` for several GPUs)::
 
     python -m geoens.train --model ls --labels results/labels/train --shards <dir> --out results/models/ls \
@@ -54,9 +57,9 @@ from geoens.training.inputs import load_data
 from geoens.training.loop import Run, build_optimisation, resume, run_epochs
 from geoens.training.plots import plot_confusion, plot_curves
 from geoens.training.predictions import with_progress, write_predictions, write_skipped
-from geoens.training.runtime import (
-    autocast as _autocast,
-)  # iter_predictions looks it up here (tests patch it)
+
+# iter_predictions looks autocast up in this module (tests/test_faults.py patches train._autocast)
+from geoens.training.runtime import autocast as _autocast
 from geoens.training.runtime import (
     json_safe,
     load_or_build_index,

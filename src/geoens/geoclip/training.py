@@ -300,11 +300,9 @@ def tower_epoch(
         if on_step is not None:
             on_step(epoch, step)
         if checkpoint is not None:
-            stop = checkpoint.stop_requested()
-            if stop or checkpoint.step_due(st["global_step"]):
-                save_tower_checkpoint(run)
-                if stop:
-                    raise checkpoint.interrupt(epoch, step)
+            checkpoint.save_if_due(
+                st["global_step"], lambda: save_tower_checkpoint(run), epoch=epoch, step=step
+            )
 
 
 def end_tower_epoch(
@@ -343,8 +341,7 @@ def end_tower_epoch(
     st.update(epoch=epoch + 1, step=0, total=0.0, count=0)
     if checkpoint is not None:
         save_tower_checkpoint(run)
-        if checkpoint.stop_requested() and st["epoch"] < cfg.epochs and not st["done"]:
-            raise checkpoint.interrupt(epoch + 1, 0)
+        checkpoint.interrupt_at_epoch_end(epoch + 1, st["epoch"] < cfg.epochs and not st["done"])
 
 
 def train_tower(

@@ -353,6 +353,10 @@ def train_step(run: Run, sums: EpochSums, step: int, batch: Batch) -> None:
     run.res.progress.update(step, len(batch) * env.world, loss_value)
 
 
+def _barrier() -> None:
+    dist.barrier()
+
+
 def checkpoint_step(run: Run, sums: EpochSums, step: int) -> None:
     """The periodic mid-epoch checkpoint, and after a stop signal a checkpoint and the interrupt.
 
@@ -360,10 +364,9 @@ def checkpoint_step(run: Run, sums: EpochSums, step: int) -> None:
         TrainingInterrupted: After a stop signal, once the checkpoint is saved.
 
     """
-    checkpoints, env = run.res.checkpoints, run.env
-    stop = checkpoints.stop_requested()
-    global_step = sums.epoch * run.opt.steps_per_epoch + step
-    if stop or (checkpoints.step_due(global_step) and step < run.opt.steps_per_epoch):
+    env = run.env
+
+    def save() -> None:
         # the epoch's running sums over all ranks; a resume gives them to rank 0 only
         tot = all_reduce([sums.loss_sum, sums.n_seen, sums.n_skipped, sums.correct], env)
         done = {
@@ -372,13 +375,17 @@ def checkpoint_step(run: Run, sums: EpochSums, step: int) -> None:
             "n_skipped": int(tot[2]),
             "correct": tot[3],
         }
-        save_checkpoint(
-            run, step, {**done, "lr_start": sums.lr_start, "seconds": time.perf_counter() - sums.t0}
-        )
-        if stop:
-            if env.world > 1:
-                dist.barrier()
-            raise checkpoints.interrupt(sums.epoch, step)
+        seconds = time.perf_counter() - sums.t0
+        save_checkpoint(run, step, {**done, "lr_start": sums.lr_start, "seconds": seconds})
+
+    run.res.checkpoints.save_if_due(
+        sums.epoch * run.opt.steps_per_epoch + step,
+        save,
+        epoch=sums.epoch,
+        step=step,
+        due=step < run.opt.steps_per_epoch,
+        before_interrupt=_barrier if env.world > 1 else None,
+    )
 
 
 def epoch_row(
@@ -438,9 +445,8 @@ def finish_epoch(run: Run, sums: EpochSums) -> None:
         write_metrics(state["history"], run.out / "metrics.csv")
     if env.world > 1:
         dist.barrier()
-    checkpoints = run.res.checkpoints
-    if checkpoints.stop_requested() and state["epoch"] < run.cfg.epochs and not state["stopped"]:
-        raise checkpoints.interrupt(epoch + 1, 0)
+    remaining = state["epoch"] < run.cfg.epochs and not state["stopped"]
+    run.res.checkpoints.interrupt_at_epoch_end(epoch + 1, remaining)
 
 
 def run_epochs(run: Run, stop_after_epochs: int | None = None) -> bool:
