@@ -246,6 +246,17 @@ def _tower_cfg(**kw: object) -> TowerTrainConfig:
     return TowerTrainConfig(**base)  # type: ignore[arg-type]
 
 
+def test_tower_negatives_are_a_seeded_gallery_sample(encoder: LocationEncoder) -> None:
+    from geoens.geoclip.training import tower_negatives
+
+    gallery = load_gps_gallery()[:200]
+    cfg = _tower_cfg(queue_size=8, gallery_negatives=16)
+    a_emb, a_queue = tower_negatives(cfg, encoder, gallery, torch.device("cpu"))
+    b_emb, b_queue = tower_negatives(cfg, encoder, gallery, torch.device("cpu"))
+    assert a_emb.shape == (16, EMBED_DIM) and a_queue.get().shape == (8, EMBED_DIM)
+    assert torch.equal(a_emb, b_emb) and torch.equal(a_queue.get(), b_queue.get())
+
+
 def test_tiny_tower_training_lowers_contrastive_loss(tmp_path: Path, encoder: LocationEncoder) -> None:
     torch.set_num_threads(2)
     from geoens.data import ShardSource
