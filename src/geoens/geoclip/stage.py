@@ -19,7 +19,15 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from geoens.checkpoint import Checkpointer, SkipSampler, StopSignals
 from geoens.constants import CHECKPOINT_EVERY_STEPS, PROGRESS_EVERY_S
-from geoens.data import Batch, ImageDataset, ShardSource, collate_skip, make_transforms, read_label_parts
+from geoens.data import (
+    Batch,
+    ImageDataset,
+    ImageSource,
+    ShardSource,
+    collate_skip,
+    make_transforms,
+    read_label_parts,
+)
 from geoens.geoclip.location import FloatArray, GeoClipError, load_logit_scale
 from geoens.geoclip.towers import DEFAULT_CLIP_MODEL, ClipImageTower, clip_transform, iter_probs
 from geoens.geoclip.training import (
@@ -76,7 +84,7 @@ def _with_gps(batches: Iterable[Batch], coords: Tensor, skipped: list[int] | Non
 
 
 def gps_batches(
-    source: Any,
+    source: ImageSource,
     labels: pd.DataFrame,
     transform: Any,
     batch_size: int,
@@ -136,7 +144,7 @@ def cached_gps_batches(
 
 
 def id_batches(
-    source: Any, image_ids: Sequence[str], transform: Any, batch_size: int, num_workers: int = 0,
+    source: ImageSource, image_ids: Sequence[str], transform: Any, batch_size: int, num_workers: int = 0,
     skipped: list[str] | None = None,
 ) -> Iterator[tuple[Tensor, list[str]]]:  # fmt: skip
     """Batches ``(images, ids)`` for inference, in input order; undecodable images go to ``skipped``."""
@@ -273,7 +281,7 @@ def load_image_tower(
 
 
 def run_predict(
-    source: Any,
+    source: ImageSource,
     image_ids: Sequence[str],
     cells: FloatArray,
     tower: nn.Module,
@@ -323,7 +331,7 @@ def run_predict(
 
 def prediction_inputs(
     dataset: str, images: str | Path, labels: str | Path, shard_index: str | Path | None = None
-) -> tuple[Any, list[str]]:
+) -> tuple[ImageSource, list[str]]:
     """Return the image source and the image ids of a prediction dataset (as the ``predict`` rule does).
 
     Args:

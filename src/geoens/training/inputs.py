@@ -14,7 +14,15 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from geoens.checkpoint import SkipSampler
-from geoens.data import ImageDataset, ShardIndex, ShardSource, collate_skip, make_transforms, read_label_parts
+from geoens.data import (
+    Batch,
+    ImageDataset,
+    ShardIndex,
+    ShardSource,
+    collate_skip,
+    make_transforms,
+    read_label_parts,
+)
 from geoens.imagecache import CachedLoader, ImageCache, load_image_cache
 from geoens.models import GEOEST_HEADS, backbone_norm
 from geoens.partitions import read_hierarchy, read_partition_csv
@@ -62,8 +70,8 @@ class TrainData:
     val_ids: list[str]
     train_ds: ImageDataset
     val_ds: ImageDataset
-    train_loader: Iterable[Any]
-    val_loader: Iterable[Any]
+    train_loader: Iterable[Batch]
+    val_loader: Iterable[Batch]
     train_sampler: SkipSampler
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -259,8 +267,8 @@ def load_data(
         source, val_ids, targets[val_idx], make_transforms(cfg.image_size, False, mean, std)
     )
     drop_last = len(train_ds) // env.world > cfg.batch_size
-    train_loader: Iterable[Any]
-    val_loader: Iterable[Any]
+    train_loader: Iterable[Batch]
+    val_loader: Iterable[Batch]
     train_loader, train_sampler = make_loader(
         train_ds, cfg.batch_size, num_workers, env, True, seed, drop_last=drop_last
     )

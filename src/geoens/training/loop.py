@@ -133,7 +133,7 @@ def build_optimisation(
     cfg: TrainerConfig,
     heads: Mapping[str, int],
     env: DistEnv,
-    train_loader: Iterable[Any],
+    train_loader: Iterable[Batch],
     seed: int,
 ) -> Optimisation:
     """Seed, build the network (DistributedDataParallel when several ranks), optimizer, schedule, scaler."""
