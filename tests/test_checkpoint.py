@@ -25,7 +25,14 @@ import pytest
 import torch
 
 import geoens
-from geoens.checkpoint import ProgressLog, SkipSampler, format_duration
+from geoens.checkpoint import (
+    Checkpointer,
+    ProgressLog,
+    SkipSampler,
+    StopSignals,
+    TrainingInterrupted,
+    format_duration,
+)
 from geoens.constants import CHECKPOINT_EVERY_STEPS, EXIT_RESUMABLE, PROGRESS_EVERY_S
 from geoens.train import build_parser
 from test_train import FAST, make_world
@@ -205,6 +212,32 @@ def test_skip_sampler_passes_its_epoch_on() -> None:
     sampler = SkipSampler(DistributedSampler(list(range(10)), num_replicas=1, rank=0, shuffle=True, seed=0))
     sampler.set_epoch(3)
     assert sampler.epoch == 3
+
+
+def test_save_if_due_saves_on_schedule_and_after_a_signal(tmp_path: Path) -> None:
+    signals = StopSignals()  # not entered: the flag is set by hand below
+    ckpt = Checkpointer(tmp_path / "c.pt", version=1, fingerprint="f", every_steps=3, signals=signals)
+    saved: list[object] = []
+    for g in range(1, 7):
+        ckpt.save_if_due(g, lambda g=g: saved.append(g), epoch=0, step=g)  # type: ignore[misc]
+    ckpt.save_if_due(9, lambda: saved.append("not due"), epoch=1, step=3, due=False)
+    ckpt.interrupt_at_epoch_end(1, remaining=True)  # no signal: training goes on
+    assert saved == [3, 6]
+    signals.received = "SIGTERM"
+    barrier: list[int] = []
+    with pytest.raises(TrainingInterrupted, match="SIGTERM: saved checkpoint .* at epoch 2 step 1"):
+        ckpt.save_if_due(
+            10,
+            lambda: saved.append(10),
+            epoch=1,
+            step=1,
+            due=False,
+            before_interrupt=lambda: barrier.append(1),
+        )
+    assert saved[-1] == 10 and barrier == [1]
+    ckpt.interrupt_at_epoch_end(2, remaining=False)  # the last epoch is done: finish normally
+    with pytest.raises(TrainingInterrupted, match="at epoch 3 step 0"):
+        ckpt.interrupt_at_epoch_end(2, remaining=True)
 
 
 def test_schema_defaults_are_the_constants() -> None:

@@ -415,6 +415,7 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
     from geoens import train
     from geoens.data import FolderSource
     from geoens.models import build_model
+    from geoens.training import runtime
 
     torch.manual_seed(0)
     n_fine = 400
@@ -432,7 +433,7 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
     def bf16_autocast(device: torch.device) -> tuple[object, torch.dtype]:
         return torch.autocast("cpu", dtype=torch.bfloat16), torch.bfloat16
 
-    monkeypatch.setattr(train, "_autocast", bf16_autocast)
+    monkeypatch.setattr(runtime, "autocast", bf16_autocast)
     chunks = list(train.iter_predictions(tmp_path / "m.pt", FolderSource(tmp_path), ids, device="cpu"))
     probs = np.concatenate([c[1] for c in chunks])
     assert probs.shape == (4, n_fine) and probs.dtype == np.float64

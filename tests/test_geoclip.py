@@ -19,7 +19,28 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
-from geoens import geoclip_adapter as gc
+from geoens.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy, read_cell_partition, score_cells
+from geoens.geoclip.location import (
+    EMBED_DIM,
+    GeoClipError,
+    LocationEncoder,
+    embed_locations,
+    load_gps_gallery,
+    load_location_encoder,
+    load_logit_scale,
+    weights_dir,
+)
+from geoens.geoclip.stage import (
+    gps_batches,
+    load_image_tower,
+    prediction_inputs,
+    read_split,
+    run_predict,
+    run_train_tower,
+    tower_transforms,
+)
+from geoens.geoclip.towers import DEFAULT_CLIP_MODEL, ClipImageTower, ClipNotCachedError, TrainedImageTower
+from geoens.geoclip.training import GpsQueue, TowerTrainConfig, evaluate_loss, load_tower, train_tower
 
 PLACES = {  # (lat, lon)
     "paris": (48.8566, 2.3522),
@@ -32,15 +53,15 @@ PLACES = {  # (lat, lon)
 
 
 @pytest.fixture(scope="module")
-def encoder() -> gc.LocationEncoder:
-    return gc.load_location_encoder()
+def encoder() -> LocationEncoder:
+    return load_location_encoder()
 
 
 def _latlon() -> torch.Tensor:
     return torch.tensor(list(PLACES.values()), dtype=torch.float32)
 
 
-def test_location_encoder_matches_geoclip_code_path(encoder: gc.LocationEncoder) -> None:
+def test_location_encoder_matches_geoclip_code_path(encoder: LocationEncoder) -> None:
     pytest.importorskip("transformers")  # geoclip's package import pulls it in
     from geoclip.model.location_encoder import LocationEncoder as GeoClipLocationEncoder
 
@@ -48,30 +69,30 @@ def test_location_encoder_matches_geoclip_code_path(encoder: gc.LocationEncoder)
     pts = _latlon()
     with torch.no_grad():
         want = ref(pts)
-    got = gc.embed_locations(pts[:, 0].numpy(), pts[:, 1].numpy(), encoder, batch_size=4, normalize=False)
+    got = embed_locations(pts[:, 0].numpy(), pts[:, 1].numpy(), encoder, batch_size=4, normalize=False)
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)
     assert np.abs(got).max() > 1e-3  # real weights, not zeros
 
     # Location logits: GeoCLIP.forward computes exp(logit_scale) * norm(img) @ norm(loc).T and softmaxes.
-    stored = torch.load(gc.weights_dir() / "logit_scale_weights.pth", weights_only=True)
-    img = torch.randn(3, gc.EMBED_DIM, generator=torch.Generator().manual_seed(0))
+    stored = torch.load(weights_dir() / "logit_scale_weights.pth", weights_only=True)
+    img = torch.randn(3, EMBED_DIM, generator=torch.Generator().manual_seed(0))
     logits = stored.exp() * (F.normalize(img, dim=1) @ F.normalize(want, dim=1).T)
-    probs = gc.score_cells(img.numpy(), got, gc.load_logit_scale())
+    probs = score_cells(img.numpy(), got, load_logit_scale())
     np.testing.assert_allclose(probs, logits.softmax(dim=1).numpy(), atol=1e-6)
-    assert gc.load_logit_scale() == pytest.approx(float(stored.exp()))
-    assert 30 < gc.load_logit_scale() < 50
+    assert load_logit_scale() == pytest.approx(float(stored.exp()))
+    assert 30 < load_logit_scale() < 50
 
 
-def test_nearby_locations_are_more_similar(encoder: gc.LocationEncoder) -> None:
+def test_nearby_locations_are_more_similar(encoder: LocationEncoder) -> None:
     names = list(PLACES)
-    emb = gc.embed_locations(*_latlon().numpy().T, encoder)
+    emb = embed_locations(*_latlon().numpy().T, encoder)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     cos = emb @ emb.T
     paris, lyon, sydney = names.index("paris"), names.index("lyon"), names.index("sydney")
     assert cos[paris, lyon] > cos[paris, sydney] + 0.1
     assert cos[lyon, paris] > cos[lyon, sydney] + 0.1
     # Scoring Paris's own embedding as an image ranks Paris first, then Lyon, with Sydney far down.
-    probs = gc.score_cells(emb[[paris]], emb, gc.load_logit_scale())[0]
+    probs = score_cells(emb[[paris]], emb, load_logit_scale())[0]
     order = list(np.argsort(-probs))
     assert order[:2] == [paris, lyon]
     assert probs[lyon] > 10 * probs[sydney]
@@ -84,15 +105,15 @@ def _write_partition(path: Path, coords: list[tuple[float, float]], header: bool
     # written out of class order on purpose: the cache must come back in class_label order
     for k in reversed(range(len(coords))):
         lat, lon = coords[k]
-        lines.append(f"{k},47a{k:x},{10 + k},{lat},{lon}")
+        lines.append(f"{k},47a{k:x}1,{10 + k},{lat},{lon}")  # valid S2 tokens, one level
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-class CountingEncoder(gc.LocationEncoder):
+class CountingEncoder(LocationEncoder):
     """The real encoder, counting the points it embeds."""
 
-    def __init__(self, base: gc.LocationEncoder) -> None:
+    def __init__(self, base: LocationEncoder) -> None:
         super().__init__(base.sigmas)
         self.load_state_dict(base.state_dict())
         self.requires_grad_(False)
@@ -104,54 +125,54 @@ class CountingEncoder(gc.LocationEncoder):
         return super().forward(latlon)
 
 
-def test_cell_embeddings_cached_once_per_partition(tmp_path: Path, encoder: gc.LocationEncoder) -> None:
+def test_cell_embeddings_cached_once_per_partition(tmp_path: Path, encoder: LocationEncoder) -> None:
     coords = list(PLACES.values())
     part = _write_partition(tmp_path / "fine.csv", coords)
     cache = tmp_path / "geoclip" / "cell_embeddings.parquet"
     counting = CountingEncoder(encoder)
 
-    first = gc.cell_embeddings(part, cache, encoder=counting, batch_size=4)
+    first = cell_embeddings(part, cache, encoder=counting, batch_size=4)
     assert counting.points == len(coords)
     assert cache.exists()
-    want = gc.embed_locations(*np.array(coords).T, encoder)
+    want = embed_locations(*np.array(coords).T, encoder)
     np.testing.assert_allclose(first, want, atol=1e-6)  # class_label order, normalised
 
     # Many images scored in several batches: the cells are never re-embedded.
     for _ in range(3):
-        again = gc.cell_embeddings(part, cache, encoder=counting)
-        gc.score_cells(np.random.default_rng(0).normal(size=(5, gc.EMBED_DIM)), again, 40.0)
+        again = cell_embeddings(part, cache, encoder=counting)
+        score_cells(np.random.default_rng(0).normal(size=(5, EMBED_DIM)), again, 40.0)
     assert counting.points == len(coords)
     np.testing.assert_array_equal(again, first)
 
     table = pq.read_table(cache)
     assert table.column_names == ["class_label", "hex_id", "latitude_mean", "longitude_mean", "embedding"]
-    assert table.schema.field("embedding").type == pa.list_(pa.float32(), gc.EMBED_DIM)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), EMBED_DIM)
     assert table["class_label"].to_pylist() == list(range(len(coords)))
 
     # Another partition (one cell moved) invalidates the cache.
     coords2 = [*coords[:-1], (10.0, 10.0)]
     _write_partition(part, coords2)
-    third = gc.cell_embeddings(part, cache, encoder=counting)
+    third = cell_embeddings(part, cache, encoder=counting)
     assert counting.points == 2 * len(coords)
-    np.testing.assert_allclose(third[-1], gc.embed_locations([10.0], [10.0], encoder)[0], atol=1e-6)
+    np.testing.assert_allclose(third[-1], embed_locations([10.0], [10.0], encoder)[0], atol=1e-6)
 
 
 def test_bad_partition_names_file_and_row(tmp_path: Path) -> None:
     bad = _write_partition(tmp_path / "nohdr.csv", [(1.0, 2.0), (3.0, 4.0)], header=False)
-    with pytest.raises(gc.GeoClipError, match=r"nohdr\.csv: partition CSV lacks column"):
-        gc.read_partition(bad)
+    with pytest.raises(GeoClipError, match=r"nohdr\.csv: cannot read partition CSV: .*missing column"):
+        read_cell_partition(bad)
     out = _write_partition(tmp_path / "range.csv", [(1.0, 2.0), (95.0, 4.0)])
-    with pytest.raises(gc.GeoClipError, match=r"range\.csv: bad latitude_mean 95\.0 in data row 1"):
-        gc.read_partition(out)  # rows written in reverse: class 1 is data row 1
-    with pytest.raises(gc.GeoClipError, match="invalid coordinate at index 1"):
-        gc.embed_locations([0.0, np.nan], [0.0, 0.0])
+    with pytest.raises(GeoClipError, match=r"range\.csv: bad latitude_mean 95\.0 of class_label 1"):
+        read_cell_partition(out)
+    with pytest.raises(GeoClipError, match="invalid coordinate at index 1"):
+        embed_locations([0.0, np.nan], [0.0, 0.0])
 
 
 def test_probabilities_sum_to_one_and_follow_cosine() -> None:
     rng = np.random.default_rng(1)
-    img = rng.normal(size=(7, gc.EMBED_DIM)).astype(np.float32) * 3.0  # any norm
-    cells = rng.normal(size=(300, gc.EMBED_DIM)).astype(np.float32)
-    probs = gc.score_cells(img, cells, 39.7)
+    img = rng.normal(size=(7, EMBED_DIM)).astype(np.float32) * 3.0  # any norm
+    cells = rng.normal(size=(300, EMBED_DIM)).astype(np.float32)
+    probs = score_cells(img, cells, 39.7)
     assert probs.dtype == np.float32 and probs.shape == (7, 300)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs > 0).all()
@@ -159,16 +180,16 @@ def test_probabilities_sum_to_one_and_follow_cosine() -> None:
         cells / np.linalg.norm(cells, axis=1, keepdims=True)
     ).T
     np.testing.assert_array_equal(probs.argmax(axis=1), cos.argmax(axis=1))
-    flat = gc.score_cells(img, cells, 1e-9)  # no temperature: uniform
+    flat = score_cells(img, cells, 1e-9)  # no temperature: uniform
     np.testing.assert_allclose(flat, 1 / 300, rtol=1e-6)
-    with pytest.raises(gc.GeoClipError, match="logit_scale"):
-        gc.score_cells(img, cells, -1.0)
-    with pytest.raises(gc.GeoClipError, match="shapes"):
-        gc.score_cells(img, cells[:, :10], 1.0)
+    with pytest.raises(GeoClipError, match="logit_scale"):
+        score_cells(img, cells, -1.0)
+    with pytest.raises(GeoClipError, match="shapes"):
+        score_cells(img, cells[:, :10], 1.0)
 
 
 def test_gps_queue_matches_geoclip_fifo() -> None:
-    q = gc.GpsQueue(5, torch.zeros(5, 2))
+    q = GpsQueue(5, torch.zeros(5, 2))
     q.push(torch.ones(3, 2))
     q.push(2 * torch.ones(3, 2))  # wraps around: slots 3,4 then 0
     assert q.get()[:, 0].tolist() == [2, 1, 1, 2, 2]
@@ -216,41 +237,52 @@ def _tiny_world(root: Path, n_per_region: int = 8) -> tuple[Path, Path, Path, pd
     return shards, label_dir, part, labels
 
 
-def _tower_cfg(**kw: object) -> gc.TowerTrainConfig:
+def _tower_cfg(**kw: object) -> TowerTrainConfig:
     base = dict(
         backbone="resnet18", image_size=32, epochs=3, batch_size=6, lr=0.003, patience=10,
         queue_size=16, gallery_negatives=64, seed=0, device="cpu", num_workers=0,
     )  # fmt: skip
     base.update(kw)
-    return gc.TowerTrainConfig(**base)  # type: ignore[arg-type]
+    return TowerTrainConfig(**base)  # type: ignore[arg-type]
 
 
-def test_tiny_tower_training_lowers_contrastive_loss(tmp_path: Path, encoder: gc.LocationEncoder) -> None:
+def test_tower_negatives_are_a_seeded_gallery_sample(encoder: LocationEncoder) -> None:
+    from geoens.geoclip.training import tower_negatives
+
+    gallery = load_gps_gallery()[:200]
+    cfg = _tower_cfg(queue_size=8, gallery_negatives=16)
+    a_emb, a_queue = tower_negatives(cfg, encoder, gallery, torch.device("cpu"))
+    b_emb, b_queue = tower_negatives(cfg, encoder, gallery, torch.device("cpu"))
+    assert a_emb.shape == (16, EMBED_DIM) and a_queue.get().shape == (8, EMBED_DIM)
+    assert torch.equal(a_emb, b_emb) and torch.equal(a_queue.get(), b_queue.get())
+
+
+def test_tiny_tower_training_lowers_contrastive_loss(tmp_path: Path, encoder: LocationEncoder) -> None:
     torch.set_num_threads(2)
     from geoens.data import ShardSource
 
     shards, label_dir, _, labels = _tiny_world(tmp_path)
-    train = gc.read_split(label_dir, "train")
+    train = read_split(label_dir, "train")
     source = ShardSource(shards)
     cfg = _tower_cfg()
-    eval_tf = gc._tower_transforms(cfg, train=False)
-    batches = gc.gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=True, seed=0)
-    fixed = gc.gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=False, seed=0)
-    gallery = gc.load_gps_gallery()
+    eval_tf = tower_transforms(cfg, train=False)
+    batches = gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=True, seed=0)
+    fixed = gps_batches(source, train, eval_tf, cfg.batch_size, shuffle=False, seed=0)
+    gallery = load_gps_gallery()
     negatives = encoder(torch.from_numpy(gallery[:64]))
 
     torch.manual_seed(cfg.seed)
-    untrained = gc.TrainedImageTower(cfg.backbone, init_logit_scale=gc.load_logit_scale())
-    before = gc.evaluate_loss(untrained, fixed(0), encoder, negatives, torch.device("cpu"))
-    tower, history = gc.train_tower(batches, lambda: fixed(0), cfg, encoder=encoder, gallery=gallery)
-    after = gc.evaluate_loss(tower, fixed(0), encoder, negatives, torch.device("cpu"))
+    untrained = TrainedImageTower(cfg.backbone, init_logit_scale=load_logit_scale())
+    before = evaluate_loss(untrained, fixed(0), encoder, negatives, torch.device("cpu"))
+    tower, history = train_tower(batches, lambda: fixed(0), cfg, encoder=encoder, gallery=gallery)
+    after = evaluate_loss(tower, fixed(0), encoder, negatives, torch.device("cpu"))
     assert len(history) == cfg.epochs
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert after < before - 0.3, (before, after, history)
     # encoder stayed frozen (the location space is GeoCLIP's)
     np.testing.assert_array_equal(
         encoder.state_dict()["LocEnc0.head.0.weight"].numpy(),
-        gc.load_location_encoder().state_dict()["LocEnc0.head.0.weight"].numpy(),
+        load_location_encoder().state_dict()["LocEnc0.head.0.weight"].numpy(),
     )
 
 
@@ -260,15 +292,15 @@ def test_train_save_predict_end_to_end(tmp_path: Path) -> None:
     model = tmp_path / "models" / "geoclip_tower" / "model.pt"
     metrics = tmp_path / "models" / "geoclip_tower" / "metrics.csv"
     cfg = _tower_cfg(epochs=2)
-    history = gc.run_train_tower(shards, label_dir, model, cfg, metrics)
+    history = run_train_tower(shards, label_dir, model, cfg, metrics)
     assert model.exists() and len(pd.read_csv(metrics)) == len(history)
 
-    cells = gc.cell_embeddings(part, tmp_path / "cells.parquet")
-    tower, scale, tf = gc.load_image_tower("trained", model)
-    source, ids = gc.prediction_inputs("val", shards, label_dir)
+    cells = cell_embeddings(part, tmp_path / "cells.parquet")
+    tower, scale, tf = load_image_tower("trained", model)
+    source, ids = prediction_inputs("val", shards, label_dir)
     out = tmp_path / "predictions" / "val" / "geoclip.parquet"
     skipped = tmp_path / "predictions" / "val" / "geoclip.skipped.json"
-    counts = gc.run_predict(source, ids, cells, tower, scale, tf, out, skipped, batch_size=4, device="cpu")
+    counts = run_predict(source, ids, cells, tower, scale, tf, out, skipped, batch_size=4, device="cpu")
     want = {
         "n_requested": len(ids),
         "n_predicted": len(ids) - 1,
@@ -282,22 +314,22 @@ def test_train_save_predict_end_to_end(tmp_path: Path) -> None:
     assert table.schema.field("image_id").type == pa.string()
     assert table.schema.field("probs").type == pa.list_(pa.float32(), len(REGIONS))
     assert table.schema.field("top_class").type == pa.int32()
-    probs = gc.fixed_size_list_to_numpy(table["probs"])
+    probs = fixed_size_list_to_numpy(table["probs"])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(table["top_class"].to_numpy(), probs.argmax(axis=1))
     assert table["image_id"].to_pylist() == [i for i in ids if i != "broken.jpg"]
 
     # deterministic: the same model and inputs give the same bytes
     out2 = tmp_path / "again.parquet"
-    gc.run_predict(source, ids, cells, tower, scale, tf, out2, batch_size=4, device="cpu")
+    run_predict(source, ids, cells, tower, scale, tf, out2, batch_size=4, device="cpu")
     assert out.read_bytes() == out2.read_bytes()
 
-    with pytest.raises(gc.GeoClipError, match="not a GeoCLIP image tower"):
+    with pytest.raises(GeoClipError, match="not a GeoCLIP image tower"):
         torch.save({"kind": "other"}, tmp_path / "x.pt")
-        gc.load_tower(tmp_path / "x.pt")
+        load_tower(tmp_path / "x.pt")
 
 
-def test_tower_resumes_mid_epoch_after_stop_signal(tmp_path: Path, encoder: gc.LocationEncoder) -> None:
+def test_tower_resumes_mid_epoch_after_stop_signal(tmp_path: Path, encoder: LocationEncoder) -> None:
     """SIGUSR1 in the middle of epoch 1 checkpoints and stops; resuming ends bitwise where a full run does."""
     import signal
 
@@ -308,14 +340,14 @@ def test_tower_resumes_mid_epoch_after_stop_signal(tmp_path: Path, encoder: gc.L
     shards, label_dir, _, _ = _tiny_world(tmp_path)
     source = ShardSource(shards)
     cfg = _tower_cfg(epochs=2, batch_size=4)  # 18 training images: 5 steps per epoch
-    train, val = gc.read_split(label_dir, "train"), gc.read_split(label_dir, "val")
-    batches = gc.gps_batches(source, train, gc._tower_transforms(cfg, True), 4, True, cfg.seed)
-    val_batches = gc.gps_batches(source, val, gc._tower_transforms(cfg, False), 4, False, cfg.seed)
-    gallery = gc.load_gps_gallery()
+    train, val = read_split(label_dir, "train"), read_split(label_dir, "val")
+    batches = gps_batches(source, train, tower_transforms(cfg, True), 4, True, cfg.seed)
+    val_batches = gps_batches(source, val, tower_transforms(cfg, False), 4, False, cfg.seed)
+    gallery = load_gps_gallery()
 
     def run(name: str, signals: StopSignals | None = None, **kw: object) -> tuple[torch.nn.Module, list]:
         ckpt = Checkpointer(tmp_path / name / "checkpoint.pt", version=1, fingerprint="f", signals=signals)
-        return gc.train_tower(batches, lambda: val_batches(0), cfg, encoder, gallery, checkpoint=ckpt, **kw)
+        return train_tower(batches, lambda: val_batches(0), cfg, encoder, gallery, checkpoint=ckpt, **kw)
 
     full, full_history = run("full")
 
@@ -336,33 +368,33 @@ def test_tower_resumes_mid_epoch_after_stop_signal(tmp_path: Path, encoder: gc.L
 
 
 def test_missing_clip_cache_names_model_and_command(tmp_path: Path) -> None:
-    model_id = gc.DEFAULT_CLIP_MODEL
-    with pytest.raises(gc.ClipNotCachedError, match=r"openai/clip-vit-large-patch14") as err:
-        gc.ClipImageTower(model_id, cache_dir=tmp_path / "empty-hf-cache")
+    model_id = DEFAULT_CLIP_MODEL
+    with pytest.raises(ClipNotCachedError, match=r"openai/clip-vit-large-patch14") as err:
+        ClipImageTower(model_id, cache_dir=tmp_path / "empty-hf-cache")
     msg = str(err.value)
     assert f"`hf download {model_id}`" in msg
     _assert_hint_command_works(msg)
     assert "geoclip.clip_model" in msg and "HF_HOME" in msg and str(tmp_path / "empty-hf-cache") in msg
-    with pytest.raises(gc.ClipNotCachedError, match="geoens-test/no-such-clip"):
-        gc.load_image_tower("clip", None, "geoens-test/no-such-clip")
-    with pytest.raises(gc.GeoClipError, match="unknown value 'vit'"):
-        gc.load_image_tower("vit", None)
+    with pytest.raises(ClipNotCachedError, match="geoens-test/no-such-clip"):
+        load_image_tower("clip", None, "geoens-test/no-such-clip")
+    with pytest.raises(GeoClipError, match="unknown value 'vit'"):
+        load_image_tower("vit", None)
 
 
 PEER_FINE = Path("/work/shared/reference/peers/GeoEstimation/geo-cells/cells_50_1000.csv")
 
 
 @pytest.mark.skipif(not PEER_FINE.exists(), reason="peer reference data not available")
-def test_reads_real_geoestimation_fine_partition(tmp_path: Path, encoder: gc.LocationEncoder) -> None:
-    part = gc.read_partition(PEER_FINE)
+def test_reads_real_geoestimation_fine_partition(tmp_path: Path, encoder: LocationEncoder) -> None:
+    part = read_cell_partition(PEER_FINE)
     assert len(part) == 12893
     assert part["class_label"].tolist() == list(range(12893))
     assert part["hex_id"].str.fullmatch(r"[0-9a-f]+").all()  # S2 tokens kept as strings
     # The first cells, embedded through the cache path, equal direct embeddings of their mean locations.
     head = tmp_path / "head.csv"
     head.write_text("".join(PEER_FINE.open().readlines()[: 2 + 1 + 50]))
-    emb = gc.cell_embeddings(head, tmp_path / "c.parquet", encoder=encoder)
-    want = gc.embed_locations(part["latitude_mean"][:50], part["longitude_mean"][:50], encoder)
+    emb = cell_embeddings(head, tmp_path / "c.parquet", encoder=encoder)
+    want = embed_locations(part["latitude_mean"][:50], part["longitude_mean"][:50], encoder)
     np.testing.assert_allclose(emb, want, atol=1e-6)
 
 

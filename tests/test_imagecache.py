@@ -268,7 +268,8 @@ def test_cached_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
 
 
 def test_cached_geoclip_tower_training_is_deterministic(tmp_path: Path) -> None:
-    from geoens import geoclip_adapter as gc
+    from geoens.geoclip.stage import cached_gps_batches, run_train_tower
+    from geoens.geoclip.training import TowerTrainConfig
 
     shards, cache_dir, ids = cached_world(tmp_path, n=18)
     rng = np.random.default_rng(0)
@@ -277,12 +278,12 @@ def test_cached_geoclip_tower_training_is_deterministic(tmp_path: Path) -> None:
                            "split": ["val" if k % 4 == 0 else "train" for k in range(len(ids))]})  # fmt: skip
     (tmp_path / "labels").mkdir()
     labels.to_parquet(tmp_path / "labels" / "part-00000.parquet", index=False)
-    cfg = gc.TowerTrainConfig(backbone="test_resnet", image_size=16, epochs=2, batch_size=4, lr=0.003,
+    cfg = TowerTrainConfig(backbone="test_resnet", image_size=16, epochs=2, batch_size=4, lr=0.003,
                               queue_size=8, gallery_negatives=16, device="cpu")  # fmt: skip
     models = []
     for run in ("a", "b"):
         out = tmp_path / run / "model.pt"
-        history = gc.run_train_tower(shards, tmp_path / "labels", out, cfg, image_cache=cache_dir)
+        history = run_train_tower(shards, tmp_path / "labels", out, cfg, image_cache=cache_dir)
         assert len(history) == 2 and all(math.isfinite(h["val_loss"]) for h in history)
         models.append(torch.load(out, weights_only=False)["state_dict"])
     for key in models[0]:
@@ -291,7 +292,7 @@ def test_cached_geoclip_tower_training_is_deterministic(tmp_path: Path) -> None:
     train = labels[labels["split"] == "train"].reset_index(drop=True)
     cache = load_image_cache(cache_dir)
     skipped: list[int] = []
-    batches = gc.cached_gps_batches(cache, train, cfg, True, skipped)
+    batches = cached_gps_batches(cache, train, cfg, True, skipped)
     seen = [torch.cat([gps for _, gps in batches(e)]) for e in (0, 0, 1)]
     assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
     assert len(seen[0]) + len(skipped) // 3 == len(train) and len(skipped) == 3  # img_bad, each epoch

@@ -18,18 +18,15 @@ from PIL import Image
 from geoens.data import FolderSource, ShardSource
 from geoens.models import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
 from geoens.train import (
-    TrainerConfig,
-    TrainingError,
     load_model,
     majority_baseline,
     predict,
     predict_to_parquet,
-    read_hierarchy,
-    read_partition_sizes,
-    select_rows,
     torchrun_command,
     train_model,
 )
+from geoens.training.config import TrainerConfig, TrainingError, select_rows
+from geoens.training.inputs import hierarchy_parents, partition_sizes
 
 #: One clearly different colour per class, so that a tiny CNN can learn the classes in a few steps.
 COLOURS = np.array(
@@ -139,9 +136,9 @@ def test_select_rows_filters_by_model(tmp_path: Path) -> None:
     assert len(geo_rows) == 24 and geo_t.shape == (24, 3)
     with pytest.raises(KeyError, match="cell_fine"):
         select_rows(labels.drop(columns="cell_fine"), "geoest")
-    assert read_partition_sizes(paths["partitions"]) == (2, 3, 4)
+    assert partition_sizes(paths["partitions"]) == (2, 3, 4)
     np.testing.assert_array_equal(
-        read_hierarchy(paths["partitions"] / "hierarchy.parquet")[:, 0], FINE_TO_MIDDLE
+        hierarchy_parents(paths["partitions"] / "hierarchy.parquet")[:, 0], FINE_TO_MIDDLE
     )
 
 
@@ -345,8 +342,51 @@ def test_prediction_dataset_val_and_testset(tmp_path: Path) -> None:
     assert ids == ["b.jpg", "a.jpg"] and isinstance(source, FolderSource)
 
 
+def test_prediction_files_share_one_schema_and_skipped_summary(tmp_path: Path) -> None:
+    from geoens.training.predictions import (
+        prediction_schema,
+        prediction_table,
+        write_predictions,
+        write_skipped,
+    )
+
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]])
+    chunks = [(["a", "b"], probs), (["c"], probs[:1])]
+    assert write_predictions(tmp_path / "p.parquet", chunks, 3) == 3
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.schema == prediction_schema(3)
+    assert table["top_class"].to_pylist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="2 image ids but probs of shape"):
+        prediction_table(["a", "b"], probs[:1])
+    summary = write_skipped(4, 3, ["d"], tmp_path / "p.skipped.json")
+    assert summary == {"n_requested": 4, "n_predicted": 3, "n_skipped": 1, "skipped_ids": ["d"]}
+    assert json.loads((tmp_path / "p.skipped.json").read_text()) == summary
+
+
+def test_split_rows_keeps_a_seeded_subset_and_needs_training_rows() -> None:
+    from geoens.training.inputs import split_rows
+
+    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)], "split": ["train"] * 8 + ["val"] * 2})
+    cfg = TrainerConfig(max_train_images=3)
+    a = split_rows(rows, cfg, 5, "ls", "labels")
+    b = split_rows(rows, cfg, 5, "ls", "labels")
+    assert a[2] == b[2] and len(a[2]) == 3 and a[3] == ["i8", "i9"]
+    assert list(a[0]) == sorted(a[0])  # file order kept
+    with pytest.raises(TrainingError, match="no training row"):
+        split_rows(rows[rows["split"] == "val"], cfg, 5, "ls", "labels")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_error_for_both_trainers() -> None:
+    from geoens.training.runtime import DeviceUnavailableError, resolve_device
+
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceUnavailableError, match="sees no GPU"):
+        resolve_device("cuda")
+
+
 def test_early_stopping_update() -> None:
-    from geoens.train import early_stopping_update
+    from geoens.training.runtime import early_stopping_update
 
     state = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     losses = [1.0, 0.8, 0.8, 0.7, 0.75, 0.71]

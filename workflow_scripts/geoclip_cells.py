@@ -1,6 +1,6 @@
 """GeoCLIP location embeddings of every fine S2 cell's mean location (cached once per partition)."""
 
-from geoens.geoclip_adapter import cell_embeddings
+from geoens.geoclip.cells import cell_embeddings
 from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]

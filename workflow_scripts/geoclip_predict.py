@@ -2,7 +2,8 @@
 
 import torch
 
-from geoens.geoclip_adapter import load_image_tower, prediction_inputs, read_cell_embeddings, run_predict
+from geoens.geoclip.cells import read_cell_embeddings
+from geoens.geoclip.stage import load_image_tower, prediction_inputs, run_predict
 from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]

@@ -12,7 +12,8 @@ import torch
 
 from geoens.checkpoint import StopSignals, TrainingInterrupted
 from geoens.constants import EXIT_RESUMABLE
-from geoens.geoclip_adapter import TowerTrainConfig, run_train_tower
+from geoens.geoclip.stage import run_train_tower
+from geoens.geoclip.training import TowerTrainConfig
 from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]

@@ -18,8 +18,9 @@ Modules, one concept each:
 - :mod:`geoens.labels`     relabelling geotags with raster attributes, splits, urban cap, label tables.
 - :mod:`geoens.atoms`      the atom table on which evaluation runs.
 - :mod:`geoens.data`       image datasets over msgpack shards and image folders.
-- :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model), training loop.
-- :mod:`geoens.geoclip_adapter` GeoCLIP scored on S2 cells.
+- :mod:`geoens.train`      timm classifiers (LS, LC, GeoEstimation-style base model): training, prediction.
+- :mod:`geoens.training`   the training runtime shared by both trainers (device, seeding, epochs, outputs).
+- :mod:`geoens.geoclip`    GeoCLIP scored on S2 cells (location encoder, cell cache, towers, stages).
 - :mod:`geoens.methods`    methods (ensembles) and Alg. 1 class scores, the urban prior.
 - :mod:`geoens.lookup`     atom index lookups (in memory or by windows of the tiled GeoTIFF).
 - :mod:`geoens.rva`        Algorithms 2-3 on atom groups (dense engine), per-image results, grid top-1.

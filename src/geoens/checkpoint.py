@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -97,8 +98,6 @@ def run_child_ignoring_stop_signals(cmd: list[str]) -> int:
     their checkpoints. The children inherit the ignored SIGUSR1 (so torchrun's agent is not killed by it);
     training processes install their own handlers, torchrun forwards SIGTERM to its workers.
     """
-    import subprocess
-
     previous = {s: signal.signal(signal.Signals[s], signal.SIG_IGN) for s in STOP_SIGNALS}
     try:
         return subprocess.run(cmd, check=False).returncode
@@ -171,6 +170,48 @@ class Checkpointer:
             return dict(ckpt)
         log.warning("%s belongs to another config or label set: starting from scratch", self.path)
         return None
+
+    def save_if_due(
+        self,
+        global_step: int,
+        save: Callable[[], None],
+        *,
+        epoch: int,
+        step: int,
+        due: bool = True,
+        before_interrupt: Callable[[], None] | None = None,
+    ) -> None:
+        """After an optimizer step: ``save()`` when a stop signal arrived or the periodic checkpoint is due.
+
+        Args:
+            global_step: The step's number over the whole run (1-based), for :meth:`step_due`.
+            save: Writes the loop's checkpoint.
+            epoch: The epoch (0-based) the step is in, for the interrupt.
+            step: Optimizer steps of that epoch done, for the interrupt.
+            due: ``False`` skips the periodic checkpoint at this step (a stop signal still saves).
+            before_interrupt: Called after a signal-triggered save, before raising (a DDP barrier).
+
+        Raises:
+            TrainingInterrupted: After a stop signal, once ``save()`` returned.
+
+        """
+        stop = self.stop_requested()
+        if stop or (self.step_due(global_step) and due):
+            save()
+            if stop:
+                if before_interrupt is not None:
+                    before_interrupt()
+                raise self.interrupt(epoch, step)
+
+    def interrupt_at_epoch_end(self, epochs_done: int, remaining: bool) -> None:
+        """After the epoch-end checkpoint: stop here if a signal arrived and ``remaining`` epochs are to run.
+
+        Raises:
+            TrainingInterrupted: If a stop signal arrived and ``remaining``.
+
+        """
+        if self.stop_requested() and remaining:
+            raise self.interrupt(epochs_done, 0)
 
     def interrupt(self, epoch: int, step: int) -> TrainingInterrupted:
         """Log that the checkpoint is saved and the job will resume; return the exception to raise."""

@@ -38,11 +38,15 @@ def _predict_family(
     family: str, results: Path, cfg: Mapping[str, Any], folder: Path, ids: list[str], device: str
 ) -> dict[str, npt.NDArray[np.float64]]:
     """Probabilities of ``ids`` (files in ``folder``) for one model: ``{image_id: vector}``."""
+    # deferred: geoens.data imports torch, an optional extra that `geoens validate` does not need
     from geoens.data import FolderSource
 
     source = FolderSource(folder)
     if family == "geoclip":
-        from geoens.geoclip_adapter import id_batches, load_image_tower, predict_probs, read_cell_embeddings
+        # deferred: the GeoCLIP modules import torch (an optional extra)
+        from geoens.geoclip.cells import read_cell_embeddings
+        from geoens.geoclip.stage import id_batches, load_image_tower  # deferred: imports torch
+        from geoens.geoclip.towers import predict_probs  # deferred: imports torch
 
         gc = cfg["geoclip"]
         tower_path = results / "models" / "geoclip_tower" / "model.pt"
@@ -53,7 +57,7 @@ def _predict_family(
             tower, id_batches(source, ids, transform, 16, 0, skipped), cells, scale
         )
         return {i: probs[k].astype(np.float64) for k, i in enumerate(out_ids)}
-    from geoens.train import predict
+    from geoens.train import predict  # deferred: geoens.train imports torch (an optional extra)
 
     df = predict(results / "models" / family / "model.pt", source, ids, batch_size=16, device=device)
     return {i: np.asarray(p, dtype=np.float64) for i, p in zip(df["image_id"], df["probs"], strict=True)}

@@ -12,6 +12,7 @@ Images that are missing or do not decode are *skipped and counted*, never fatal:
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -29,7 +30,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from tqdm import tqdm
 
+from geoens.io import atomic_path
+from geoens.logs import setup_logging
 from geoens.shards import ShardFormatError, list_shards, record_image, scan_records
 
 log = logging.getLogger(__name__)
@@ -102,8 +106,6 @@ class ShardIndex:
         lengths: list[int] = []
         iterator: Any = enumerate(paths)
         if show_progress:
-            from tqdm import tqdm
-
             iterator = tqdm(iterator, total=len(paths), desc="index shards", mininterval=10)
         for s, path in iterator:
             rec_ids, rec_offsets, rec_lengths = scan_records(path)
@@ -463,11 +465,6 @@ def read_label_parts(labels: str | Path, columns: Sequence[str] | None = None) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m geoens.data SHARDS_DIR OUT.parquet``: build and save a :class:`ShardIndex`."""
-    import argparse
-
-    from geoens.io import atomic_path
-    from geoens.logs import setup_logging
-
     parser = argparse.ArgumentParser(
         prog="python -m geoens.data", description="Index a folder of msgpack shards"
     )

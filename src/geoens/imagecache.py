@@ -34,7 +34,7 @@ import torch
 from torchvision.transforms.v2 import functional as tvf
 
 from geoens.constants import IMAGE_CACHE_MAX_BYTES, IMAGE_CACHE_MAX_SIDE
-from geoens.data import AugmentConfig, Batch, ImageSource, ShardIndex, decode_image
+from geoens.data import AugmentConfig, Batch, ImageSource, ShardIndex, ShardSource, decode_image
 from geoens.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,6 @@ def build_shard_cache(
     max_bytes: int = IMAGE_CACHE_MAX_BYTES,
 ) -> dict[str, Any]:
     """:func:`build_image_cache` over every record of a shards folder (index order)."""
-    from geoens.data import ShardSource
-
     source = ShardSource(shards_dir, index)
     try:
         return build_image_cache(source, [str(i) for i in index.ids], out_dir, max_side, max_bytes)

@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from geoens.constants import N_CLASSES
+from geoens.data import IMAGENET_MEAN, IMAGENET_STD
+
 #: Environment variable that allows timm / Hugging Face downloads (anything but "" / "0").
 ALLOW_DOWNLOAD_ENV = "GEOENS_ALLOW_DOWNLOAD"
 #: Head names of the geoest model, coarsest first.
@@ -42,7 +45,7 @@ def _ensure_offline() -> None:
         return
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:  # huggingface_hub reads the variable at import time; patch the constant if already imported
-        import huggingface_hub.constants as hf_constants
+        import huggingface_hub.constants as hf_constants  # deferred: only patched when timm needs it
 
         hf_constants.HF_HUB_OFFLINE = True
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub
@@ -51,8 +54,8 @@ def _ensure_offline() -> None:
 
 def _cached_weights(name: str) -> tuple[str, str | None]:
     """Return ``(hf_hub_id, local file or None)`` for a timm model's default pretrained weights."""
-    import timm
-    from huggingface_hub import try_to_load_from_cache
+    import timm  # deferred: timm is heavy (and reads the offline setting at import)
+    from huggingface_hub import try_to_load_from_cache  # deferred: comes with timm, only for pretrained
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
@@ -93,7 +96,7 @@ def build_backbone(
         ValueError: If timm does not know ``name``.
 
     """
-    import timm
+    import timm  # deferred: timm is heavy (and reads the offline setting at import)
 
     _ensure_offline()
     if not timm.is_model(name.split(".")[0]):
@@ -128,9 +131,7 @@ def build_backbone(
 
 def backbone_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Input normalisation (mean, std) of a timm model's pretrained config (ImageNet's if unknown)."""
-    import timm
-
-    from geoens.data import IMAGENET_MEAN, IMAGENET_STD
+    import timm  # deferred: timm is heavy (and reads the offline setting at import)
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
@@ -167,8 +168,6 @@ def head_spec(model: str, n_cells: Sequence[int] | None = None) -> dict[str, int
         ValueError: For an unknown model or ``geoest`` without three cell counts.
 
     """
-    from geoens.constants import N_CLASSES
-
     if model in N_CLASSES:
         return {model: N_CLASSES[model]}
     if model == "geoest":
