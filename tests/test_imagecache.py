@@ -9,7 +9,6 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
+from fakes import image_records, round_robin, write_label_parts, write_msgpack_shards
 from geoens.data import AugmentConfig, ShardIndex, ShardSource, decode_image, make_transforms
 from geoens.imagecache import (
     CachedLoader,
@@ -54,12 +54,7 @@ def textured_jpeg(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:
 
 
 def write_shards(root: Path, records: dict[str, bytes]) -> ShardIndex:
-    root.mkdir(parents=True)
-    items = list(records.items())
-    for s in range(2):
-        with open(root / f"shard-{s:03d}.msgpack", "wb") as fh:
-            for image_id, data in items[s::2]:
-                fh.write(msgpack.packb({"id": image_id, "image": data}))
+    write_msgpack_shards(root, round_robin(image_records(records), 2))
     return ShardIndex.build(root)
 
 
@@ -234,8 +229,7 @@ def _train_world(root: Path, n: int = 20) -> dict[str, Path]:
         rows.append({"image_id": f"img{k:03d}", "split": "val" if k >= n - 4 else "train",
                      "attr_keep": True, "lc7": np.int8(k % 4)})  # fmt: skip
     index = write_shards(root / "shards", records)
-    (root / "labels").mkdir()
-    pd.DataFrame(rows).to_parquet(root / "labels" / "part-00000.parquet", index=False)
+    write_label_parts(root / "labels", pd.DataFrame(rows))
     build_shard_cache(root / "shards", index, root / "cache")
     return {"shards": root / "shards", "labels": root / "labels", "cache": root / "cache"}
 
