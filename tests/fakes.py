@@ -127,12 +127,29 @@ def write_lc_netcdf(
 # --------------------------------------------------------------------------------------------------
 # images and msgpack shards
 # --------------------------------------------------------------------------------------------------
+def jpeg_bytes(img: np.ndarray | Image.Image, quality: int = 90) -> bytes:
+    """JPEG bytes of an RGB image (a ``rows x cols x 3`` uint8 array or a PIL image)."""
+    buf = io.BytesIO()
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def noise_jpeg(seed: int, size: tuple[int, int] = (40, 48), quality: int = 90) -> bytes:
     """JPEG bytes of uniform RGB noise (``size`` = rows, cols) from ``seed``."""
     rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return jpeg_bytes(rng.integers(0, 256, (*size, 3), dtype=np.uint8), quality)
+
+
+def colour_jpeg(
+    colour: Sequence[float] | np.ndarray,
+    rng: np.random.Generator,
+    size: tuple[int, int] = (32, 32),
+    sd: float = 20.0,
+    quality: int = 90,
+) -> bytes:
+    """JPEG bytes of one colour plus Gaussian noise of ``sd`` (drawn from ``rng``), clipped to uint8."""
+    arr = np.clip(np.asarray(colour) + rng.normal(0, sd, (*size, 3)), 0, 255).astype(np.uint8)
+    return jpeg_bytes(arr, quality)
 
 
 def write_msgpack_shards(root: Path, shards: Iterable[Iterable[Mapping[str, Any]]]) -> list[Path]:

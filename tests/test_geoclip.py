@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -16,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 
-from fakes import round_robin, write_label_parts, write_msgpack_shards, write_partition_csv
+from fakes import colour_jpeg, round_robin, write_label_parts, write_msgpack_shards, write_partition_csv
 from geoens import geoclip_adapter as gc
 
 PLACES = {  # (lat, lon)
@@ -177,12 +175,7 @@ REGIONS = [(48.0, 2.0, (200, 40, 40)), (-33.0, 150.0, (40, 200, 40)), (40.0, -10
 
 
 def _jpeg(color: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> bytes:
-    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(
-        np.uint8
-    )
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return colour_jpeg(color, rng, (size, size))
 
 
 def _tiny_world(root: Path, n_per_region: int = 8) -> tuple[Path, Path, Path, pd.DataFrame]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
-from fakes import write_label_parts, write_msgpack_shards, write_partition_csv
+from fakes import colour_jpeg, write_label_parts, write_msgpack_shards, write_partition_csv
 from geoens.data import FolderSource, ShardSource
 from geoens.models import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
 from geoens.train import (
@@ -40,11 +38,7 @@ MIDDLE_TO_COARSE = [0, 0, 1]
 
 
 def coloured_jpeg(cls: int, seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = np.clip(COLOURS[cls] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=92)
-    return buf.getvalue()
+    return colour_jpeg(COLOURS[cls], np.random.default_rng(seed), (size, size), quality=92)
 
 
 def make_world(root: Path, n: int = 24, n_val: int = 4, corrupt: tuple[int, ...] = ()) -> dict[str, Path]:
