@@ -6,14 +6,14 @@ from geoens.calibrate import method_slugs
 CAL_SLUGS = method_slugs()
 CAL_JSONS = expand("results/calibration/{slug}.json", slug=CAL_SLUGS)
 CAL_COMMON = {
-    "atoms": "results/atoms/atoms.parquet",
-    "atom_index": "results/atoms/atom_index.tif",
-    "absorption": "results/masks/s2_absorption.parquet",
-    "fine": "results/partitions/fine.csv",
+    "atoms": rules.atoms.output.atoms,
+    "atom_index": rules.atoms.output.index,
+    "absorption": rules.mask_s2.output.absorption,
+    "fine": rules.partitions.output.fine,
 }
 CAL_VAL = {
     **CAL_COMMON,
-    "labels": TRAIN_LABELS,
+    "labels": rules.relabel_train.output.shards,
     **{m: f"results/predictions/val/{m}.parquet" for m in PRED_MODELS},
 }
 CAL_EVALUATE = json.dumps(
@@ -48,7 +48,7 @@ rule tempered_fit:
 rule conformal_scores:
     input:
         **CAL_VAL,
-        tempered="results/calibration/tempered.json",
+        tempered=rules.tempered_fit.output.weights,
     output:
         scores="results/calibration/scores/val.parquet",
     log:
@@ -71,8 +71,8 @@ rule conformal_scores:
 
 rule calibrate:
     input:
-        scores="results/calibration/scores/val.parquet",
-        tempered="results/calibration/tempered.json",
+        scores=rules.conformal_scores.output.scores,
+        tempered=rules.tempered_fit.output.weights,
     output:
         calibration=CAL_JSONS,
     log:
@@ -99,8 +99,8 @@ rule coverage:
     input:
         **CAL_COMMON,
         **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
-        labels="results/labels/testsets/{testset}.parquet",
-        tempered="results/calibration/tempered.json",
+        labels=rules.relabel_testset.output.labels,
+        tempered=rules.tempered_fit.output.weights,
         calibration=CAL_JSONS,
     output:
         scores="results/calibration/{testset}/scores.parquet",
@@ -125,9 +125,9 @@ rule coverage:
 
 rule coverage_table:
     input:
-        scores="results/calibration/{testset}/scores.parquet",
-        regions="results/calibration/{testset}/regions.parquet",
-        tempered="results/calibration/tempered.json",
+        scores=rules.coverage.output.scores,
+        regions=rules.coverage.output.regions,
+        tempered=rules.tempered_fit.output.weights,
     output:
         coverage_csv="results/tables/{testset}_coverage.csv",
         coverage_md="results/tables/{testset}_coverage.md",
@@ -153,7 +153,7 @@ rule coverage_table:
 
 rule figure_coverage:
     input:
-        tables=expand("results/tables/{testset}_coverage.csv", testset=TESTSETS),
+        tables=expand(rules.coverage_table.output.coverage_csv, testset=TESTSETS),
     output:
         pdf=report(
             "results/figures/coverage.pdf",

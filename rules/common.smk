@@ -2,7 +2,6 @@
 import json
 
 from geoens.config import check_inputs_exist, effective_config
-from geoens.imagecache import image_cache_enabled
 from geoens.io import check_writable, folder_fingerprint
 
 # The config of this run, by the one function `geoens validate` uses too: the user's --configfile(s), or the
@@ -56,18 +55,6 @@ def all_tables():
     ) + ["results/tables/training.csv", "results/tables/training.md"]
 
 
-# --- train stage (rules/train.smk) ---
-TRAIN_MODELS = ["ls", "lc", "geoest"]
-TRAIN_LABELS = "results/labels/train"
-SHARD_INDEX = "results/models/shard_index.parquet"
-# Decoded training images (train.image_cache: auto; the folder says when the images were too large to cache).
-IMAGE_CACHE = "results/models/image_cache"
-USE_IMAGE_CACHE = image_cache_enabled(config["train"]["image_cache"])
-IMAGE_CACHE_INPUT = {"image_cache": IMAGE_CACHE} if USE_IMAGE_CACHE else {}
-# Threads of each training job: loader workers need cores; the cached path needs only torch's threads.
-TRAIN_THREADS = config["train"]["threads"] or max(2, config["train"]["num_workers"])
-
-
 def by_attempt(base, growth):
     """Resource callable: `base` (a number or a function of the wildcards) on the first attempt, and
     `growth * base` more for each retry (Snakemake passes `attempt`, 1 on the first run; profiles set
@@ -81,55 +68,47 @@ def by_attempt(base, growth):
     return resource
 
 
+# --- input functions: called when the DAG is built, after every rules file is included, so they may name
+# upstream outputs as rules.<name>.output.<key> and use the stages' constants (IMAGE_CACHE_INPUT: train.smk).
 def train_inputs(wildcards):
     """Label shards, the image shards and their index, and the partitions (geoest only)."""
     inputs = {
-        "labels": TRAIN_LABELS,
+        "labels": rules.relabel_train.output.shards,
         "shards": config["inputs"]["train"]["shards_dir"],
-        "index": SHARD_INDEX,
+        "index": rules.shard_index.output.index,
         **IMAGE_CACHE_INPUT,
     }
     if wildcards.model == "geoest":
         inputs.update(
-            {lv: f"results/partitions/{lv}.csv" for lv in LEVELS},
-            hierarchy="results/partitions/hierarchy.parquet",
+            {lv: getattr(rules.partitions.output, lv) for lv in LEVELS},
+            hierarchy=rules.partitions.output.hierarchy,
         )
     return inputs
 
 
-def predict_inputs(wildcards):
-    """The trained model and the dataset's images and labels (shards + index for val)."""
-    inputs = {"model": f"results/models/{wildcards.model}/model.pt"}
+def prediction_inputs(wildcards):
+    """Inputs of one prediction job (predict, with wildcard {model}, or geoclip_predict). The model: a
+    trained model, or GeoCLIP's cell embeddings plus its tower when trained here; then the dataset's
+    images and labels (the shards and their index for val).
+    """
+    model = getattr(wildcards, "model", "geoclip")
+    if model == "geoclip":
+        inputs = {"cells": rules.geoclip_cells.output.emb}
+        if GEOCLIP_TRAINED:
+            inputs["model"] = rules.geoclip_tower.output.model
+    else:
+        inputs = {"model": f"results/models/{model}/model.pt"}
     if wildcards.dataset == "val":
         inputs.update(
             images=config["inputs"]["train"]["shards_dir"],
-            labels=TRAIN_LABELS,
-            index=SHARD_INDEX,
+            labels=rules.relabel_train.output.shards,
+            index=rules.shard_index.output.index,
         )
     else:
         inputs.update(
             images=config["inputs"]["testsets"][wildcards.dataset]["images"],
             labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
         )
-    return inputs
-
-
-# --- GeoCLIP stage (rules/geoclip.smk) ---
-GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
-
-
-def geoclip_predict_inputs(wildcards):
-    """Cell embeddings, tower (trained only), image source and labels of one prediction dataset."""
-    inputs = {"cells": "results/geoclip/cell_embeddings.parquet"}
-    if GEOCLIP_TRAINED:
-        inputs["model"] = "results/models/geoclip_tower/model.pt"
-    if wildcards.dataset == "val":
-        inputs["images"] = config["inputs"]["train"]["shards_dir"]
-        inputs["labels"] = TRAIN_LABELS
-        inputs["index"] = SHARD_INDEX
-    else:
-        inputs["images"] = config["inputs"]["testsets"][wildcards.dataset]["images"]
-        inputs["labels"] = f"results/labels/testsets/{wildcards.dataset}.parquet"
     return inputs
 
 

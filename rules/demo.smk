@@ -3,7 +3,7 @@
 # and metadata, the test sets), plus contact sheets of the rendered images. Only when demo.enabled is true.
 
 if DEMO:
-    from geoens.demo import output_paths as demo_output_paths
+    from geoens.demo.spec import output_paths as demo_output_paths
 
     # Named outputs: landscan, landcover, train_shards (folder), train_metadata, train_contact_sheet,
     # and per test set <name>_images (folder), <name>_metadata, <name>_contact_sheet.

@@ -3,14 +3,13 @@
 # sets, bootstrap 95% intervals) and figures.
 
 EVAL_INPUTS = {
-    "atoms": "results/atoms/atoms.parquet",
-    "atom_index": "results/atoms/atom_index.tif",
-    "absorption": "results/masks/s2_absorption.parquet",
-    "fine": "results/partitions/fine.csv",
-    "labels": "results/labels/testsets/{testset}.parquet",
+    "atoms": rules.atoms.output.atoms,
+    "atom_index": rules.atoms.output.index,
+    "absorption": rules.mask_s2.output.absorption,
+    "fine": rules.partitions.output.fine,
+    "labels": rules.relabel_testset.output.labels,
     **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
 }
-EVAL_PER_IMAGE = {ts: f"results/eval/{ts}/per_image.parquet" for ts in TESTSETS}
 
 
 rule evaluate:
@@ -38,9 +37,14 @@ rule evaluate:
         "../workflow_scripts/evaluate_testset.py"
 
 
+EVAL_PER_IMAGE = {
+    ts: expand(rules.evaluate.output.per_image, testset=ts)[0] for ts in TESTSETS
+}
+
+
 rule tables:
     input:
-        per_image="results/eval/{testset}/per_image.parquet",
+        per_image=rules.evaluate.output.per_image,
     output:
         original_csv="results/tables/{testset}_original.csv",
         original_md="results/tables/{testset}_original.md",

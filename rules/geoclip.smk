@@ -4,10 +4,13 @@
 # GeoCLIP's own CLIP ViT-L/14 + MLP (geoclip.image_tower: clip, local HF cache) or, for the demo, a small
 # tower trained here into GeoCLIP's frozen location space (image_tower: trained).
 
+# The image tower is trained here (not CLIP): rules/common.smk prediction_inputs then needs it.
+GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
+
 
 rule geoclip_cells:
     input:
-        fine="results/partitions/fine.csv",
+        fine=rules.partitions.output.fine,
     output:
         emb="results/geoclip/cell_embeddings.parquet",
     log:
@@ -30,8 +33,8 @@ rule geoclip_tower:
     input:
         **IMAGE_CACHE_INPUT,
         shards=config["inputs"]["train"]["shards_dir"],
-        labels=TRAIN_LABELS,
-        index=SHARD_INDEX,
+        labels=rules.relabel_train.output.shards,
+        index=rules.shard_index.output.index,
     output:
         model=protected("results/models/geoclip_tower/model.pt"),
         metrics="results/models/geoclip_tower/metrics.csv",
@@ -62,7 +65,7 @@ rule geoclip_tower:
 
 rule geoclip_predict:
     input:
-        unpack(geoclip_predict_inputs),
+        unpack(prediction_inputs),
     output:
         probs="results/predictions/{dataset}/geoclip.parquet",
         skipped="results/predictions/{dataset}/geoclip.skipped.json",

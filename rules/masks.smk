@@ -5,7 +5,7 @@
 rule mask_ls:
     input:
         landscan=config["inputs"]["landscan"],
-        edges="results/labels/ls_edges.json",
+        edges=rules.relabel_train.output.edges,
     output:
         tif="results/masks/ls.tif",
         png="results/masks/ls.png",
@@ -51,7 +51,7 @@ rule mask_lc:
 
 rule mask_s2:
     input:
-        fine="results/partitions/fine.csv",
+        fine=rules.partitions.output.fine,
     output:
         tif="results/masks/s2_fine.tif",
         absorption="results/masks/s2_absorption.parquet",
@@ -74,9 +74,9 @@ rule mask_s2:
 
 rule atoms:
     input:
-        s2="results/masks/s2_fine.tif",
-        ls="results/masks/ls.tif",
-        lc="results/masks/lc.tif",
+        s2=rules.mask_s2.output.tif,
+        ls=rules.mask_ls.output.tif,
+        lc=rules.mask_lc.output.tif,
     output:
         atoms="results/atoms/atoms.parquet",
         index="results/atoms/atom_index.tif",

@@ -7,11 +7,20 @@
 # 75; the retry (more memory and time per attempt) resumes there. docs/cluster.md, "Time limits".
 
 
+from geoens.imagecache import image_cache_enabled
+
+TRAIN_MODELS = ["ls", "lc", "geoest"]
+# Threads of each training job: loader workers need cores; the cached path needs only torch's threads.
+TRAIN_THREADS = config["train"]["threads"] or max(2, config["train"]["num_workers"])
+# Decoded training images (train.image_cache: auto; the folder says when the images were too large to cache).
+USE_IMAGE_CACHE = image_cache_enabled(config["train"]["image_cache"])
+
+
 rule shard_index:
     input:
         shards=config["inputs"]["train"]["shards_dir"],
     output:
-        index=SHARD_INDEX,
+        index="results/models/shard_index.parquet",
     log:
         "logs/train/shard_index.log",
     benchmark:
@@ -31,9 +40,9 @@ rule shard_index:
 rule image_cache:
     input:
         shards=config["inputs"]["train"]["shards_dir"],
-        index=SHARD_INDEX,
+        index=rules.shard_index.output.index,
     output:
-        cache=directory(IMAGE_CACHE),
+        cache=directory("results/models/image_cache"),
     log:
         "logs/train/image_cache.log",
     benchmark:
@@ -48,6 +57,12 @@ rule image_cache:
         shards=shards_fingerprint,
     script:
         "../workflow_scripts/image_cache.py"
+
+
+# The image cache as an input of the training jobs (rules train and geoclip_tower), when it is used.
+IMAGE_CACHE_INPUT = (
+    {"image_cache": rules.image_cache.output.cache} if USE_IMAGE_CACHE else {}
+)
 
 
 rule train:
@@ -96,7 +111,7 @@ rule train:
 
 rule predict:
     input:
-        unpack(predict_inputs),
+        unpack(prediction_inputs),
     output:
         probs="results/predictions/{dataset}/{model}.parquet",
         skipped="results/predictions/{dataset}/{model}.skipped.json",
@@ -124,7 +139,7 @@ rule predict:
 
 rule training_table:
     input:
-        summaries=expand("results/models/{model}/summary.json", model=TRAIN_MODELS),
+        summaries=expand(rules.train.output.summary, model=TRAIN_MODELS),
     output:
         csv=report(
             "results/tables/training.csv",

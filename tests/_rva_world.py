@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-import rasterio
 
+from fakes import write_geotiff, write_partition_csv, write_prediction_parquet
 from geoens.atoms import AtomTable, atoms_from_rasters, build_atoms
 from geoens.constants import FAMILIES, LS_URBAN_BUCKETS
 from geoens.grid import Grid, latlon_to_xyz
@@ -145,7 +143,6 @@ def write_inputs(
 ) -> dict[str, Path]:
     """Write the evaluate stage's input files for ``world`` and random images; return their paths."""
     rng = np.random.default_rng(seed)
-    g = world.grid
     root.mkdir(parents=True, exist_ok=True)
     paths = {
         "atoms": root / "atoms.parquet",
@@ -155,11 +152,7 @@ def write_inputs(
         "fine": root / "fine.csv",
     }
     world.atoms.to_frame().to_parquet(paths["atoms"])
-    with rasterio.open(
-        paths["atom_index"], "w", driver="GTiff", height=g.height, width=g.width, count=1, dtype="int32",
-        crs="EPSG:4326", transform=g.transform,
-    ) as dst:  # fmt: skip
-        dst.write(world.atom_index.astype(np.int32), 1)
+    write_geotiff(paths["atom_index"], world.atom_index.astype(np.int32))
     cells, targets = world.absorption
     pd.DataFrame({"cell": cells.astype(np.int32), "target": targets.astype(np.int32)}).to_parquet(
         paths["absorption"]
@@ -168,16 +161,14 @@ def write_inputs(
     lon = rng.uniform(-180.0, 180.0, n_images)
     ids = [f"img{k:04d}" for k in range(n_images)]
     pd.DataFrame({"image_id": ids, "lat": lat, "lon": lon}).to_parquet(paths["labels"])
-    with open(paths["fine"], "w") as fh:
-        fh.write("num_images: 1\nmin_concept_probability: ---\n")
-        fh.write("class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean\n")
-        for c in range(world.n_cells):
-            fh.write(f"{c},{_cell_token(c)},10,{rng.uniform(-60, 60):.6f},{rng.uniform(-180, 180):.6f}\n")
+    rows = [
+        f"{c},{_cell_token(c)},10,{rng.uniform(-60, 60):.6f},{rng.uniform(-180, 180):.6f}"
+        for c in range(world.n_cells)
+    ]
+    write_partition_csv(paths["fine"], rows, num_images=1)
     sizes = {"ls": 4, "lc": 7, **{b: world.n_cells for b in bases}}
     for model, c in sizes.items():
-        p = random_probs(rng, n_images, c)
-        arr = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel(), pa.float32()), c)
-        tab = pa.table({"image_id": ids, "probs": arr, "top_class": pa.array(p.argmax(1).astype(np.int32))})
-        paths[model] = root / f"{model}.parquet"
-        pq.write_table(tab, paths[model])
+        paths[model] = write_prediction_parquet(
+            root / f"{model}.parquet", ids, random_probs(rng, n_images, c)
+        )
     return paths

@@ -115,14 +115,15 @@ def test_stage_entry_points_end_to_end(tmp_path: Path) -> None:
 
     import rasterio
 
+    from fakes import write_geotiff, write_lc_netcdf
     from geoens import masks, s2mask
     from geoens.constants import LANDSCAN_NODATA
-    from test_rasters import lc_codes, ls_array, write_lc_netcdf, write_tif
+    from test_rasters import lc_codes, ls_array
     from test_s2 import mixed_partition, write_partition
 
     g = Grid(12, 24)
-    ls_tif = write_tif(tmp_path / "ls.tif", ls_array(48, 96, 4), nodata=LANDSCAN_NODATA)
-    lc_nc = write_lc_netcdf(tmp_path / "lc.nc", lc_codes(72, 144, 6))
+    ls_tif = write_geotiff(tmp_path / "ls.tif", ls_array(48, 96, 4), nodata=LANDSCAN_NODATA)
+    lc_nc = write_lc_netcdf(tmp_path / "lc.nc", lc_codes(72, 144, 6), crs_var=True, units=True)
     fine = tmp_path / "fine.csv"
     write_partition(fine, mixed_partition(1))
     edges = tmp_path / "ls_edges.json"

@@ -206,7 +206,8 @@ def test_user_inputs_are_never_overwritten(tmp_path: Path) -> None:
     """A user config without `demo:` and with one input missing: the run stops naming the input, and the
     user's files stay byte-identical (before: the demo world was generated over them, exit 0)."""
     from cluster.workflow import copy_workflow, run_snakemake
-    from geoens import demo
+    from geoens.demo.generate import generate_world
+    from geoens.demo.spec import output_paths
 
     work = copy_workflow(tmp_path / "wf")
     user = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text())
@@ -218,7 +219,7 @@ def test_user_inputs_are_never_overwritten(tmp_path: Path) -> None:
         ts.update(images=f"data/{name}/images", metadata=f"data/{name}/metadata.csv")
     tiny_demo = yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text())["demo"]
     world_cfg = validate_config({**user, "demo": tiny_demo})
-    demo.generate_world(world_cfg, {k: work / v for k, v in demo.output_paths(world_cfg).items()})
+    generate_world(world_cfg, {k: work / v for k, v in output_paths(world_cfg).items()})
     (work / "data" / "landscan.tif").unlink()
     before = _tree_digest(work / "data")
     _write(work / "user.yaml", user)

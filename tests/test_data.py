@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 
 import msgpack
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fakes import image_records, noise_jpeg, write_msgpack_shards
 from geoens.data import (
     AugmentConfig,
     FolderSource,
@@ -28,28 +28,18 @@ from geoens.data import (
 from geoens.shards import ShardFormatError
 
 
-def jpeg(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def write_shards(
     root: Path, n_shards: int = 3, per_shard: int = 5, bad: set[str] | None = None
 ) -> dict[str, bytes]:
     """Shards of ``{"id", "image"}``; ids in ``bad`` get undecodable bytes. Returns id -> bytes."""
-    root.mkdir(parents=True, exist_ok=True)
     records: dict[str, bytes] = {}
-    k = 0
-    for s in range(n_shards):
-        with open(root / f"shard-{s:03d}.msgpack", "wb") as fh:
-            for _ in range(per_shard):
-                image_id = f"{k // 10:02d}/img_{k:04d}.jpg"
-                data = b"\xff\xd8\xff\xe0 this is not a jpeg" if bad and image_id in bad else jpeg(k)
-                fh.write(msgpack.packb({"id": image_id, "image": data}, use_bin_type=True))
-                records[image_id] = data
-                k += 1
+    for k in range(n_shards * per_shard):
+        image_id = f"{k // 10:02d}/img_{k:04d}.jpg"
+        records[image_id] = (
+            b"\xff\xd8\xff\xe0 this is not a jpeg" if bad and image_id in bad else noise_jpeg(k)
+        )
+    items = image_records(records)
+    write_msgpack_shards(root, [items[s * per_shard : (s + 1) * per_shard] for s in range(n_shards)])
     return records
 
 
@@ -118,9 +108,9 @@ def test_all_bad_batch_collates_to_empty() -> None:
 
 def test_folder_source(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
-    (tmp_path / "a.jpg").write_bytes(jpeg(1))
-    (tmp_path / "sub" / "b.jpg").write_bytes(jpeg(2))
-    (tmp_path / "c.jpg").write_bytes(jpeg(3)[:50])  # truncated
+    (tmp_path / "a.jpg").write_bytes(noise_jpeg(1))
+    (tmp_path / "sub" / "b.jpg").write_bytes(noise_jpeg(2))
+    (tmp_path / "c.jpg").write_bytes(noise_jpeg(3)[:50])  # truncated
     src = FolderSource(tmp_path)
     assert decode_image(src.read("a.jpg")) is not None
     assert decode_image(src.read("sub/b.jpg")) is not None

@@ -19,9 +19,14 @@ import rasterio
 import yaml
 from PIL import Image
 
-from geoens import demo
+from geoens import shards
 from geoens.config import ConfigError, validate_config
 from geoens.constants import LANDSCAN_NODATA
+from geoens.demo import generate as demo_generate
+from geoens.demo import images as demo_images
+from geoens.demo import spec as demo_spec
+from geoens.demo import world as demo_world
+from geoens.demo import writers as demo_writers
 from geoens.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +72,8 @@ def small_config(root: Path, seed: int = 0, lc_format: str = "netcdf") -> dict[s
 
 def generate(root: Path, **kw: Any) -> tuple[dict[str, Any], dict[str, Path]]:
     cfg = small_config(root, **kw)
-    out = demo.output_paths(cfg)
-    demo.generate_world(cfg, out)
+    out = demo_spec.output_paths(cfg)
+    demo_generate.generate_world(cfg, out)
     return cfg, out
 
 
@@ -112,7 +117,7 @@ def test_deterministic_same_seed_and_different_seed(world, tmp_path):
 
 def test_landscan_geotiff_format(world):
     cfg, out = world
-    spec = demo.spec_from_config(cfg)
+    spec = demo_spec.spec_from_config(cfg)
     with rasterio.open(out["landscan"]) as src:
         assert src.crs.to_epsg() == 4326
         assert tuple(src.bounds) == pytest.approx((-180.0, -90.0, 180.0, 90.0))
@@ -125,7 +130,7 @@ def test_landscan_geotiff_format(world):
     assert ls[valid].min() >= 0
     # water ~71% of the sphere's area; most land near-empty; heavy tail
     w = np.cos(np.deg2rad(Grid(*spec.ls_shape).lat_centers()))[:, None] * np.ones_like(ls, float)
-    assert w[~valid].sum() / w.sum() == pytest.approx(1 - demo.LAND_FRACTION, abs=0.02)
+    assert w[~valid].sum() / w.sum() == pytest.approx(1 - demo_world.LAND_FRACTION, abs=0.02)
     vals = ls[valid]
     assert np.mean(vals < 100) > 0.5
     assert vals.max() > 100 * max(np.median(vals), 1)
@@ -135,8 +140,8 @@ def test_netcdf_landcover_reads_back_as_uint8_codes(world):
     import netCDF4
 
     cfg, out = world
-    spec = demo.spec_from_config(cfg)
-    expected = demo.World.build(spec).lc
+    spec = demo_spec.spec_from_config(cfg)
+    expected = demo_world.World.build(spec).lc
     assert (expected > 127).any() and (expected == 210).any()
     with rasterio.open(out["landcover"]) as src:
         assert src.dtypes[0] == "uint8"
@@ -164,9 +169,9 @@ def test_landcover_codes_and_consistency_with_landscan(world):
     cfg, out = world
     ls, lc = band(out["landscan"]), band(out["landcover"])
     codes = set(np.unique(lc).tolist())
-    assert codes <= set(demo.LCCS_NAMES) - {0}
+    assert codes <= set(demo_writers.LCCS_NAMES) - {0}
     assert {11, 61, 121, 151, 201} & codes, "regional subclasses are used"
-    assert all(demo.TO_CLASS[c] >= 0 for c in codes)
+    assert all(demo_world.TO_CLASS[c] >= 0 for c in codes)
     lc_grid = Grid(*lc.shape)
     lat_c, lon_c = np.meshgrid(lc_grid.lat_centers(), lc_grid.lon_centers(), indexing="ij")
     r, c = Grid(*ls.shape).pixel_of(lat_c, lon_c)
@@ -186,7 +191,7 @@ def test_geotiff_landcover_option(tmp_path):
         assert src.driver == "GTiff" and src.dtypes[0] == "uint8" and src.nodata == 0
         assert src.crs.to_epsg() == 4326
         got = src.read(1)
-    np.testing.assert_array_equal(got, demo.World.build(demo.spec_from_config(cfg)).lc)
+    np.testing.assert_array_equal(got, demo_world.World.build(demo_spec.spec_from_config(cfg)).lc)
 
 
 def test_shards_decode_and_match_metadata(world):
@@ -194,7 +199,7 @@ def test_shards_decode_and_match_metadata(world):
     files = sorted(out["train_shards"].glob("shard-*.msgpack"))
     assert [p.name for p in files] == ["shard-000.msgpack", "shard-001.msgpack", "shard-002.msgpack"]
     ids = []
-    for img_id, data in demo.read_shards(out["train_shards"]):
+    for img_id, data in shards.read_shards(out["train_shards"]):
         im = Image.open(io.BytesIO(data))
         assert im.format == "JPEG" and im.size == (32, 32) and im.mode == "RGB"
         im.load()
@@ -214,7 +219,7 @@ def test_read_shards_rejects_bad_record(tmp_path):
     bad = tmp_path / "shard-000.msgpack"
     bad.write_bytes(msgpack.packb({"id": "x"}) + msgpack.packb([1, 2]))
     with pytest.raises(ValueError, match=r"shard-000\.msgpack: record 0"):
-        list(demo.read_shards(tmp_path))
+        list(shards.read_shards(tmp_path))
 
 
 def test_metadata_ranges_and_test_images(world):
@@ -279,15 +284,15 @@ def test_contact_sheets_written(world):
 
 def test_attributes_visible_with_confusion():
     """A nearest-centroid classifier on 8x8 thumbnails beats the majority rate by far, but is not perfect."""
-    fields = demo.WorldFields.from_seed(3)
+    fields = demo_world.WorldFields.from_seed(3)
     codes = np.array([10, 50, 70, 130, 180, 190, 200], np.uint8)
     n_per = 80
     rng = np.random.default_rng(0)
     lc = np.repeat(codes, n_per)
-    inputs = demo.RenderInputs(
+    inputs = demo_world.RenderInputs(
         lc, np.full(lc.size, 50.0), rng.uniform(-50, 60, lc.size), rng.uniform(-180, 180, lc.size)
     )
-    imgs = demo.render_images(inputs, 32, "flickr", seed=5, fields=fields).astype(np.float32)
+    imgs = demo_images.render_images(inputs, 32, "flickr", seed=5, fields=fields).astype(np.float32)
     feats = imgs.reshape(len(lc), 8, 4, 8, 4, 3).mean(axis=(2, 4)).reshape(len(lc), -1)
     y = np.repeat(np.arange(7), n_per)
     train = (np.arange(len(lc)) % n_per) < n_per // 2
@@ -298,12 +303,16 @@ def test_attributes_visible_with_confusion():
 
 
 def test_buildings_follow_population():
-    fields = demo.WorldFields.from_seed(0)
+    fields = demo_world.WorldFields.from_seed(0)
     n = 200
     lc = np.full(n, 130, np.uint8)
     lat, lon = np.zeros(n), np.linspace(-170, 170, n)
-    rural = demo.render_images(demo.RenderInputs(lc, np.full(n, 1.0), lat, lon), 32, "flickr", 1, fields)
-    city = demo.render_images(demo.RenderInputs(lc, np.full(n, 2e5), lat, lon), 32, "flickr", 1, fields)
+    rural = demo_images.render_images(
+        demo_world.RenderInputs(lc, np.full(n, 1.0), lat, lon), 32, "flickr", 1, fields
+    )
+    city = demo_images.render_images(
+        demo_world.RenderInputs(lc, np.full(n, 2e5), lat, lon), 32, "flickr", 1, fields
+    )
 
     def greyness(a: np.ndarray) -> float:  # buildings are grey: low channel spread
         return float(np.mean(a.astype(float).std(axis=-1) < 12))
@@ -312,13 +321,15 @@ def test_buildings_follow_population():
 
 
 def test_farmsteads_mark_sparsely_populated_land():
-    fields = demo.WorldFields.from_seed(0)
+    fields = demo_world.WorldFields.from_seed(0)
     n = 200
     lc = np.full(n, 130, np.uint8)
     lat, lon = np.zeros(n), np.linspace(-170, 170, n)
 
     def roofs(pop: float) -> float:  # share of images with red-brown roof pixels
-        img = demo.render_images(demo.RenderInputs(lc, np.full(n, pop), lat, lon), 64, "flickr", 1, fields)
+        img = demo_images.render_images(
+            demo_world.RenderInputs(lc, np.full(n, pop), lat, lon), 64, "flickr", 1, fields
+        )
         a = img.astype(int)
         red = (a[..., 0] - a[..., 1] > 45) & (a[..., 0] - a[..., 2] > 55) & (a[..., 1] < 100)  # roof colour
         return float(np.mean(red.sum(axis=(1, 2)) >= 6))  # a few pixels: noise alone
@@ -328,7 +339,7 @@ def test_farmsteads_mark_sparsely_populated_land():
 
 
 def test_write_sample_dataset(tmp_path):
-    rows = demo.write_sample_dataset(tmp_path / "s", n=12, seed=2, image_size=24)
+    rows = demo_generate.write_sample_dataset(tmp_path / "s", n=12, seed=2, image_size=24)
     assert len(rows) == 12
     meta = read_meta(tmp_path / "s" / "metadata.csv")
     assert [r["IMG_ID"] for r in meta] == [r["IMG_ID"] for r in rows]
@@ -341,19 +352,19 @@ def test_config_errors_name_the_key(tmp_path):
     bad = copy.deepcopy(cfg)
     bad["demo"]["testsets"]["streetview"]["style"] = "drone"
     with pytest.raises(ConfigError, match=r"demo\.testsets\.streetview\.style"):
-        demo.spec_from_config(bad)
+        demo_spec.spec_from_config(bad)
     bad = copy.deepcopy(cfg)
     del bad["demo"]["testsets"]["im2gps3k"]
     with pytest.raises(ConfigError, match=r"demo\.testsets"):
-        demo.output_paths(bad)
+        demo_spec.output_paths(bad)
     bad = copy.deepcopy(cfg)
     bad["demo"]["lc_format"] = "geotiff"
     with pytest.raises(ConfigError, match=r"inputs\.landcover"):
-        demo.output_paths(bad)
-    out = demo.output_paths(cfg)
+        demo_spec.output_paths(bad)
+    out = demo_spec.output_paths(cfg)
     del out["streetview_images"]
     with pytest.raises(ConfigError, match="streetview_images"):
-        demo.generate_world(cfg, out)
+        demo_generate.generate_world(cfg, out)
 
 
 @pytest.mark.slow
@@ -375,7 +386,7 @@ def test_snakemake_demo_rule(tmp_path):
                 inc.write_text("")
     tiny = REPO / "tests/data/tiny.yaml"
     cfg = validate_config(yaml.safe_load(tiny.read_text()))
-    targets = [str(p) for p in demo.output_paths(cfg).values()]
+    targets = [str(p) for p in demo_spec.output_paths(cfg).values()]
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     # targets first: --configfile takes several values
     cmd = [snakemake, *targets, "--cores", "1", "-s", "Snakefile", "--configfile", str(tiny)]

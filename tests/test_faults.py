@@ -9,10 +9,9 @@ import msgpack
 import numpy as np
 import pandas as pd
 import pytest
-import rasterio
 import torch
-from rasterio.transform import from_bounds
 
+from fakes import write_geotiff, write_lc_netcdf
 from geoens import labels as lb
 from geoens import landcover, masks, metadata
 from geoens.constants import LANDSCAN_NODATA
@@ -80,17 +79,6 @@ def test_partition_csv_errors_name_the_line(tmp_path: Path, rows: str, message: 
 # ---------------------------------------------------------------------------------------------------
 
 
-def _global_tif(path: Path, arr: np.ndarray, nodata: float | None, **extra: object) -> Path:
-    h, w = arr.shape
-    profile = {
-        "driver": "GTiff", "height": h, "width": w, "count": 1, "dtype": arr.dtype.name,
-        "crs": "EPSG:4326", "transform": from_bounds(-180, -90, 180, 90, w, h), "nodata": nodata, **extra,
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(arr, 1)
-    return path
-
-
 def _population(h: int = 96, w: int = 192) -> np.ndarray:
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 5000, size=(h, w), dtype=np.int32)
@@ -101,7 +89,7 @@ def _population(h: int = 96, w: int = 192) -> np.ndarray:
 @pytest.mark.parametrize("tiled", [False, True])
 def test_truncated_geotiff_names_the_file_and_the_rows(tmp_path: Path, tiled: bool) -> None:
     extra = {"tiled": True, "blockxsize": 64, "blockysize": 64} if tiled else {"blockysize": 8}
-    tif = _global_tif(tmp_path / "landscan.tif", _population(), LANDSCAN_NODATA, **extra)
+    tif = write_geotiff(tmp_path / "landscan.tif", _population(), LANDSCAN_NODATA, **extra)
     tif.write_bytes(tif.read_bytes()[: tif.stat().st_size * 2 // 3])  # header intact, data cut
     grid = Grid(24, 48)
     with pytest.raises(ValueError, match=r"landscan\.tif: reading rows \d+\.\.\d+, .*truncated or corrupt"):
@@ -114,7 +102,7 @@ def test_truncated_geotiff_names_the_file_and_the_rows(tmp_path: Path, tiled: bo
 def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> None:
     arr = _population()
     arr[:10] = -9999  # ocean sentinel, but the file has no nodata tag
-    tif = _global_tif(tmp_path / "nonodata.tif", arr, None)
+    tif = write_geotiff(tmp_path / "nonodata.tif", arr, None)
     grid = Grid(24, 48)
     msg = r"nonodata\.tif: 1920 pixel\(s\) hold negative population value\(s\) -9999, .*not the nodata"
     with pytest.raises(ValueError, match=msg):
@@ -122,7 +110,7 @@ def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=msg.replace("1920", "1")):
         lb.sample_landscan(tif, [89.5, 0.0], [0.0, 0.0])
     # declared as nodata, the same values are simply "no data"
-    ok = _global_tif(tmp_path / "declared.tif", arr, -9999)
+    ok = write_geotiff(tmp_path / "declared.tif", arr, -9999)
     labels, n_nodata = masks.ls_mask(ok, grid, [0, 1, 2, 3, 4])
     assert n_nodata > 0 and (labels[:2] == -1).all()
 
@@ -151,25 +139,6 @@ def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _lc_netcdf(path: Path, raw: np.ndarray, fill: int | None) -> Path:
-    """ESA CCI layout (int8 lccs_class with _Unsigned) holding the raw int8 values ``raw``."""
-    import netCDF4
-
-    h, w = raw.shape
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
-        nc.createDimension("time", 1)
-        nc.createDimension("lat", h)
-        nc.createDimension("lon", w)
-        nc.createVariable("lat", "f8", ("lat",))[:] = 90 - (np.arange(h) + 0.5) * 180 / h
-        nc.createVariable("lon", "f8", ("lon",))[:] = -180 + (np.arange(w) + 0.5) * 360 / w
-        kw = {} if fill is None else {"fill_value": np.int8(fill)}
-        var = nc.createVariable("lccs_class", "i1", ("time", "lat", "lon"), zlib=True, **kw)
-        var.set_auto_maskandscale(False)
-        var._Unsigned = "true"
-        var[:] = raw[None]
-    return path
-
-
 def _codes(h: int = 48, w: int = 96) -> np.ndarray:
     codes = np.full((h, w), 210, dtype=np.uint8)  # water
     codes[: h // 2] = 10  # cropland in the north
@@ -181,7 +150,7 @@ def test_unknown_lc_codes_are_an_error_naming_codes_counts_and_file(tmp_path: Pa
     codes = _codes()
     codes[:2, :5] = 99  # not an LCCS code
     codes[-1, :] = 17  # a code of another product's legend
-    nc = _lc_netcdf(tmp_path / "modis.nc", codes.view(np.int8), fill=0)
+    nc = write_lc_netcdf(tmp_path / "modis.nc", codes.view(np.int8), fill=0)
     grid = Grid(12, 24)
     msg = r"modis\.nc: 106 pixels hold codes outside the ESA CCI LCCS legend: "
     msg += r"17 \(96 pixels\), 99 \(10 pixels\)"
@@ -198,7 +167,7 @@ def test_land_cover_of_fill_values_only_stops_the_mask_stage(tmp_path: Path, dec
     # netCDF's default int8 fill value -127 reads as code 129 (uint8): declared as _FillValue it is
     # nodata, undeclared it is an unknown code; either way no pixel has a class
     raw = np.full((48, 96), -127, dtype=np.int8)
-    nc = _lc_netcdf(tmp_path / "fill.nc", raw, fill=-127 if declared else None)
+    nc = write_lc_netcdf(tmp_path / "fill.nc", raw, fill=-127 if declared else None)
     grid = Grid(12, 24)
     if declared:
         match = r"fill\.nc: none of the 4,608 pixels holds a land-cover class: 4,608 are no data .*nodata 129"

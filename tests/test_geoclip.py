@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import msgpack
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -17,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 
+from fakes import colour_jpeg, round_robin, write_label_parts, write_msgpack_shards, write_partition_csv
 from geoens.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy, read_cell_partition, score_cells
 from geoens.geoclip.location import (
     EMBED_DIM,
@@ -99,15 +97,9 @@ def test_nearby_locations_are_more_similar(encoder: LocationEncoder) -> None:
 
 
 def _write_partition(path: Path, coords: list[tuple[float, float]], header: bool = True) -> Path:
-    lines = ["num_images: 100", "min_concept_probability: ---"]
-    if header:
-        lines.append("class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean")
     # written out of class order on purpose: the cache must come back in class_label order
-    for k in reversed(range(len(coords))):
-        lat, lon = coords[k]
-        lines.append(f"{k},47a{k:x}1,{10 + k},{lat},{lon}")  # valid S2 tokens, one level
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    rows = [f"{k},47a{k:x}1,{10 + k},{coords[k][0]},{coords[k][1]}" for k in reversed(range(len(coords)))]
+    return write_partition_csv(path, rows, num_images=100, header=header)
 
 
 class CountingEncoder(LocationEncoder):
@@ -204,12 +196,7 @@ REGIONS = [(48.0, 2.0, (200, 40, 40)), (-33.0, 150.0, (40, 200, 40)), (40.0, -10
 
 
 def _jpeg(color: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> bytes:
-    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(
-        np.uint8
-    )
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return colour_jpeg(color, rng, (size, size))
 
 
 def _tiny_world(root: Path, n_per_region: int = 8) -> tuple[Path, Path, Path, pd.DataFrame]:
@@ -224,15 +211,9 @@ def _tiny_world(root: Path, n_per_region: int = 8) -> tuple[Path, Path, Path, pd
     records.append({"id": "broken.jpg", "image": b"not a jpeg"})
     rows.append(("broken.jpg", 0.0, 0.0, "val"))
     shards = root / "shards"
-    shards.mkdir(parents=True)
-    for s in range(2):
-        with open(shards / f"shard-{s:03d}.msgpack", "wb") as fh:
-            for rec in records[s::2]:
-                fh.write(msgpack.packb(rec, use_bin_type=True))
+    write_msgpack_shards(shards, round_robin(records, 2))
     labels = pd.DataFrame(rows, columns=["image_id", "lat", "lon", "split"])
-    label_dir = root / "labels"
-    label_dir.mkdir()
-    labels.to_parquet(label_dir / "part-00000.parquet", index=False)
+    label_dir = write_label_parts(root / "labels", labels)
     part = _write_partition(root / "fine.csv", [(lat, lon) for lat, lon, _ in REGIONS])
     return shards, label_dir, part, labels
 

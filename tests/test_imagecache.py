@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
+from fakes import colour_jpeg, image_records, jpeg_bytes, round_robin, write_label_parts, write_msgpack_shards
 from geoens.data import AugmentConfig, ShardIndex, ShardSource, decode_image, make_transforms
 from geoens.imagecache import (
     CachedLoader,
@@ -47,19 +46,11 @@ def textured_jpeg(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:
     """A JPEG with structure in both directions (so crops and flips change it)."""
     rng = np.random.default_rng(seed)
     low = rng.integers(0, 256, (size[0] // 4, size[1] // 4, 3), dtype=np.uint8)
-    img = Image.fromarray(low).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return jpeg_bytes(Image.fromarray(low).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def write_shards(root: Path, records: dict[str, bytes]) -> ShardIndex:
-    root.mkdir(parents=True)
-    items = list(records.items())
-    for s in range(2):
-        with open(root / f"shard-{s:03d}.msgpack", "wb") as fh:
-            for image_id, data in items[s::2]:
-                fh.write(msgpack.packb({"id": image_id, "image": data}))
+    write_msgpack_shards(root, round_robin(image_records(records), 2))
     return ShardIndex.build(root)
 
 
@@ -226,16 +217,11 @@ def _train_world(root: Path, n: int = 20) -> dict[str, Path]:
     colours = np.array([[220, 30, 30], [30, 200, 40], [40, 60, 230], [230, 220, 40]])
     records, rows = {}, []
     for k in range(n):
-        rng = np.random.default_rng(k)
-        img = np.clip(colours[k % 4] + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=90)
-        records[f"img{k:03d}"] = buf.getvalue()
+        records[f"img{k:03d}"] = colour_jpeg(colours[k % 4], np.random.default_rng(k), (20, 20), sd=25.0)
         rows.append({"image_id": f"img{k:03d}", "split": "val" if k >= n - 4 else "train",
                      "attr_keep": True, "lc7": np.int8(k % 4)})  # fmt: skip
     index = write_shards(root / "shards", records)
-    (root / "labels").mkdir()
-    pd.DataFrame(rows).to_parquet(root / "labels" / "part-00000.parquet", index=False)
+    write_label_parts(root / "labels", pd.DataFrame(rows))
     build_shard_cache(root / "shards", index, root / "cache")
     return {"shards": root / "shards", "labels": root / "labels", "cache": root / "cache"}
 

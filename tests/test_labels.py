@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import msgpack
-import netCDF4
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from affine import Affine
 
+from fakes import write_geotiff, write_lc_netcdf, write_metadata_csv, write_msgpack_shards
 from geoens import buckets as bk
 from geoens import labels as lb
 from geoens import metadata as md
@@ -50,49 +49,10 @@ def _lc_array(seed: int = 1) -> np.ndarray:
     return rng.choice(LC_CODES, size=(LC_H, LC_W)).astype(np.uint8)
 
 
-def write_geotiff(
-    path: Path, arr: np.ndarray, nodata: float | None, tiled: bool = True, block: int = 16
-) -> Path:
-    h, w = arr.shape
-    kw = {"tiled": True, "blockxsize": block, "blockysize": block} if tiled else {"blockysize": 3}
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=h,
-        width=w,
-        count=1,
-        dtype=arr.dtype.name,
-        crs="EPSG:4326",
-        transform=Affine(360.0 / w, 0.0, -180.0, 0.0, -180.0 / h, 90.0),
-        nodata=nodata,
-        compress="deflate",
-        **kw,
-    ) as ds:
-        ds.write(arr, 1)
-    return path
-
-
-def write_lc_netcdf(path: Path, arr: np.ndarray, south_up: bool = False) -> Path:
-    """ESA CCI layout: ``lccs_class`` int8 with ``_Unsigned = "true"``, dims ``lat, lon``."""
-    h, w = arr.shape
-    lat = 90.0 - (np.arange(h) + 0.5) * 180.0 / h
-    lon = -180.0 + (np.arange(w) + 0.5) * 360.0 / w
-    data = arr
-    if south_up:
-        lat, data = lat[::-1], arr[::-1]
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
-        nc.createDimension("lat", h)
-        nc.createDimension("lon", w)
-        nc.createVariable("lat", "f8", ("lat",))[:] = lat
-        nc.createVariable("lon", "f8", ("lon",))[:] = lon
-        var = nc.createVariable(
-            "lccs_class", "i1", ("lat", "lon"), zlib=True, chunksizes=(32, 64), fill_value=0
-        )
-        var.setncattr("_Unsigned", "true")
-        var.set_auto_maskandscale(False)
-        var[:] = np.ascontiguousarray(data).view(np.int8)
-    return path
+def write_ls_lc_geotiff(path: Path, arr: np.ndarray, nodata: float | None, tiled: bool = True) -> Path:
+    """A global deflate GeoTIFF, tiled in 16 x 16 blocks or striped (3 rows per strip)."""
+    kw = {"tiled": True, "blockxsize": 16, "blockysize": 16} if tiled else {"blockysize": 3}
+    return write_geotiff(path, arr, nodata, compress="deflate", **kw)
 
 
 def direct_lookup(arr: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -121,22 +81,21 @@ def rasters(tmp_path: Path) -> dict[str, Path]:
     ls = _ls_array()
     lc = _lc_array()
     return {
-        "ls": write_geotiff(tmp_path / "landscan.tif", ls, LANDSCAN_NODATA),
-        "ls_striped": write_geotiff(tmp_path / "landscan_striped.tif", ls, LANDSCAN_NODATA, tiled=False),
-        "lc_tif": write_geotiff(tmp_path / "landcover.tif", lc, 0),
-        "lc_nc": write_lc_netcdf(tmp_path / "landcover.nc", lc),
-        "lc_nc_southup": write_lc_netcdf(tmp_path / "landcover_su.nc", lc, south_up=True),
+        "ls": write_ls_lc_geotiff(tmp_path / "landscan.tif", ls, LANDSCAN_NODATA),
+        "ls_striped": write_ls_lc_geotiff(
+            tmp_path / "landscan_striped.tif", ls, LANDSCAN_NODATA, tiled=False
+        ),
+        "lc_tif": write_ls_lc_geotiff(tmp_path / "landcover.tif", lc, 0),
+        "lc_nc": write_lc_netcdf(tmp_path / "landcover.nc", lc, time_dim=False, chunks=(32, 64)),
+        "lc_nc_southup": write_lc_netcdf(
+            tmp_path / "landcover_su.nc", lc, south_up=True, time_dim=False, chunks=(32, 64)
+        ),
     }
 
 
 # ---------------------------------------------------------------------------------------------------
 # metadata
 # ---------------------------------------------------------------------------------------------------
-
-
-def _write_csv(path: Path, rows: list[str], header: str = "IMG_ID,LAT,LON") -> Path:
-    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return path
 
 
 def test_read_metadata_counts_each_bad_reason(tmp_path: Path) -> None:
@@ -152,7 +111,7 @@ def test_read_metadata_counts_each_bad_reason(tmp_path: Path) -> None:
         "g.jpg,1,1",  # line 10 no image
         "NA,3,4",  # line 11 good: an id spelled NA is an id
     ]
-    csv = _write_csv(tmp_path / "meta.csv", rows)
+    csv = write_metadata_csv(tmp_path / "meta.csv", rows)
     meta, bad = md.read_metadata(csv, available_ids=["a.jpg", "f.jpg", "NA", "b.jpg"])
     assert meta["image_id"].tolist() == ["a.jpg", "f.jpg", "NA"]
     assert meta["lat"].tolist() == [10.5, -90.0, 3.0]
@@ -173,7 +132,7 @@ def test_read_metadata_counts_each_bad_reason(tmp_path: Path) -> None:
 
 
 def test_read_metadata_ignores_extra_columns_and_without_ids_keeps_all(tmp_path: Path) -> None:
-    csv = _write_csv(tmp_path / "m.csv", ["x,1,2,foo", "y,3,4,bar"], header="IMG_ID,LAT,LON,S3_Label")
+    csv = write_metadata_csv(tmp_path / "m.csv", ["x,1,2,foo", "y,3,4,bar"], header="IMG_ID,LAT,LON,S3_Label")
     meta, bad = md.read_metadata(csv)
     assert meta["image_id"].tolist() == ["x", "y"]
     assert bad.n_bad == 0
@@ -181,7 +140,7 @@ def test_read_metadata_ignores_extra_columns_and_without_ids_keeps_all(tmp_path:
 
 def test_read_metadata_too_many_bad_rows_names_file_and_lines(tmp_path: Path) -> None:
     rows = ["a,1,1", "b,200,1", "c,1,1", "d,1,xyz"]
-    csv = _write_csv(tmp_path / "broken_meta.csv", rows)
+    csv = write_metadata_csv(tmp_path / "broken_meta.csv", rows)
     with pytest.raises(md.MetadataError, match=r"broken_meta\.csv.*2 of 4 rows.*line 3 \(lat_out_of_range\)"):
         md.read_metadata(csv, max_bad_fraction=0.25)
     meta, bad = md.read_metadata(csv, max_bad_fraction=0.5)  # at the threshold: fine
@@ -189,18 +148,17 @@ def test_read_metadata_too_many_bad_rows_names_file_and_lines(tmp_path: Path) ->
 
 
 def test_read_metadata_missing_column_names_file_and_column(tmp_path: Path) -> None:
-    csv = _write_csv(tmp_path / "nolon.csv", ["a,1"], header="IMG_ID,LAT")
+    csv = write_metadata_csv(tmp_path / "nolon.csv", ["a,1"], header="IMG_ID,LAT")
     with pytest.raises(md.MetadataError, match=r"nolon\.csv: missing column 'LON'"):
         md.read_metadata(csv)
 
 
 def test_shard_and_folder_ids(tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shards.mkdir()
-    for k in range(2):
-        with open(shards / f"shard-{k:03d}.msgpack", "wb") as fh:
-            for i in range(3):
-                fh.write(msgpack.packb({"image": b"\xff\xd8" + bytes(100), "id": f"img{k}_{i}.jpg"}))
+    write_msgpack_shards(
+        shards,
+        [[{"image": b"\xff\xd8" + bytes(100), "id": f"img{k}_{i}.jpg"} for i in range(3)] for k in range(2)],
+    )
     (shards / "README.txt").write_text("not a shard")
     ids = sh.available_ids(shards)
     assert ids.to_pylist() == [f"img{k}_{i}.jpg" for k in range(2) for i in range(3)]
@@ -358,10 +316,7 @@ def _make_world(tmp_path: Path, rasters: dict[str, Path], n: int = 3000) -> dict
     meta.loc[5, "LAT"] = 123.0  # one bad row
     meta.to_csv(tmp_path / "train.csv", index=False)
     shards = tmp_path / "shards"
-    shards.mkdir()
-    with open(shards / "shard-000.msgpack", "wb") as fh:
-        for i in ids[:-2]:  # the last two images are missing
-            fh.write(msgpack.packb({"id": i, "image": b"jpg"}))
+    write_msgpack_shards(shards, [[{"id": i, "image": b"jpg"} for i in ids[:-2]]])  # the last two are missing
     leaf = s2.latlng_to_leaf(lat, lon)
     levels = {
         "coarse": {"tau_min": 5, "tau_max": 400},
@@ -466,7 +421,7 @@ def test_relabel_train_fails_on_too_many_missing_images(tmp_path: Path, rasters:
 
 def test_relabel_train_without_population_names_the_raster(tmp_path: Path, rasters: dict[str, Path]) -> None:
     w = _make_world(tmp_path, rasters, n=200)
-    empty = write_geotiff(tmp_path / "empty_ls.tif", np.zeros((LS_H, LS_W), np.int32), LANDSCAN_NODATA)
+    empty = write_ls_lc_geotiff(tmp_path / "empty_ls.tif", np.zeros((LS_H, LS_W), np.int32), LANDSCAN_NODATA)
     meta, _ = md.read_metadata(w["meta"])
     parts = pt.read_partitions({lv: w["pdir"] / f"{lv}.csv" for lv in pt.LEVELS})
     with pytest.raises(ValueError, match=r"empty_ls\.tif at 199 training geotags: .*none of the 199"):

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import s2sphere
 
+from fakes import write_partition_csv
 from geoens import partitions as pt
 from geoens import s2
 
@@ -147,8 +148,7 @@ def test_csv_layout_and_round_trip(tmp_path: Path) -> None:
 
 
 def _write(path: Path, body: str) -> Path:
-    path.write_text("num_images: 10\nmin_concept_probability: ---\n" + body)
-    return path
+    return write_partition_csv(path, body.splitlines(), num_images=10, header=False)
 
 
 def test_bad_partition_csvs(tmp_path: Path) -> None:

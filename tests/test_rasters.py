@@ -11,73 +11,15 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.transform import from_bounds
 
+from fakes import write_geotiff, write_lc_netcdf
 from geoens import buckets, landcover, masks, rasters
 from geoens.constants import LANDSCAN_NODATA, lc_lookup_tables
 from geoens.grid import Grid
 
 # ---------------------------------------------------------------------------------------------------
-# fixtures: real files written with rasterio / netCDF4
+# numpy references (the files are written by tests/fakes.py)
 # ---------------------------------------------------------------------------------------------------
-
-
-def write_tif(
-    path: Path,
-    arr: np.ndarray,
-    nodata: float | None = None,
-    crs: str = "EPSG:4326",
-    bounds: tuple[float, float, float, float] = (-180, -90, 180, 90),
-    overviews: bool = False,
-) -> Path:
-    h, w = arr.shape
-    prof = {
-        "driver": "GTiff",
-        "height": h,
-        "width": w,
-        "count": 1,
-        "dtype": arr.dtype.name,
-        "crs": CRS.from_string(crs),
-        "transform": from_bounds(*bounds, w, h),
-        "nodata": nodata,
-    }
-    with rasterio.open(path, "w", **prof) as dst:
-        dst.write(arr, 1)
-        if overviews:
-            dst.build_overviews([2, 4], Resampling.nearest)
-    return path
-
-
-def write_lc_netcdf(path: Path, codes: np.ndarray, south_up: bool = False, time_dim: bool = True) -> Path:
-    """ESA CCI layout: lccs_class int8 with _Unsigned, NetCDF-4 (HDF5), crs variable with WKT."""
-    h, w = codes.shape
-    lat = 90 - (np.arange(h) + 0.5) * 180 / h
-    data = codes
-    if south_up:
-        lat, data = lat[::-1], codes[::-1]
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
-        nc.createDimension("lat", h)
-        nc.createDimension("lon", w)
-        dims: tuple[str, ...] = ("lat", "lon")
-        if time_dim:
-            nc.createDimension("time", 1)
-            dims = ("time", "lat", "lon")
-        v = nc.createVariable("lat", "f8", ("lat",))
-        v[:] = lat
-        v.units = "degrees_north"
-        v = nc.createVariable("lon", "f8", ("lon",))
-        v[:] = -180 + (np.arange(w) + 0.5) * 360 / w
-        v.units = "degrees_east"
-        crs = nc.createVariable("crs", "i4")
-        crs.wkt = CRS.from_epsg(4326).to_wkt()
-        var = nc.createVariable("lccs_class", "i1", dims, fill_value=np.int8(0), zlib=True)
-        var.set_auto_maskandscale(False)
-        var._Unsigned = "true"
-        var.grid_mapping = "crs"
-        raw = data.astype(np.uint8).view(np.int8)
-        var[:] = raw[None] if time_dim else raw
-    return path
 
 
 def ref_block_mean(arr: np.ndarray, f: int, nodata: int) -> np.ndarray:
@@ -132,14 +74,14 @@ def ls_array(h: int, w: int, f: int, seed: int = 0) -> np.ndarray:
 def test_landscan_block_mean_equals_reference(tmp_path: Path) -> None:
     g, f = Grid(12, 24), 4
     arr = ls_array(g.height * f, g.width * f, f)
-    tif = write_tif(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
+    tif = write_geotiff(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
     mean = masks.landscan_mean(tif, g)
     ref = ref_block_mean(arr, f, LANDSCAN_NODATA)
     np.testing.assert_allclose(mean, ref, rtol=1e-12, equal_nan=True)
     assert np.isnan(mean[0, 0]) and np.isnan(mean[-1, -1])
     assert mean[1, -1] == 7.0 and mean[2, 0] == 0.0
     # undeclared nodata -> LandScan default
-    tif2 = write_tif(tmp_path / "ls2.tif", arr, nodata=None)
+    tif2 = write_geotiff(tmp_path / "ls2.tif", arr, nodata=None)
     np.testing.assert_allclose(masks.landscan_mean(tif2, g), ref, rtol=1e-12, equal_nan=True)
 
 
@@ -176,7 +118,7 @@ def test_ls_edges_file_and_fallback(tmp_path: Path) -> None:
 def test_ls_mask_end_to_end(tmp_path: Path) -> None:
     g, f = Grid(6, 12), 2
     arr = ls_array(12, 24, f, seed=1)
-    tif = write_tif(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
+    tif = write_geotiff(tmp_path / "ls.tif", arr, nodata=LANDSCAN_NODATA)
     lab, n_nodata = masks.ls_mask(tif, g, [0.0, 1.0, 2.0, 3.0, 4.0])
     np.testing.assert_array_equal(
         lab, buckets.bucketize(ref_block_mean(arr, f, LANDSCAN_NODATA), [0, 1, 2, 3, 4])
@@ -188,7 +130,7 @@ def test_ls_mask_end_to_end(tmp_path: Path) -> None:
 def test_overviews_are_not_read(tmp_path: Path) -> None:
     g = Grid(4, 8)
     arr = ls_array(32, 64, 8, seed=2)
-    tif = write_tif(tmp_path / "ov.tif", arr, nodata=LANDSCAN_NODATA, overviews=True)
+    tif = write_geotiff(tmp_path / "ov.tif", arr, nodata=LANDSCAN_NODATA, overviews=(2, 4))
     with rasterio.open(tif) as ds:
         assert ds.overviews(1) == [2, 4]
     np.testing.assert_allclose(
@@ -222,7 +164,7 @@ def lc_codes(h: int, w: int, f: int, seed: int = 0) -> np.ndarray:
 def test_lc_block_mode_equals_reference_tif(tmp_path: Path, f: int) -> None:
     g = Grid(6, 12)
     codes = lc_codes(g.height * f, g.width * f, f, seed=f)
-    tif = write_tif(tmp_path / "lc.tif", codes, nodata=0)
+    tif = write_geotiff(tmp_path / "lc.tif", codes, nodata=0)
     lab = masks.lc_mask(tif, g, unknown_codes="none")  # codes 5, 99, 255 are no class (by choice)
     ref = ref_block_mode(codes, f)
     np.testing.assert_array_equal(lab, ref)
@@ -249,7 +191,9 @@ def test_block_mode_large_factor_matches() -> None:
 def test_lc_netcdf_unsigned_trap(tmp_path: Path, south_up: bool, time_dim: bool) -> None:
     g, f = Grid(6, 12), 4
     codes = lc_codes(24, 48, f, seed=9)
-    nc = write_lc_netcdf(tmp_path / "lc.nc", codes, south_up=south_up, time_dim=time_dim)
+    nc = write_lc_netcdf(
+        tmp_path / "lc.nc", codes, south_up=south_up, time_dim=time_dim, crs_var=True, units=True
+    )
     with rasters.open_checked(nc, "landcover") as r:
         assert r.dtype == np.uint8 and r.nodata == 0
         np.testing.assert_array_equal(r.read_rows(0, 24), codes)  # 190, 210 ... not negative
@@ -259,7 +203,7 @@ def test_lc_netcdf_unsigned_trap(tmp_path: Path, south_up: bool, time_dim: bool)
 
 def test_sample_points(tmp_path: Path) -> None:
     codes = lc_codes(24, 48, 4, seed=3)
-    nc = write_lc_netcdf(tmp_path / "lc.nc", codes)
+    nc = write_lc_netcdf(tmp_path / "lc.nc", codes, crs_var=True, units=True)
     rng = np.random.default_rng(0)
     lat = np.concatenate([rng.uniform(-90, 90, 300), [90, -90, 0]])
     lon = np.concatenate([rng.uniform(-180, 180, 300), [180, -180, 179.99]])
@@ -278,19 +222,19 @@ def test_sample_points(tmp_path: Path) -> None:
 def test_bad_inputs_raise_naming_the_file(tmp_path: Path) -> None:
     g = Grid(4, 8)
     ok = np.zeros((8, 16), dtype=np.int32)
-    p = write_tif(tmp_path / "merc.tif", ok, crs="EPSG:3857", bounds=(-2e7, -2e7, 2e7, 2e7))
+    p = write_geotiff(tmp_path / "merc.tif", ok, crs="EPSG:3857", bounds=(-2e7, -2e7, 2e7, 2e7))
     with pytest.raises(ValueError, match=r"merc.tif: CRS .*3857"):
         masks.landscan_mean(p, g)
-    p = write_tif(tmp_path / "part.tif", ok, bounds=(-180, -60, 180, 85))
+    p = write_geotiff(tmp_path / "part.tif", ok, bounds=(-180, -60, 180, 85))
     with pytest.raises(ValueError, match="part.tif: extent .* not global"):
         masks.landscan_mean(p, g)
-    p = write_tif(tmp_path / "float.tif", ok.astype(np.float32))
+    p = write_geotiff(tmp_path / "float.tif", ok.astype(np.float32))
     with pytest.raises(ValueError, match="float.tif: landscan dtype is float32, expected int32"):
         masks.landscan_mean(p, g)
-    p = write_tif(tmp_path / "lcint.tif", ok)
+    p = write_geotiff(tmp_path / "lcint.tif", ok)
     with pytest.raises(ValueError, match="lcint.tif: landcover dtype is int32, expected uint8"):
         masks.lc_mask(p, g)
-    p = write_tif(tmp_path / "odd.tif", np.zeros((10, 20), dtype=np.int32))
+    p = write_geotiff(tmp_path / "odd.tif", np.zeros((10, 20), dtype=np.int32))
     with pytest.raises(ValueError, match="odd.tif: native size 10 x 20 is not a multiple"):
         masks.landscan_mean(p, g)
     with pytest.raises(ValueError, match="missing.tif: landscan raster not found"):
@@ -305,7 +249,7 @@ def test_bad_inputs_raise_naming_the_file(tmp_path: Path) -> None:
         ds.createVariable("other", "i1", ("lat",))
     with pytest.raises(ValueError, match="novar.nc: no variable 'lccs_class'"):
         masks.lc_mask(nc, g)
-    nc = write_lc_netcdf(tmp_path / "utm.nc", np.zeros((8, 16), dtype=np.uint8))
+    nc = write_lc_netcdf(tmp_path / "utm.nc", np.zeros((8, 16), dtype=np.uint8), crs_var=True, units=True)
     with netCDF4.Dataset(nc, "a") as ds:
         ds.variables["crs"].wkt = CRS.from_epsg(32633).to_wkt()
     with pytest.raises(ValueError, match="utm.nc: CRS"):
@@ -346,6 +290,6 @@ def test_lc_declared_nodata_code_is_no_class(tmp_path: Path) -> None:
     codes = np.full((6, 12), 10, dtype=np.uint8)  # all cropland ...
     codes[:3, :3] = 190
     codes[0, 0] = 50  # ... but 10 is the declared nodata here
-    tif = write_tif(tmp_path / "lc_nd10.tif", codes, nodata=10)
+    tif = write_geotiff(tmp_path / "lc_nd10.tif", codes, nodata=10)
     lab = masks.lc_mask(tif, g)
     assert lab.tolist() == [[5, -1, -1, -1], [-1, -1, -1, -1]]

@@ -17,6 +17,7 @@ import pytest
 import rasterio
 
 from _rva_world import World, raster_reference, write_inputs
+from fakes import write_geotiff
 from geoens import atoms, buckets, masks, rasters, s2mask
 from geoens.atoms import AtomTable
 from geoens.constants import LANDSCAN_NODATA
@@ -25,7 +26,7 @@ from geoens.grid import Grid
 from geoens.lookup import PixelLookup, TiledPixelLookup
 from geoens.methods import all_methods
 from geoens.partitions import read_partition_csv
-from test_rasters import lc_codes, ls_array, write_tif
+from test_rasters import lc_codes, ls_array
 from test_s2 import mixed_partition, write_partition
 
 EDGES = [0.0, 1.0, 2.5, 3.5, 4.7]
@@ -36,8 +37,8 @@ def world_1km(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str
     tmp = tmp_path_factory.mktemp("w1km")
     g = Grid(160, 320)
     ls_native = ls_array(160, 320, 1, seed=3)
-    ls_tif = write_tif(tmp / "landscan.tif", ls_native, nodata=LANDSCAN_NODATA)
-    lc_tif = write_tif(tmp / "landcover.tif", lc_codes(480, 960, 3, seed=4), nodata=0)
+    ls_tif = write_geotiff(tmp / "landscan.tif", ls_native, nodata=LANDSCAN_NODATA)
+    lc_tif = write_geotiff(tmp / "landcover.tif", lc_codes(480, 960, 3, seed=4), nodata=0)
     fine = tmp / "fine.csv"
     write_partition(fine, mixed_partition(2))
     (tmp / "edges.json").write_text(json.dumps({"edges_log10": EDGES}))

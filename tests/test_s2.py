@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import s2sphere
 
+from fakes import write_partition_csv
 from geoens import partitions as pt
 from geoens import s2, s2mask
 from geoens.grid import Grid
@@ -117,18 +117,9 @@ def test_children_and_invalid_inputs() -> None:
 
 def write_partition(path: Path, tokens: list[str]) -> None:
     lat, lon = s2.cell_center_latlng(s2.token_to_id(tokens))
-    df = pd.DataFrame(
-        {
-            "class_label": np.arange(len(tokens)),
-            "hex_id": tokens,
-            "imgs_per_cell": 100,
-            "latitude_mean": lat,
-            "longitude_mean": lon,
-        }
-    )
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("num_images: 1\nmin_concept_probability: ---\n")
-        df.to_csv(fh, index=False)
+    cells = zip(tokens, lat.tolist(), lon.tolist(), strict=True)
+    rows = [f"{k},{t},100,{la!r},{lo!r}" for k, (t, la, lo) in enumerate(cells)]
+    write_partition_csv(path, rows, num_images=1)
 
 
 def mixed_partition(seed: int) -> list[str]:

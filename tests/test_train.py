@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
 
+from fakes import colour_jpeg, write_label_parts, write_msgpack_shards, write_partition_csv
 from geoens.data import FolderSource, ShardSource
 from geoens.models import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
 from geoens.train import (
@@ -37,53 +35,43 @@ MIDDLE_TO_COARSE = [0, 0, 1]
 
 
 def coloured_jpeg(cls: int, seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = np.clip(COLOURS[cls] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=92)
-    return buf.getvalue()
+    return colour_jpeg(COLOURS[cls], np.random.default_rng(seed), (size, size), quality=92)
 
 
 def make_world(root: Path, n: int = 24, n_val: int = 4, corrupt: tuple[int, ...] = ()) -> dict[str, Path]:
     """Shards, label parts and partitions of ``n`` images; class of image k is ``k % 4``."""
     shards = root / "shards"
-    shards.mkdir(parents=True)
     rows = []
+    records: list[list[dict[str, object]]] = []
     for s in range(2):
-        with open(shards / f"shard-{s:03d}.msgpack", "wb") as fh:
-            for k in range(s, n, 2):
-                cls = k % 4
-                data = b"garbage, not a JPEG" if k in corrupt else coloured_jpeg(cls, k)
-                fh.write(msgpack.packb({"id": f"img{k:03d}", "image": data}))
-                rows.append(
-                    {
-                        "image_id": f"img{k:03d}",
-                        "lat": 10.0 + k,
-                        "lon": 20.0 - k,
-                        "ls_value": float(k),
-                        "ls_bucket": np.int8(cls),
-                        "lc_code": np.uint8(10),
-                        "lc22": np.uint8(10),
-                        "lc7": np.int8(cls if k != 1 else -1),
-                        "cell_coarse": np.int32(MIDDLE_TO_COARSE[FINE_TO_MIDDLE[cls]]),
-                        "cell_middle": np.int32(FINE_TO_MIDDLE[cls]),
-                        "cell_fine": np.int32(cls),
-                        "split": "val" if k >= n - n_val else "train",
-                        "attr_keep": k != 2,
-                    }
-                )
-    labels = root / "labels"
-    labels.mkdir()
-    df = pd.DataFrame(rows)
-    df.iloc[::2].to_parquet(labels / "part-00000.parquet", index=False)
-    df.iloc[1::2].to_parquet(labels / "part-00001.parquet", index=False)
+        records.append([])
+        for k in range(s, n, 2):
+            cls = k % 4
+            data = b"garbage, not a JPEG" if k in corrupt else coloured_jpeg(cls, k)
+            records[s].append({"id": f"img{k:03d}", "image": data})
+            rows.append(
+                {
+                    "image_id": f"img{k:03d}",
+                    "lat": 10.0 + k,
+                    "lon": 20.0 - k,
+                    "ls_value": float(k),
+                    "ls_bucket": np.int8(cls),
+                    "lc_code": np.uint8(10),
+                    "lc22": np.uint8(10),
+                    "lc7": np.int8(cls if k != 1 else -1),
+                    "cell_coarse": np.int32(MIDDLE_TO_COARSE[FINE_TO_MIDDLE[cls]]),
+                    "cell_middle": np.int32(FINE_TO_MIDDLE[cls]),
+                    "cell_fine": np.int32(cls),
+                    "split": "val" if k >= n - n_val else "train",
+                    "attr_keep": k != 2,
+                }
+            )
+    write_msgpack_shards(shards, records)
+    labels = write_label_parts(root / "labels", pd.DataFrame(rows), n_parts=2)
     parts = root / "partitions"
     parts.mkdir()
     for level, count in (("coarse", 2), ("middle", 3), ("fine", 4)):
-        header = "class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean"
-        lines = ["num_images: 24", "min_concept_probability: ---", header]
-        lines += [f"{c},{c + 1}b,{6},{c}.0,{c}.0" for c in range(count)]
-        (parts / f"{level}.csv").write_text("\n".join(lines) + "\n")
+        write_partition_csv(parts / f"{level}.csv", [f"{c},{c + 1}b,{6},{c}.0,{c}.0" for c in range(count)])
     pd.DataFrame(
         {
             "fine": np.arange(4, dtype=np.int32),
@@ -260,9 +248,7 @@ def test_majority_baseline_uses_training_majority_per_head() -> None:
 def test_training_errors_are_clear(tmp_path: Path) -> None:
     paths = make_world(tmp_path, n=8, n_val=2)
     other = tmp_path / "other_shards"
-    other.mkdir()
-    with open(other / "shard-000.msgpack", "wb") as fh:
-        fh.write(msgpack.packb({"id": "zzz", "image": coloured_jpeg(0, 0)}))
+    write_msgpack_shards(other, [[{"id": "zzz", "image": coloured_jpeg(0, 0)}]])
     with pytest.raises(TrainingError, match="none of the 6 training ids"):
         train_model(
             "geoest", paths["labels"], other, tmp_path / "x", FAST, partitions_dir=paths["partitions"]

@@ -3,7 +3,7 @@
 import json
 import time
 
-from geoens.demo import generate_world
+from geoens.demo.generate import generate_world
 from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]

@@ -23,10 +23,10 @@
 * links to the workflow (Snakefile, rules, scripts, envs, profiles, docs, config), so that ``OUT`` is a
   working directory where the README's command runs exactly as printed: :data:`PAPER_COMMAND`.
 
-Everything is drawn from the demo world (:mod:`geoens.demo`) built at a 270 x 540 grid and upsampled to the
-real shapes (population divided over the finer cells with seeded dithering), so images, geotags and both
-rasters agree. ``--scale K`` divides the raster sides and the grid by ``K`` (and the geotag count), for CI.
-With ``--run`` the command is run and each rule's wall time and peak memory (Snakemake's ``benchmark:``
+Everything is drawn from the demo world (:mod:`geoens.demo.world`) built at a 270 x 540 grid and upsampled
+to the real shapes (population divided over the finer cells with seeded dithering), so images, geotags and
+both rasters agree. ``--scale K`` divides the raster sides and the grid by ``K`` (and the geotag count), for
+CI. With ``--run`` the command is run and each rule's wall time and peak memory (Snakemake's ``benchmark:``
 files) are collected into ``OUT/rehearsal.json`` and printed as a Markdown table, with the check that both
 NetCDF encodings give the same ``lc.tif`` byte for byte.
 """
@@ -55,11 +55,17 @@ import rasterio
 import yaml
 from rasterio.windows import Window
 
-from geoens import demo
 from geoens.config import deep_update, read_config_file
 from geoens.constants import LANDSCAN_NODATA
+from geoens.demo.generate import train_ids
+from geoens.demo.images import BATCH, CAMERAS, render_images
+from geoens.demo.spec import spec_from_config
+from geoens.demo.world import World, sample_geotags
+from geoens.demo.writers import encode_jpeg, write_lccs_netcdf, write_metadata
 from geoens.grid import Grid
 from geoens.io import atomic_path
+from geoens.masks import make_lc_mask
+from geoens.shards import write_shards
 
 log = logging.getLogger("geoens.rehearsal")
 
@@ -147,7 +153,7 @@ class RehearsalSpec:
 
 
 @dataclass
-class Summary:
+class RehearsalSummary:
     """What a rehearsal wrote (and, with ``--run``, measured)."""
 
     out: str
@@ -186,7 +192,7 @@ def landscan_rows(world_ls: npt.NDArray[np.int32], u: int, seed: int) -> Any:
     return rows
 
 
-def write_landscan(path: Path, shape: tuple[int, int], rows: Any, strip: int = 540) -> None:
+def write_landscan_strips(path: Path, shape: tuple[int, int], rows: Any, strip: int = 540) -> None:
     """A LandScan-Global-shaped GeoTIFF: int32, striped (not tiled), LZW, nodata -2147483647, EPSG:4326."""
     h, w = shape
     profile = {
@@ -211,29 +217,22 @@ def write_landscan(path: Path, shape: tuple[int, int], rows: Any, strip: int = 5
 # --------------------------------------------------------------------------------------------------
 # image sets
 # --------------------------------------------------------------------------------------------------
-def _mp16_ids(n: int, rng: np.random.Generator) -> list[str]:
-    nums = rng.choice(9_000_000_000, size=n, replace=False) + 1_000_000_000
-    return [f"{(v >> 8) & 0xFF:02x}/{v & 0xFF:02x}/{v}.jpg" for v in (int(x) for x in nums)]
-
-
-def _render(world: demo.World, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64],
+def _render(world: World, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64],
             size: int, style: str, stream: str) -> list[bytes]:  # fmt: skip
     attrs = world.attributes(lat, lon)
-    images = demo.render_images(attrs, size, style, world.spec.seed, world.fields, stream=stream)
-    quality = demo.CAMERAS[style].jpeg_quality
-    return [demo.encode_jpeg(im, quality) for im in images]
+    images = render_images(attrs, size, style, world.spec.seed, world.fields, stream=stream)
+    quality = CAMERAS[style].jpeg_quality
+    return [encode_jpeg(im, quality) for im in images]
 
 
-def write_training_set(
-    world: demo.World, spec: RehearsalSpec, shards: Path, metadata: Path
-) -> dict[str, int]:
+def write_training_set(world: World, spec: RehearsalSpec, shards: Path, metadata: Path) -> dict[str, int]:
     """MP-16-shaped training data: ``n_geotags`` rows photographing ``n_places`` places.
 
     Each geotag is a place plus up to ~1 km of jitter, its image the place's JPEG; :data:`DEAD_LINK_SHARE`
     of the ids get no record in the shards.
     """
     rng = np.random.default_rng([spec.seed, 101])
-    p_lat, p_lon = demo.sample_geotags(world.ls, spec.n_places, "flickr", rng)
+    p_lat, p_lon = sample_geotags(world.ls, spec.n_places, "flickr", rng)
     jpegs = _render(world, p_lat, p_lon, spec.image_size, "flickr", "rehearsal/places")
     place = np.concatenate(
         [np.arange(spec.n_places), rng.integers(0, spec.n_places, spec.n_geotags - spec.n_places)]
@@ -243,23 +242,23 @@ def write_training_set(
     lat = np.clip(p_lat[place] + rng.uniform(-jitter, jitter, place.size), -89.999, 89.999)
     coslat = np.maximum(np.cos(np.deg2rad(lat)), 0.05)
     lon = (p_lon[place] + rng.uniform(-jitter, jitter, place.size) / coslat + 180.0) % 360.0 - 180.0
-    ids = _mp16_ids(spec.n_geotags, rng)
+    ids = train_ids(spec.n_geotags, rng)
     dead = rng.random(spec.n_geotags) < DEAD_LINK_SHARE
-    demo.write_shards(
+    write_shards(
         shards,
         ((ids[i], jpegs[place[i]]) for i in range(spec.n_geotags) if not dead[i]),
         spec.n_shards,
     )
-    demo.write_metadata(metadata, ids, lat, lon)
+    write_metadata(metadata, ids, lat, lon)
     return {"geotags": spec.n_geotags, "places": spec.n_places, "records": int((~dead).sum())}
 
 
-def write_image_folder(world: demo.World, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64],
+def write_rendered_folder(world: World, lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64],
                        ids: Sequence[str], size: int, style: str, folder: Path) -> None:  # fmt: skip
     """Images rendered at the given points, one file per id."""
     with atomic_path(folder, is_dir=True) as tmp:
-        for k0 in range(0, len(ids), demo.BATCH * 8):
-            sl = slice(k0, k0 + demo.BATCH * 8)
+        for k0 in range(0, len(ids), BATCH * 8):
+            sl = slice(k0, k0 + BATCH * 8)
             for img_id, data in zip(
                 ids[sl], _render(world, lat[sl], lon[sl], size, style, f"rehearsal/{style}/{k0}"), strict=True
             ):
@@ -328,7 +327,7 @@ def link_workflow(workflow: Path, out: Path) -> None:
         dst.symlink_to(src.resolve(), target_is_directory=src.is_dir())
 
 
-def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path) -> Summary:
+def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path) -> RehearsalSummary:
     """Write the rehearsal's inputs, ``my.yaml`` and the workflow links into ``out``; return a summary."""
     start = time.perf_counter()
     peer = peer_files(peers)
@@ -336,8 +335,8 @@ def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path)
     inp = paper["inputs"]
     out.mkdir(parents=True, exist_ok=True)
     link_workflow(workflow, out)
-    world = demo.World.build(
-        demo.spec_from_config(
+    world = World.build(
+        spec_from_config(
             {
                 "seed": spec.seed,
                 "grid": {"height": WORLD_GRID_HEIGHT, "width": 2 * WORLD_GRID_HEIGHT},
@@ -346,7 +345,7 @@ def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path)
         )
     )
     u = spec.upsample
-    summary = Summary(out=str(out), spec=spec.__dict__.copy())
+    summary = RehearsalSummary(out=str(out), spec=spec.__dict__.copy())
     ls_shape = (LANDSCAN_SHAPE[0] // spec.scale, LANDSCAN_SHAPE[1] // spec.scale)
     lc_shape = (LANDCOVER_SHAPE[0] // spec.scale, LANDCOVER_SHAPE[1] // spec.scale)
 
@@ -365,12 +364,14 @@ def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path)
 
     ls_path = out / inp["landscan"]
     step(
-        "landscan", ls_path, lambda: write_landscan(ls_path, ls_shape, landscan_rows(world.ls, u, spec.seed))
+        "landscan",
+        ls_path,
+        lambda: write_landscan_strips(ls_path, ls_shape, landscan_rows(world.ls, u, spec.seed)),
     )
     lc_path = out / inp["landcover"]
     lc_ubyte = lc_path.with_name(lc_path.stem + "-ubyte.nc")
     for name, path, enc in (("landcover", lc_path, "byte"), ("landcover_ubyte", lc_ubyte, "ubyte")):
-        step(name, path, lambda path=path, enc=enc: demo.write_lccs_netcdf(
+        step(name, path, lambda path=path, enc=enc: write_lccs_netcdf(
             path, lc_shape, lambda r0, n: _upsampled_rows(world.lc, u, r0, n), encoding=enc, complevel=1,
             title="ESA CCI Land Cover Map (geoens rehearsal, synthetic)"))  # fmt: skip
     tr = inp["train"]
@@ -384,16 +385,16 @@ def write_rehearsal(out: Path, spec: RehearsalSpec, workflow: Path, peers: Path)
     step("im2gps3k_metadata", out / im["metadata"], lambda: _copy(peer["im2gps3k"], out / im["metadata"]))
     size = spec.image_size
     step("im2gps3k_images", out / im["images"],
-         lambda: write_image_folder(world, lat, lon, ids, size, "flickr", out / im["images"]))  # fmt: skip
+         lambda: write_rendered_folder(world, lat, lon, ids, size, "flickr", out / im["images"]))  # fmt: skip
     sv = inp["testsets"]["streetview"]
     rng = np.random.default_rng([spec.seed, 202])
-    s_lat, s_lon = demo.sample_geotags(world.ls, spec.n_streetview, "streetview", rng)
+    s_lat, s_lon = sample_geotags(world.ls, spec.n_streetview, "streetview", rng)
     s_ids = [f"sv_{k:07d}.jpg" for k in range(spec.n_streetview)]
     sv_dir = out / sv["images"]
     step("streetview_images", sv_dir,
-         lambda: write_image_folder(world, s_lat, s_lon, s_ids, size, "streetview", sv_dir))  # fmt: skip
+         lambda: write_rendered_folder(world, s_lat, s_lon, s_ids, size, "streetview", sv_dir))  # fmt: skip
     step("streetview_metadata", out / sv["metadata"],
-         lambda: demo.write_metadata(out / sv["metadata"], s_ids, s_lat, s_lon))  # fmt: skip
+         lambda: write_metadata(out / sv["metadata"], s_ids, s_lat, s_lon))  # fmt: skip
     cfg = rehearsal_config(paper, spec)
     header = (
         "# geoens rehearsal: config/paper.yaml with only the training budget changed "
@@ -442,8 +443,6 @@ def rule_costs(out: Path) -> list[dict[str, Any]]:
 
 def compare_encodings(out: Path, grid: Grid) -> dict[str, Any]:
     """Build the LC mask from the NC_UBYTE copy; compare it with the workflow's ``lc.tif`` byte for byte."""
-    from geoens.masks import make_lc_mask
-
     paper = read_config_file(out / "my.yaml")
     lc_path = out / paper["inputs"]["landcover"]
     other = out / "results" / "rehearsal" / "lc_ubyte.tif"
@@ -454,7 +453,7 @@ def compare_encodings(out: Path, grid: Grid) -> dict[str, Any]:
     return {"lc_tif_sha256": ha, "lc_ubyte_tif_sha256": hb, "identical": ha == hb}
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def costs_markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-job costs as a Markdown table."""
     lines = ["| job | wall (s) | peak memory (GB) |", "|---|---|---|"]
     for r in rows:
@@ -509,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path = out / "rehearsal.json"
     try:
         if args.skip_write:
-            summary = Summary(**json.loads(report_path.read_text()))
+            summary = RehearsalSummary(**json.loads(report_path.read_text()))
         else:
             summary = write_rehearsal(out, spec, workflow, args.peers or default_peers(workflow))
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
@@ -527,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rc == 0:
         summary.run["netcdf_encodings"] = compare_encodings(out, Grid(spec.grid_height, 2 * spec.grid_height))
     report_path.write_text(json.dumps(summary.__dict__, indent=2))
-    print(markdown_table(summary.run["jobs"]))
+    print(costs_markdown_table(summary.run["jobs"]))
     print(json.dumps({k: v for k, v in summary.run.items() if k != "jobs"}, indent=2))
     return rc
 
