@@ -3,7 +3,7 @@
 A synthetic world at the demo grid's size (180 x 360, ``--cells`` S2 cells in blocks, smooth-ish LS / LC
 labels) gives the atom groups of ``+LS+LC``. Timed, on random predictions:
 
-* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluate_groups` without the
+* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluator.evaluate_groups` without the
   top-1), the evaluation the workflow already runs;
 * calibration + regions: upper sets, the conformal scores ``A(g)``, ``M(g)`` of ``--cal`` calibration
   images, the thresholds of 4 levels x (global + 4 buckets) x (fixed, adaptive), and the region areas and

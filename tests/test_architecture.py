@@ -8,6 +8,7 @@ These are the rules docs/ARCHITECTURE.md ("Where things live") states; this file
   comment on its line or the line above;
 - no module is longer than ``MAX_MODULE_LINES`` and no function has more than ``MAX_STATEMENTS``
   statements (nested functions count separately);
+- every module sits on a layer of the map in docs/ARCHITECTURE.md and imports only its own or lower layers;
 - each file format is parsed in exactly one module (``FORMAT_HOMES``) and each public function or
   class name is defined in one module only.
 """
@@ -255,3 +256,52 @@ def test_the_checks_catch_a_cycle_and_a_long_function(tmp_path: Path) -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_STATEMENTS + 1))
     (tmp_path / "m.py").write_text(f"def f():\n{body}\n")
     assert dict(statement_counts(tmp_path / "m.py")) == {"f": MAX_STATEMENTS + 1}
+
+
+ARCHITECTURE = SRC.parents[1] / "docs" / "ARCHITECTURE.md"
+
+
+def documented_layers() -> dict[str, int]:
+    """Module -> layer, from the "Where things live" table of docs/ARCHITECTURE.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `geoens\.([\w.]+)` \| (\d+) \|", section, flags=re.MULTILINE)
+    layers: dict[str, int] = {}
+    for module, layer in rows:
+        assert module not in layers, f"{module} listed twice in {ARCHITECTURE.name}"
+        layers[module] = int(layer)
+    return layers
+
+
+def test_every_module_is_on_the_map() -> None:
+    layers = documented_layers()
+    assert sorted(layers) == sorted(m for m in MODULES if m != "__init__")
+
+
+def test_imports_go_down_the_layers() -> None:
+    """A module imports only modules of its own or a lower layer: the map in the docs is the import rule."""
+    layers = documented_layers()
+    up = [
+        f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
+        for m, deps in import_graph().items()
+        for d in sorted(deps)
+        if m in layers and d in layers and layers[d] > layers[m]
+    ]
+    assert not up, "\n".join(up)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/DECISIONS.md", "docs/ARCHITECTURE.md", "docs/cluster.md"])
+def test_docs_name_tests_that_exist(doc: str) -> None:
+    """Every ``tests/test_x.py[::name]`` and backticked ``test_name`` a document cites exists."""
+    tests_dir = SRC.parents[1] / "tests"
+    bodies = {p.name: p.read_text(encoding="utf-8") for p in tests_dir.glob("*.py")}
+    text = (SRC.parents[1] / doc).read_text(encoding="utf-8")
+    missing = []
+    for m in re.finditer(r"(test_[a-z0-9_]+)\.py(?:::([A-Za-z0-9_]+))?", text):
+        body = bodies.get(f"{m.group(1)}.py")
+        if body is None or (m.group(2) and f"def {m.group(2)}(" not in body):
+            missing.append(m.group(0))
+    for m in re.finditer(r"`(test_[a-z0-9_]+)`", text):
+        if f"{m.group(1)}.py" not in bodies and not any(f"def {m.group(1)}(" in b for b in bodies.values()):
+            missing.append(m.group(1))
+    assert not missing, f"{doc} cites tests that do not exist: {missing}"

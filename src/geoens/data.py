@@ -458,7 +458,7 @@ def read_label_parts(labels: str | Path, columns: Sequence[str] | None = None) -
             if missing:
                 raise KeyError(f"{f}: missing label column(s) {missing} (has {schema_names})")
         frames.append(pq.read_table(str(f), columns=list(columns) if columns else None).to_pandas())
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df: pd.DataFrame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     df["image_id"] = df["image_id"].astype(str)
     return df
 

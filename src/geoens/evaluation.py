@@ -96,6 +96,11 @@ def _probs_from_table(table: pa.Table, source: str) -> tuple[list[str], F32Array
     return ids, probs
 
 
+def read_prediction_ids(path: str | Path) -> list[str]:
+    """The ``image_id`` column of a predictions Parquet, in row order (the probabilities are not read)."""
+    return [str(i) for i in pq.read_table(path, columns=["image_id"]).column(0).to_pylist()]
+
+
 def iter_prob_batches(path: str | Path, batch_size: int) -> Iterator[tuple[list[str], F32Array]]:
     """Stream a predictions Parquet in batches of ``batch_size`` rows (bounded memory for big test sets)."""
     pf = pq.ParquetFile(path)

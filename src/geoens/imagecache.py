@@ -423,7 +423,8 @@ def eval_batch(images: torch.Tensor, image_size: int) -> torch.Tensor:
     if min(x.shape[-2:]) != image_size:
         x = tvf.resize(x, [image_size], antialias=True)
     x = tvf.center_crop(x, [image_size, image_size])
-    return x.float().div_(255.0)
+    out: torch.Tensor = x.float().div_(255.0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------

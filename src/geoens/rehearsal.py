@@ -307,7 +307,7 @@ def peer_files(peers: Path) -> dict[str, Path]:
 
 def rehearsal_config(paper: Mapping[str, Any], spec: RehearsalSpec) -> dict[str, Any]:
     """``config/paper.yaml`` with the training budget of :data:`BUDGET` (and the grid at ``--scale``)."""
-    cfg = json.loads(json.dumps(paper))
+    cfg: dict[str, Any] = json.loads(json.dumps(paper))
     deep_update(cfg, BUDGET)
     if spec.scale != 1:
         cfg["grid"]["height"], cfg["grid"]["width"] = spec.grid_height, 2 * spec.grid_height

@@ -20,7 +20,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
@@ -36,7 +35,7 @@ from geoens.constants import (  # noqa: E402
     LS_BUCKETS,
     N_CLASSES,
 )
-from geoens.evaluation import iter_prob_batches, read_absorption, read_probs  # noqa: E402
+from geoens.evaluation import iter_prob_batches, read_absorption, read_prediction_ids, read_probs  # noqa: E402
 from geoens.evaluator import Evaluator  # noqa: E402
 from geoens.grid import Grid  # noqa: E402
 from geoens.io import atomic_path  # noqa: E402
@@ -301,7 +300,7 @@ def _probmap_inputs(
     labels["image_id"] = labels["image_id"].astype(str)
     lab = labels.drop_duplicates("image_id").set_index("image_id")
     # only the picked rows of the (possibly large) base predictions are kept in memory
-    ids_all = [str(i) for i in pq.read_table(predictions[base], columns=["image_id"]).column(0).to_pylist()]
+    ids_all = read_prediction_ids(predictions[base])
     attr = {f: read_probs(predictions[f]) for f in ("ls", "lc")}
     pos = {f: {i: k for k, i in enumerate(attr[f][0])} for f in attr}
     ok = [k for k, i in enumerate(ids_all) if i in lab.index and all(i in pos[f] for f in pos)]

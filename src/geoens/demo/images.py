@@ -222,7 +222,8 @@ def _landscape(scene: _Scene, sl: slice, hz: F32, xx: F32, yy: F32) -> F32:
     ) * _col(params["cloud"][sl], m)
     sky = sky_c[:, None, None, :] * (0.85 + 0.15 * yy[..., None]) + 0.35 * np.clip(cloud, 0, 1)[..., None]
     is_ground = (yy >= hz - bump)[..., None]
-    return np.where(is_ground, ground, sky)
+    pixels: F32 = np.where(is_ground, ground, sky)
+    return pixels
 
 
 def _draw_buildings(img: F32, nb: I64, mh: F64, hz: F32, brng: np.random.Generator, xx: F32, yy: F32) -> F32:
@@ -299,7 +300,8 @@ def _render_batch(scene: _Scene, sl: slice, cam: Camera, brng: np.random.Generat
     img = img + brng.normal(0.0, 0.045, img.shape).astype(np.float32)
     for _ in range(cam.blur):
         img = _box_blur(img.astype(np.float32))
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out: U8 = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def render_images(

@@ -5,7 +5,7 @@ Modules: :mod:`~geoens.geoclip.location` (location encoder, GPS gallery, shipped
 towers, CLIP), :mod:`~geoens.geoclip.training` (contrastive tower training, tower files) and
 :mod:`~geoens.geoclip.stage` (the workflow stages: tower training and prediction glue).
 
-GeoCLIP (Vivanco Cepeda et al. 2023) embeds a GPS point with a *location encoder*: the point is projected
+GeoCLIP (NeurIPS 2023) embeds a GPS point with a *location encoder*: the point is projected
 with the Equal Earth projection, encoded with random Fourier features at three scales
 (``sigma = 2^0, 2^4, 2^8``), each scale goes through its own MLP "capsule", and the three 512-d outputs are
 summed (the hierarchy). An image tower maps an image into the same space; the score of a location is

@@ -147,7 +147,7 @@ class ClipImageTower(nn.Module):
 
 def clip_transform() -> Callable[[Any], Tensor]:
     """CLIP's eval preprocessing (bicubic resize to 224, centre crop, CLIP normalisation)."""
-    return T.Compose(
+    transform: Callable[[Any], Tensor] = T.Compose(
         [
             T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(224),
@@ -155,6 +155,7 @@ def clip_transform() -> Callable[[Any], Tensor]:
             T.Normalize(CLIP_MEAN, CLIP_STD),
         ]
     )
+    return transform
 
 
 # --------------------------------------------------------------------------------------------------
