@@ -228,6 +228,7 @@ def test_module_is_short_and_its_functions_shorter(module: str) -> None:
 FORMAT_HOMES = {
     "msgpack shards": ("shards", r"^\s*(import msgpack|from msgpack)"),
     "GeoEstimation partition CSV": ("partitions", r"min_concept_probability"),
+    "label tables": ("labeltable", r"glob\(\"part-\*\.parquet\"\)|f\"part-\{"),
 }
 #: Public names that several modules may define (entry points).
 SHARED_NAMES = frozenset({"main", "build_parser"})

@@ -20,7 +20,6 @@ from geoens.calibrate import (
     calibrate_scores,
     calibration_methods,
     open_dataset,
-    read_dataset_labels,
     score_dataset,
     threshold_of,
 )
@@ -34,6 +33,7 @@ from geoens.conformal import (
 )
 from geoens.constants import cap_area_km2
 from geoens.evaluation import read_probs
+from geoens.labeltable import read_label_points
 from geoens.search import coverage_region, plan_coverage_search
 from geoens.tempered import FitBatch, fit_weights, tempered_log_density
 
@@ -208,7 +208,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], ob
 
 
 def _dataset(paths: dict[str, Path], ids: list[str]):  # type: ignore[no-untyped-def]
-    labels = read_dataset_labels(paths["labels"])
+    labels = read_label_points(paths["labels"])
     return open_dataset(
         paths["atoms"],
         paths["atom_index"],

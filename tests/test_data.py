@@ -23,8 +23,8 @@ from geoens.data import (
     collate_skip,
     decode_image,
     make_transforms,
-    read_label_parts,
 )
+from geoens.labeltable import LabelTableError, read_label_table
 from geoens.shards import ShardFormatError
 
 
@@ -175,14 +175,14 @@ def test_augment_config_switches_each_augmentation() -> None:
         AugmentConfig.from_mapping({"rotate": 10})
 
 
-def test_read_label_parts(tmp_path: Path) -> None:
+def test_read_label_table(tmp_path: Path) -> None:
     folder = tmp_path / "labels"
     folder.mkdir()
     pd.DataFrame({"image_id": ["b", "c"], "ls_bucket": [1, 2]}).to_parquet(folder / "part-00001.parquet")
     pd.DataFrame({"image_id": ["a"], "ls_bucket": [0]}).to_parquet(folder / "part-00000.parquet")
-    df = read_label_parts(folder, ["image_id", "ls_bucket"])
+    df = read_label_table(folder, ["image_id", "ls_bucket"])
     assert df["image_id"].tolist() == ["a", "b", "c"]
-    with pytest.raises(KeyError, match=r"part-00000\.parquet.*lc7"):
-        read_label_parts(folder, ["image_id", "lc7"])
+    with pytest.raises(LabelTableError, match=r"part-00000\.parquet.*lc7"):
+        read_label_table(folder, ["image_id", "lc7"])
     with pytest.raises(FileNotFoundError, match="no part-"):
-        read_label_parts(tmp_path)
+        read_label_table(tmp_path)

@@ -5,9 +5,10 @@ import json
 
 from tqdm import tqdm
 
-from geoens.calibrate import open_dataset, read_dataset_labels, score_dataset
+from geoens.calibrate import open_dataset, score_dataset
 from geoens.constants import FAMILIES
 from geoens.io import atomic_path, read_json
+from geoens.labeltable import read_label_points
 from geoens.logs import TqdmToLogger, setup_logging
 
 snakemake = globals()["snakemake"]
@@ -21,7 +22,7 @@ ds = open_dataset(
     inp.atoms,
     inp.atom_index,
     inp.absorption,
-    read_dataset_labels(inp.labels, split=split or None),
+    read_label_points(inp.labels, split=split or None)[["image_id", "lat", "lon"]],
     inp.fine,
     {m: named[m] for m in ("ls", "lc", "geoest", "geoclip") if m in named},
     earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),

@@ -2,8 +2,9 @@
 
 import json
 
-from geoens.calibrate import fit_tempered, open_dataset, read_dataset_labels
+from geoens.calibrate import fit_tempered, open_dataset
 from geoens.io import write_json
+from geoens.labeltable import read_label_points
 from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]
@@ -16,7 +17,7 @@ ds = open_dataset(
     inp.atoms,
     inp.atom_index,
     inp.absorption,
-    read_dataset_labels(inp.labels, split="val"),
+    read_label_points(inp.labels, split="val")[["image_id", "lat", "lon"]],
     inp.fine,
     {m: named[m] for m in ("ls", "lc", "geoest", "geoclip") if m in named},
     earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),

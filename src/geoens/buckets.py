@@ -19,10 +19,10 @@ import numpy.typing as npt
 
 from geoens.constants import LS_BUCKETS
 from geoens.io import read_json
+from geoens.types import FloatArray
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
 
 #: Number of LS buckets.
 N_LS_BUCKETS = len(LS_BUCKETS)

@@ -323,26 +323,6 @@ class Dataset:
     bases: list[str]
 
 
-def read_dataset_labels(path: str | Path, split: str | None = None) -> pd.DataFrame:
-    """``image_id, lat, lon`` of a label Parquet (file or folder of parts), optionally one ``split``.
-
-    Raises:
-        ValueError: Naming the path if a column is missing or the split has no row.
-
-    """
-    df = pd.read_parquet(path)
-    need = ["image_id", "lat", "lon"] + (["split"] if split is not None else [])
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
-    if split is not None:
-        df = df[df["split"] == split]
-        if df.empty:
-            raise ValueError(f"{path}: no row with split == {split!r}")
-    df = df.assign(image_id=df["image_id"].astype(str)).drop_duplicates("image_id")
-    return df[["image_id", "lat", "lon"]].reset_index(drop=True)
-
-
 def open_dataset(
     atoms_path: str | Path,
     atom_index_path: str | Path,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -431,36 +430,6 @@ def collate_skip(items: Sequence[tuple[torch.Tensor | None, torch.Tensor, int]])
     targets = torch.stack([it[1] for it in kept])
     indices = torch.tensor([int(it[2]) for it in kept], dtype=torch.long)
     return Batch(images, targets, indices, skipped)
-
-
-def read_label_parts(labels: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read a label Parquet file, or every ``part-*.parquet`` of a folder in name order.
-
-    Raises:
-        FileNotFoundError: If the path is missing or the folder holds no ``part-*.parquet``.
-        KeyError: If a requested column is missing (naming the file).
-
-    """
-    path = Path(labels)
-    if path.is_dir():
-        files = sorted(path.glob("part-*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"no part-*.parquet in label folder {path}")
-    elif path.exists():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"label file or folder not found: {path}")
-    frames = []
-    for f in files:
-        schema_names = pq.read_schema(str(f)).names
-        if columns is not None:
-            missing = [c for c in columns if c not in schema_names]
-            if missing:
-                raise KeyError(f"{f}: missing label column(s) {missing} (has {schema_names})")
-        frames.append(pq.read_table(str(f), columns=list(columns) if columns else None).to_pandas())
-    df: pd.DataFrame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    df["image_id"] = df["image_id"].astype(str)
-    return df
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from geoens.constants import (
 )
 from geoens.evaluator import Evaluator
 from geoens.grid import haversine_km
+from geoens.labeltable import read_label_points
 from geoens.lookup import open_pixel_lookup
 from geoens.methods import all_methods, method_order, own_top1_name
 from geoens.partitions import read_partition_csv
@@ -231,21 +232,6 @@ def iter_score_batches(
 # --------------------------------------------------------------------------------------------------
 # The test set
 # --------------------------------------------------------------------------------------------------
-def read_test_labels(path: str | Path) -> pd.DataFrame:
-    """``image_id``-indexed labels of a test set (``image_id, lat, lon``; first row of a duplicated id).
-
-    Raises:
-        ValueError: Naming the file if a column is missing.
-
-    """
-    labels = pd.read_parquet(path)
-    for c in ("image_id", "lat", "lon"):
-        if c not in labels.columns:
-            raise ValueError(f"{path}: missing column {c!r}")
-    labels = labels.assign(image_id=labels["image_id"].astype(str)).drop_duplicates("image_id")
-    return labels.set_index("image_id")
-
-
 def evaluate_batch(
     ev: Evaluator, b: ScoreBatch, centres: tuple[FloatArray, FloatArray], threads: int = 1
 ) -> list[pd.DataFrame]:
@@ -318,7 +304,7 @@ def evaluate_testset(
     atoms = read_atoms(atoms_path)
     lookup = open_pixel_lookup(atom_index_path, atoms_path, atoms.n, earth_radius_km, index_max_pixels)
     absorption = read_absorption(absorption_path)
-    lab = read_test_labels(labels_path)
+    lab = read_label_points(labels_path).set_index("image_id")
     fine = read_partition_csv(fine_csv_path)
     n_cells = fine.lat_mean.size
     bases = prediction_bases(predictions, "evaluate")

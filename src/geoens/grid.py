@@ -13,9 +13,7 @@ import numpy.typing as npt
 from affine import Affine
 
 from geoens.constants import EARTH_RADIUS_KM
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+from geoens.types import FloatArray, IntArray
 
 
 @dataclass(frozen=True)

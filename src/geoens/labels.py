@@ -12,7 +12,7 @@ The stage has four parts, each a plain function so that workflow scripts stay th
    :func:`lc_labels` folds LCCS codes into 22 top codes and 7 classes.
 4. :func:`relabel_train` / :func:`relabel_testset` put everything together (S2 cells through
    :mod:`geoens.partitions`), with a seeded train/val split and the paper's urban cap (``attr_keep``);
-   :func:`write_label_shards` writes ``part-NNNNN.parquet`` files.
+   :func:`geoens.labeltable.write_label_shards` writes ``part-NNNNN.parquet`` files.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import rasterio
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -35,42 +33,22 @@ from rasterio.windows import Window
 from geoens import s2
 from geoens.buckets import bucketize, load_ls_edges, ls_bucket_edges
 from geoens.constants import LC_CLASSES, LC_URBAN, LS_BUCKETS, lc_lookup_tables
-from geoens.io import atomic_path, write_json
+from geoens.io import write_json
+from geoens.labeltable import LABEL_COLUMNS, write_label_shards, write_label_table
 from geoens.landcover import LandCoverError, describe_codes, handle_unknown_lc_codes, unknown_lc_codes
 from geoens.metadata import BadRows, read_metadata
 from geoens.partitions import LEVELS, Partition, cell_of, read_partitions
 from geoens.rasters import Kind, NegativePopulationError, check_population, open_checked, read_window
 from geoens.shards import available_ids
+from geoens.types import BoolArray, FloatArray
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: Largest window (bytes) read from a raster at once.
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
 #: File suffixes read block-wise through rasterio (tiles holding points only).
 GEOTIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
-
-#: Parquet schema of the label tables (docs/ARCHITECTURE.md, "label columns").
-LABEL_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("lat", pa.float64()),
-        ("lon", pa.float64()),
-        ("ls_value", pa.float64()),
-        ("ls_bucket", pa.int8()),
-        ("lc_code", pa.uint8()),
-        ("lc22", pa.uint8()),
-        ("lc7", pa.int8()),
-        ("cell_coarse", pa.int32()),
-        ("cell_middle", pa.int32()),
-        ("cell_fine", pa.int32()),
-        ("split", pa.string()),
-        ("attr_keep", pa.bool_()),
-    ]
-)
-LABEL_COLUMNS: tuple[str, ...] = tuple(LABEL_SCHEMA.names)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,47 +316,6 @@ def relabel_testset(
     frame = point_labels(meta, landscan, landcover, partitions)
     n = len(frame)
     return _finish(frame, edges_log10, np.full(n, "test", dtype=object), np.ones(n, dtype=bool))
-
-
-def to_table(labels: pd.DataFrame) -> pa.Table:
-    """Convert the label frame to an Arrow table with :data:`LABEL_SCHEMA` (raises on a wrong dtype)."""
-    return pa.Table.from_pandas(labels.loc[:, list(LABEL_COLUMNS)], schema=LABEL_SCHEMA, preserve_index=False)
-
-
-def write_label_shards(labels: pd.DataFrame, out_dir: str | Path, rows_per_shard: int) -> list[Path]:
-    """Write ``part-NNNNN.parquet`` files of ``rows_per_shard`` rows into a new folder, atomically.
-
-    Returns:
-        The shard paths (in the final folder).
-
-    """
-    table = to_table(labels)
-    final = Path(out_dir)
-    names: list[str] = []
-    with atomic_path(final, is_dir=True) as tmp:
-        n_shards = max(1, math.ceil(table.num_rows / rows_per_shard))
-        for k in range(n_shards):
-            name = f"part-{k:05d}.parquet"
-            pq.write_table(table.slice(k * rows_per_shard, rows_per_shard), tmp / name)
-            names.append(name)
-    return [final / nm for nm in names]
-
-
-def write_label_table(labels: pd.DataFrame, path: str | Path) -> None:
-    """Write one label Parquet file atomically."""
-    table = to_table(labels)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_labels(path: str | Path) -> pd.DataFrame:
-    """Read a label Parquet file or a folder of ``part-*.parquet`` shards (in shard order)."""
-    p = Path(path)
-    files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
-    if not files:
-        raise FileNotFoundError(f"no part-*.parquet in {p}")
-    frame: pd.DataFrame = pa.concat_tables([pq.read_table(f, schema=LABEL_SCHEMA) for f in files]).to_pandas()
-    return frame
 
 
 def summarize(dataset: str, labels: pd.DataFrame, bad: BadRows) -> dict[str, Any]:

@@ -52,10 +52,10 @@ from geoens.rasters import (
     preview_png,
     write_label_raster,
 )
+from geoens.types import FloatArray
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
 
 #: Native bytes per strip that the downsamplers aim for (keeps peak memory well under 1 GB).
 STRIP_BYTES = 96 * 2**20

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from geoens.types import BoolArray, FloatArray
+
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: Required metadata columns.
 METADATA_COLUMNS: tuple[str, str, str] = ("IMG_ID", "LAT", "LON")

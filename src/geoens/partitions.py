@@ -36,12 +36,10 @@ import pyarrow.parquet as pq
 from geoens import s2
 from geoens.io import atomic_path
 from geoens.metadata import read_metadata
+from geoens.types import FloatArray, I32Array, U64Array
 
 log = logging.getLogger(__name__)
 
-U64Array = npt.NDArray[np.uint64]
-FloatArray = npt.NDArray[np.float64]
-I32Array = npt.NDArray[np.int32]
 
 LEVELS: tuple[str, str, str] = ("coarse", "middle", "fine")
 #: Columns of a GeoEstimation partition CSV (after its two comment lines).

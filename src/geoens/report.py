@@ -39,6 +39,7 @@ from geoens.evaluation import iter_prob_batches, read_absorption, read_predictio
 from geoens.evaluator import Evaluator  # noqa: E402
 from geoens.grid import Grid  # noqa: E402
 from geoens.io import atomic_path  # noqa: E402
+from geoens.labeltable import read_label_points  # noqa: E402
 from geoens.lookup import PixelLookup  # noqa: E402
 from geoens.methods import Method, all_methods, method_name  # noqa: E402
 from geoens.metrics import (  # noqa: E402
@@ -296,9 +297,7 @@ def _probmap_inputs(
     atom_index = read_atom_index(atom_index_path, atoms.n)
     grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km)
     centre_lat = read_partition_csv(fine_csv_path).lat_mean
-    labels = pd.read_parquet(labels_path)
-    labels["image_id"] = labels["image_id"].astype(str)
-    lab = labels.drop_duplicates("image_id").set_index("image_id")
+    lab = read_label_points(labels_path).set_index("image_id")
     # only the picked rows of the (possibly large) base predictions are kept in memory
     ids_all = read_prediction_ids(predictions[base])
     attr = {f: read_probs(predictions[f]) for f in ("ls", "lc")}

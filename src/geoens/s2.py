@@ -22,9 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-U64Array = npt.NDArray[np.uint64]
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
+from geoens.types import FloatArray, IntArray, U64Array
 
 MAX_LEVEL = 30
 _MAX_SIZE = 1 << MAX_LEVEL

@@ -23,8 +23,7 @@ from geoens.io import atomic_path
 from geoens.partitions import Partition, read_partition_csv
 from geoens.rasters import preview_png, write_label_raster
 from geoens.s2 import cell_center_latlng, grid_leaves
-
-FloatArray = npt.NDArray[np.float64]
+from geoens.types import FloatArray
 
 
 def rasterize_partition(part: Partition, grid: Grid, strip_rows: int = 256) -> npt.NDArray[np.int32]:

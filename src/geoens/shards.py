@@ -49,28 +49,8 @@ def list_shards(shards_dir: str | Path) -> list[Path]:
 
 
 def _shard_id_array(path: Path) -> pa.Array:
-    """Ids of one shard as an Arrow string array (streaming; one record in memory at a time)."""
-    out: list[str] = []
-    end = 0  # byte after the last complete record
-    with open(path, "rb") as fh:
-        unpacker = msgpack.Unpacker(fh, raw=False, use_list=False, max_buffer_size=1 << 30)
-        try:
-            for index, rec in enumerate(unpacker):
-                if not isinstance(rec, dict) or "id" not in rec:
-                    raise ValueError(f"{path}: record {index} is not a map with an 'id'")
-                out.append(str(rec["id"]))
-                end = unpacker.tell()
-        except (msgpack.UnpackValueError, msgpack.ExtraData, ValueError) as exc:
-            if str(path) in str(exc):
-                raise
-            raise ValueError(f"{path}: corrupt msgpack record after {len(out)} ids: {exc}") from exc
-    size = path.stat().st_size
-    if end != size:  # the unpacker stops silently at a record cut short
-        raise ShardFormatError(
-            f"{path}: truncated record {len(out)} at byte {end} (file has {size} bytes; "
-            f"{len(out)} complete records before it)"
-        )
-    return pa.array(out, pa.string())
+    """Ids of one shard as an Arrow string array (one streaming pass, :func:`scan_records`)."""
+    return pa.array(scan_records(path)[0], pa.string())
 
 
 def shard_ids(shards_dir: str | Path, processes: int = 1) -> pa.Array:
@@ -120,12 +100,19 @@ def available_ids(path: str | Path, processes: int = 1) -> pa.Array:
     return shard_ids(root, processes) if has_shards else pa.array(folder_ids(root), pa.string())
 
 
-def _record_id(record: Any, shard: Path, offset: int) -> str:
+def _record_id(record: Any, shard: Path, index: int, offset: int) -> str:
+    """The id of one unpacked record (a text or bytes ``id`` key; bytes ids decoded as UTF-8).
+
+    Raises:
+        ShardFormatError: Naming the shard, the record's index and byte offset, if it is not a map with an id.
+
+    """
+    where = f"{shard}: record {index} (byte {offset})"
     if not isinstance(record, dict):
-        raise ShardFormatError(f"{shard} at byte {offset}: record is {type(record).__name__}, not a map")
+        raise ShardFormatError(f"{where} is {type(record).__name__}, not a map with an 'id'")
     rid = record.get("id", record.get(b"id"))
     if rid is None:
-        raise ShardFormatError(f"{shard} at byte {offset}: record has no 'id' key (keys {list(record)[:5]})")
+        raise ShardFormatError(f"{where} is not a map with an 'id' (keys {list(record)[:5]})")
     return rid.decode() if isinstance(rid, bytes) else str(rid)
 
 
@@ -151,7 +138,7 @@ def scan_records(path: Path) -> tuple[list[str], list[int], list[int]]:
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
                 raise ShardFormatError(f"{path} at byte {start}: cannot unpack ({exc})") from exc
             end = unpacker.tell()
-            ids.append(_record_id(record, path, start))
+            ids.append(_record_id(record, path, len(ids), start))
             offsets.append(start)
             lengths.append(end - start)
             start = end
@@ -194,7 +181,8 @@ def read_shards(path: str | Path) -> Iterator[tuple[str, bytes]]:
     """Yield ``(id, jpeg bytes)`` from one msgpack shard or from every ``*.msgpack`` in a folder (sorted).
 
     Raises:
-        ValueError: Naming the shard, on a record that is not a map with ``id`` and ``image``.
+        ShardFormatError: Naming the shard and record, on a record that is not a map with ``id`` and
+            ``image``.
 
     """
     p = Path(path)
@@ -202,7 +190,10 @@ def read_shards(path: str | Path) -> Iterator[tuple[str, bytes]]:
     for f in files:
         with open(f, "rb") as fh:
             unpacker = msgpack.Unpacker(fh, raw=False, max_buffer_size=1 << 30)
+            offset = 0
             for i, rec in enumerate(unpacker):
-                if not isinstance(rec, dict) or "id" not in rec or "image" not in rec:
-                    raise ValueError(f"{f}: record {i} is not a map with 'id' and 'image'")
-                yield str(rec["id"]), bytes(rec["image"])
+                rid = _record_id(rec, f, i, offset)
+                if "image" not in rec:
+                    raise ShardFormatError(f"{f}: record {i} (byte {offset}) has no 'image'")
+                yield rid, bytes(rec["image"])
+                offset = unpacker.tell()

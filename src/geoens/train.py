@@ -47,9 +47,9 @@ from geoens.data import (
     ShardSource,
     collate_skip,
     make_transforms,
-    read_label_parts,
 )
 from geoens.io import atomic_path, write_json
+from geoens.labeltable import read_label_table
 from geoens.logs import setup_logging
 from geoens.models import MultiHeadNet, build_model, hierarchical_combine
 from geoens.training import runtime
@@ -328,11 +328,11 @@ def prediction_dataset(
 
     """
     if dataset == "val":
-        table = read_label_parts(labels, ["image_id", "split"])
+        table = read_label_table(labels, ["image_id", "split"])
         ids = sorted(table.loc[table["split"] == "val", "image_id"].astype(str))
         index = load_or_build_index(images, shard_index, write=False)
         return ShardSource(images, index), ids
-    table = read_label_parts(labels, ["image_id"])
+    table = read_label_table(labels, ["image_id"])
     return FolderSource(images), table["image_id"].astype(str).tolist()
 
 

@@ -15,3 +15,5 @@ IntArray = npt.NDArray[np.int64]
 I32Array = npt.NDArray[np.int32]
 #: bool arrays (masks, flags).
 BoolArray = npt.NDArray[np.bool_]
+#: uint64 arrays (S2 cell ids).
+U64Array = npt.NDArray[np.uint64]

@@ -43,14 +43,17 @@ def _ls_bucket_of(pop: F64, sampled: F64) -> npt.NDArray[np.int64]:
     """Population buckets 0..3 for the contact sheets, edges from the ``sampled`` values (one bucket rule).
 
     The edges are :func:`geoens.buckets.ls_bucket_edges`' (equal steps in log10 between the smallest and the
-    largest positive sample), but a degenerate sample (no positive value, or all equal, as a one-image test
-    set gives) puts every image in bucket 0 instead of raising: the sheet is a picture, not a label.
+    largest positive sample) and :func:`geoens.buckets.bucketize` applies them; NaN counts as bucket 0. A
+    degenerate sample never raises (a one-image test set gives one): no positive value puts every image in
+    bucket 0, all positive values equal puts those at or above it in bucket 3.
     """
     pos = sampled[sampled > 0]
-    if pos.size == 0 or pos.max() == pos.min():
+    if pos.size == 0:
         return np.zeros(len(pop), np.int64)
+    if pos.max() == pos.min():
+        return np.where(pop >= pos.min(), 3, 0).astype(np.int64)
     edges = np.linspace(np.log10(pos.min()), np.log10(pos.max()), N_LS_BUCKETS + 1)
-    return bucketize(pop, edges).astype(np.int64)
+    return np.maximum(bucketize(pop, edges), 0).astype(np.int64)
 
 
 def train_ids(n: int, rng: np.random.Generator) -> list[str]:

@@ -17,7 +17,6 @@ import torch.nn.functional as F  # noqa: N812 (torch convention)
 from torch import Tensor
 
 from geoens.geoclip.location import (
-    FloatArray,
     GeoClipError,
     LocationEncoder,
     embed_locations,
@@ -27,6 +26,7 @@ from geoens.geoclip.location import (
 )
 from geoens.io import atomic_path
 from geoens.partitions import PartitionError, read_partition_csv
+from geoens.types import F32Array
 
 log = logging.getLogger("geoens.geoclip")
 
@@ -73,7 +73,7 @@ def _cache_key(partition: pd.DataFrame, weights_path: Path) -> str:
     return h.hexdigest()
 
 
-def write_cell_embeddings(path: str | Path, partition: pd.DataFrame, emb: FloatArray, key: str) -> None:
+def write_cell_embeddings(path: str | Path, partition: pd.DataFrame, emb: F32Array, key: str) -> None:
     """Write fine-cell embeddings as Parquet (one row per cell, ``embedding`` fixed-size list<float32>)."""
     flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
     table = pa.table(
@@ -89,7 +89,7 @@ def write_cell_embeddings(path: str | Path, partition: pd.DataFrame, emb: FloatA
         pq.write_table(table, tmp)
 
 
-def read_cell_embeddings(path: str | Path) -> tuple[FloatArray, str]:
+def read_cell_embeddings(path: str | Path) -> tuple[F32Array, str]:
     """Read a cell-embedding Parquet file: ``((n_cells, 512) float32 in class_label order, cache key)``.
 
     Raises:
@@ -109,7 +109,7 @@ def read_cell_embeddings(path: str | Path) -> tuple[FloatArray, str]:
     return emb, key
 
 
-def fixed_size_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> FloatArray:
+def fixed_size_list_to_numpy(column: pa.ChunkedArray | pa.Array) -> F32Array:
     """Convert a fixed-size-list<float32> column to a 2-D float32 array."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     width = arr.type.list_size
@@ -123,7 +123,7 @@ def cell_embeddings(
     encoder: LocationEncoder | None = None,
     weights_path: str | Path | None = None,
     batch_size: int = 4096,
-) -> FloatArray:
+) -> F32Array:
     """L2-normalised GeoCLIP embeddings of each fine cell's mean location, cached once per partition.
 
     The cache file stores a key (hash of the cells' labels and mean locations, of the encoder weights file
@@ -173,7 +173,7 @@ def score_cells(
     image_embeddings: npt.ArrayLike | Tensor,
     cell_embeddings: npt.ArrayLike | Tensor,
     logit_scale: float,
-) -> FloatArray:
+) -> F32Array:
     """Cell probabilities ``softmax(logit_scale * cos(image embedding, cell embedding))``.
 
     Args:
@@ -198,5 +198,5 @@ def score_cells(
     if not math.isfinite(logit_scale) or logit_scale <= 0:
         raise GeoClipError(f"logit_scale must be a positive number, got {logit_scale}")
     logits = logit_scale * (F.normalize(img, dim=1) @ F.normalize(cells, dim=1).T)
-    probs: FloatArray = torch.softmax(logits, dim=1).numpy().astype(np.float32)
+    probs: F32Array = torch.softmax(logits, dim=1).numpy().astype(np.float32)
     return probs

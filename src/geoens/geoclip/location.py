@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch convention)
 from torch import Tensor, nn
 
+from geoens.types import F32Array
+
 log = logging.getLogger("geoens.geoclip")
 
 #: Size of GeoCLIP's shared image/location embedding.
@@ -25,8 +27,6 @@ DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 16.0, 256.0)
 CAPSULE_WIDTH = 1024
 #: Number of random Fourier frequencies per capsule (cos + sin gives 2x this).
 RFF_SIZE = 256
-
-FloatArray = npt.NDArray[np.float32]
 
 
 class GeoClipError(ValueError):
@@ -61,7 +61,7 @@ def gps_gallery_path() -> Path:
     return geoclip_package_dir() / "model" / "gps_gallery" / "coordinates_100K.csv"
 
 
-def load_gps_gallery(path: str | Path | None = None) -> FloatArray:
+def load_gps_gallery(path: str | Path | None = None) -> F32Array:
     """GeoCLIP's GPS gallery as an ``(n, 2)`` float32 array of ``(lat, lon)`` degrees.
 
     Raises:
@@ -214,7 +214,7 @@ def embed_locations(
     encoder: LocationEncoder | None = None,
     batch_size: int = 4096,
     normalize: bool = True,
-) -> FloatArray:
+) -> F32Array:
     """Embed GPS points with GeoCLIP's location encoder, in batches.
 
     Args:

@@ -26,9 +26,8 @@ from geoens.data import (
     ShardSource,
     collate_skip,
     make_transforms,
-    read_label_parts,
 )
-from geoens.geoclip.location import FloatArray, GeoClipError, load_logit_scale
+from geoens.geoclip.location import GeoClipError, load_logit_scale
 from geoens.geoclip.towers import DEFAULT_CLIP_MODEL, ClipImageTower, clip_transform, iter_probs
 from geoens.geoclip.training import (
     TOWER_CHECKPOINT_VERSION,
@@ -40,10 +39,12 @@ from geoens.geoclip.training import (
 )
 from geoens.imagecache import CachedLoader, ImageCache, SeededOrder, load_image_cache
 from geoens.io import atomic_path
+from geoens.labeltable import read_label_table
 from geoens.models import backbone_norm
 from geoens.train import prediction_dataset
 from geoens.training.predictions import with_progress, write_predictions, write_skipped
 from geoens.training.runtime import load_or_build_index, resolve_device
+from geoens.types import F32Array
 
 log = logging.getLogger("geoens.geoclip")
 
@@ -60,7 +61,7 @@ def read_split(labels: str | Path, split: str | None) -> pd.DataFrame:
 
     """
     cols = ["image_id", "lat", "lon"] + (["split"] if split is not None else [])
-    df = read_label_parts(labels, columns=cols)
+    df = read_label_table(labels, columns=cols)
     if split is not None:
         df = df[df["split"] == split]
     if df.empty:
@@ -283,7 +284,7 @@ def load_image_tower(
 def run_predict(
     source: ImageSource,
     image_ids: Sequence[str],
-    cells: FloatArray,
+    cells: F32Array,
     tower: nn.Module,
     logit_scale: float,
     transform: Any,
@@ -320,7 +321,7 @@ def run_predict(
     dev = resolve_device(device)
     skipped: list[str] = []
     batches = id_batches(source, image_ids, transform, batch_size, num_workers, skipped)
-    chunks: Iterable[tuple[list[str], FloatArray]] = iter_probs(tower, batches, cells, logit_scale, dev)
+    chunks: Iterable[tuple[list[str], F32Array]] = iter_probs(tower, batches, cells, logit_scale, dev)
     if show_progress:
         chunks = with_progress(chunks, len(image_ids), batch_size, "geoclip")
     n = write_predictions(out, chunks, cells.shape[0])

@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from torchvision import transforms as T  # noqa: N812 (torchvision convention)
 
 from geoens.geoclip.cells import score_cells
-from geoens.geoclip.location import EMBED_DIM, FloatArray, weights_dir
+from geoens.geoclip.location import EMBED_DIM, weights_dir
 from geoens.models import build_backbone
+from geoens.types import F32Array
 
 log = logging.getLogger("geoens.geoclip")
 
@@ -166,7 +167,7 @@ def clip_transform() -> Callable[[Any], Tensor]:
 @torch.no_grad()
 def embed_images(
     tower: nn.Module, batches: Iterable[tuple[Tensor, Sequence[str]]], device: str | torch.device = "cpu"
-) -> Iterator[tuple[list[str], FloatArray]]:
+) -> Iterator[tuple[list[str], F32Array]]:
     """Yield ``(image_ids, (B, 512) float32 embeddings)`` per batch of ``(images, ids)``."""
     tower = tower.to(device).eval()
     for images, ids in batches:
@@ -177,10 +178,10 @@ def embed_images(
 def iter_probs(
     tower: nn.Module,
     batches: Iterable[tuple[Tensor, Sequence[str]]],
-    cells: FloatArray,
+    cells: F32Array,
     logit_scale: float,
     device: str | torch.device = "cpu",
-) -> Iterator[tuple[list[str], FloatArray]]:
+) -> Iterator[tuple[list[str], F32Array]]:
     """Yield ``(image_ids, (B, n_cells) float32)`` cell probabilities per batch.
 
     The cell embeddings ``cells`` are computed once (:func:`cell_embeddings`) and reused for every batch.
@@ -193,13 +194,13 @@ def iter_probs(
 def predict_probs(
     tower: nn.Module,
     batches: Iterable[tuple[Tensor, Sequence[str]]],
-    cells: FloatArray,
+    cells: F32Array,
     logit_scale: float,
     device: str | torch.device = "cpu",
-) -> tuple[list[str], FloatArray]:
+) -> tuple[list[str], F32Array]:
     """Cell probabilities of every image in memory: ``(image_ids, (N, n_cells) float32)``."""
     ids: list[str] = []
-    parts: list[FloatArray] = []
+    parts: list[F32Array] = []
     for batch_ids, probs in iter_probs(tower, batches, cells, logit_scale, device):
         ids.extend(batch_ids)
         parts.append(probs)

@@ -19,7 +19,6 @@ from geoens.checkpoint import Checkpointer, ProgressLog, rng_state, set_rng_stat
 from geoens.constants import PROGRESS_EVERY_S
 from geoens.geoclip.location import (
     EMBED_DIM,
-    FloatArray,
     GeoClipError,
     LocationEncoder,
     file_sha256,
@@ -32,6 +31,7 @@ from geoens.geoclip.towers import TrainedImageTower
 from geoens.io import atomic_path
 from geoens.training.config import TrainerConfig
 from geoens.training.runtime import resolve_device
+from geoens.types import F32Array
 
 log = logging.getLogger("geoens.geoclip")
 
@@ -182,7 +182,7 @@ class TowerRun:
 
 
 def tower_negatives(
-    cfg: TowerTrainConfig, enc: LocationEncoder, gal: FloatArray, device: torch.device
+    cfg: TowerTrainConfig, enc: LocationEncoder, gal: F32Array, device: torch.device
 ) -> tuple[Tensor, GpsQueue]:
     """Embeddings of the seeded gallery sample (fixed negatives) and the queue filled from the gallery."""
     rng = np.random.default_rng(cfg.seed)
@@ -198,7 +198,7 @@ def tower_negatives(
 def start_tower_run(
     cfg: TowerTrainConfig,
     encoder: LocationEncoder | None,
-    gallery: FloatArray | None,
+    gallery: F32Array | None,
     checkpoint: Checkpointer | None,
     progress: ProgressLog,
 ) -> TowerRun:
@@ -349,7 +349,7 @@ def train_tower(
     val_batches: Callable[[], Iterable[GpsBatch]] | None,
     cfg: TowerTrainConfig,
     encoder: LocationEncoder | None = None,
-    gallery: FloatArray | None = None,
+    gallery: F32Array | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     *,
     checkpoint: Checkpointer | None = None,

@@ -21,9 +21,9 @@ from geoens.data import (
     ShardSource,
     collate_skip,
     make_transforms,
-    read_label_parts,
 )
 from geoens.imagecache import CachedLoader, ImageCache, load_image_cache
+from geoens.labeltable import read_label_table
 from geoens.models import GEOEST_HEADS, backbone_norm
 from geoens.partitions import read_hierarchy, read_partition_csv
 from geoens.training.config import (
@@ -248,7 +248,7 @@ def load_data(
         TrainingError: If no training row is left or no label id is in the shards.
 
     """
-    table = read_label_parts(labels)
+    table = read_label_table(labels)
     rows, targets = select_rows(table, model)
     heads, hierarchy = label_heads(model, targets, partitions_dir)
     train_idx, val_idx, train_ids, val_ids = split_rows(rows, cfg, seed, model, labels)
