@@ -160,6 +160,12 @@ def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
         "    for k in keys:\n"
         "        node = node[k]\n"
         "    return json.dumps(node, sort_keys=True)\n"
+        # the upstream rules evaluate.smk names (rules.<name>.output.<key>), their outputs faked above
+        "rule partitions:\n    output:\n        fine='results/partitions/fine.csv',\n"
+        "rule mask_s2:\n    output:\n        absorption='results/masks/s2_absorption.parquet',\n"
+        "rule atoms:\n    output:\n        atoms='results/atoms/atoms.parquet',\n"
+        "        index='results/atoms/atom_index.tif',\n"
+        "rule relabel_testset:\n    output:\n        labels='results/labels/testsets/{testset}.parquet',\n"
         f"include: '{repo}/rules/evaluate.smk'\n"
     )
     targets = [
