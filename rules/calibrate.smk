@@ -6,14 +6,14 @@ from geoens.calibrate import method_slugs
 CAL_SLUGS = method_slugs()
 CAL_JSONS = expand("results/calibration/{slug}.json", slug=CAL_SLUGS)
 CAL_COMMON = {
-    "atoms": rules.atoms.output.atoms,
-    "atom_index": rules.atoms.output.index,
-    "absorption": rules.mask_s2.output.absorption,
-    "fine": rules.partitions.output.fine,
+    "atoms": upstream(rules.atoms.output.atoms),
+    "atom_index": upstream(rules.atoms.output.index),
+    "absorption": upstream(rules.mask_s2.output.absorption),
+    "fine": upstream(rules.partitions.output.fine),
 }
 CAL_VAL = {
     **CAL_COMMON,
-    "labels": rules.relabel_train.output.shards,
+    "labels": upstream(rules.relabel_train.output.shards),
     **{m: f"results/predictions/val/{m}.parquet" for m in PRED_MODELS},
 }
 CAL_EVALUATE = json.dumps(
@@ -48,7 +48,7 @@ rule tempered_fit:
 rule conformal_scores:
     input:
         **CAL_VAL,
-        tempered=rules.tempered_fit.output.weights,
+        tempered=upstream(rules.tempered_fit.output.weights),
     output:
         scores="results/calibration/scores/val.parquet",
     log:
@@ -71,8 +71,8 @@ rule conformal_scores:
 
 rule calibrate:
     input:
-        scores=rules.conformal_scores.output.scores,
-        tempered=rules.tempered_fit.output.weights,
+        scores=upstream(rules.conformal_scores.output.scores),
+        tempered=upstream(rules.tempered_fit.output.weights),
     output:
         calibration=CAL_JSONS,
     log:
@@ -99,8 +99,8 @@ rule coverage:
     input:
         **CAL_COMMON,
         **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
-        labels=rules.relabel_testset.output.labels,
-        tempered=rules.tempered_fit.output.weights,
+        labels=upstream(rules.relabel_testset.output.labels),
+        tempered=upstream(rules.tempered_fit.output.weights),
         calibration=CAL_JSONS,
     output:
         scores="results/calibration/{testset}/scores.parquet",
@@ -125,9 +125,9 @@ rule coverage:
 
 rule coverage_table:
     input:
-        scores=rules.coverage.output.scores,
-        regions=rules.coverage.output.regions,
-        tempered=rules.tempered_fit.output.weights,
+        scores=upstream(rules.coverage.output.scores),
+        regions=upstream(rules.coverage.output.regions),
+        tempered=upstream(rules.tempered_fit.output.weights),
     output:
         coverage_csv="results/tables/{testset}_coverage.csv",
         coverage_md="results/tables/{testset}_coverage.md",

@@ -55,6 +55,17 @@ def all_tables():
     ) + ["results/tables/training.csv", "results/tables/training.md"]
 
 
+def upstream(output):
+    """An upstream rule's output, named as `rules.<name>.output.<key>`, as a plain path for an input.
+
+    An input linked to the upstream rule makes the job's own Snakemake on a cluster node build the upstream
+    job too (bypassing its --allowed-rules) and re-check its params, so an upstream folder fingerprint taken
+    before the folder existed reruns it there (tests/test_cluster.py). A plain path is matched to its
+    producer by name, as Snakemake does for every other input.
+    """
+    return str(output)
+
+
 def by_attempt(base, growth):
     """Resource callable: `base` (a number or a function of the wildcards) on the first attempt, and
     `growth * base` more for each retry (Snakemake passes `attempt`, 1 on the first run; profiles set
@@ -73,15 +84,15 @@ def by_attempt(base, growth):
 def train_inputs(wildcards):
     """Label shards, the image shards and their index, and the partitions (geoest only)."""
     inputs = {
-        "labels": rules.relabel_train.output.shards,
+        "labels": upstream(rules.relabel_train.output.shards),
         "shards": config["inputs"]["train"]["shards_dir"],
-        "index": rules.shard_index.output.index,
+        "index": upstream(rules.shard_index.output.index),
         **IMAGE_CACHE_INPUT,
     }
     if wildcards.model == "geoest":
         inputs.update(
-            {lv: getattr(rules.partitions.output, lv) for lv in LEVELS},
-            hierarchy=rules.partitions.output.hierarchy,
+            {lv: upstream(getattr(rules.partitions.output, lv)) for lv in LEVELS},
+            hierarchy=upstream(rules.partitions.output.hierarchy),
         )
     return inputs
 
@@ -93,16 +104,16 @@ def prediction_inputs(wildcards):
     """
     model = getattr(wildcards, "model", "geoclip")
     if model == "geoclip":
-        inputs = {"cells": rules.geoclip_cells.output.emb}
+        inputs = {"cells": upstream(rules.geoclip_cells.output.emb)}
         if GEOCLIP_TRAINED:
-            inputs["model"] = rules.geoclip_tower.output.model
+            inputs["model"] = upstream(rules.geoclip_tower.output.model)
     else:
         inputs = {"model": f"results/models/{model}/model.pt"}
     if wildcards.dataset == "val":
         inputs.update(
             images=config["inputs"]["train"]["shards_dir"],
-            labels=rules.relabel_train.output.shards,
-            index=rules.shard_index.output.index,
+            labels=upstream(rules.relabel_train.output.shards),
+            index=upstream(rules.shard_index.output.index),
         )
     else:
         inputs.update(

@@ -3,11 +3,11 @@
 # sets, bootstrap 95% intervals) and figures.
 
 EVAL_INPUTS = {
-    "atoms": rules.atoms.output.atoms,
-    "atom_index": rules.atoms.output.index,
-    "absorption": rules.mask_s2.output.absorption,
-    "fine": rules.partitions.output.fine,
-    "labels": rules.relabel_testset.output.labels,
+    "atoms": upstream(rules.atoms.output.atoms),
+    "atom_index": upstream(rules.atoms.output.index),
+    "absorption": upstream(rules.mask_s2.output.absorption),
+    "fine": upstream(rules.partitions.output.fine),
+    "labels": upstream(rules.relabel_testset.output.labels),
     **{m: f"results/predictions/{{testset}}/{m}.parquet" for m in PRED_MODELS},
 }
 
@@ -44,7 +44,7 @@ EVAL_PER_IMAGE = {
 
 rule tables:
     input:
-        per_image=rules.evaluate.output.per_image,
+        per_image=upstream(rules.evaluate.output.per_image),
     output:
         original_csv="results/tables/{testset}_original.csv",
         original_md="results/tables/{testset}_original.md",

@@ -10,7 +10,7 @@ GEOCLIP_TRAINED = config["geoclip"]["image_tower"] == "trained"
 
 rule geoclip_cells:
     input:
-        fine=rules.partitions.output.fine,
+        fine=upstream(rules.partitions.output.fine),
     output:
         emb="results/geoclip/cell_embeddings.parquet",
     log:
@@ -33,8 +33,8 @@ rule geoclip_tower:
     input:
         **IMAGE_CACHE_INPUT,
         shards=config["inputs"]["train"]["shards_dir"],
-        labels=rules.relabel_train.output.shards,
-        index=rules.shard_index.output.index,
+        labels=upstream(rules.relabel_train.output.shards),
+        index=upstream(rules.shard_index.output.index),
     output:
         model=protected("results/models/geoclip_tower/model.pt"),
         metrics="results/models/geoclip_tower/metrics.csv",

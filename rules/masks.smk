@@ -5,7 +5,7 @@
 rule mask_ls:
     input:
         landscan=config["inputs"]["landscan"],
-        edges=rules.relabel_train.output.edges,
+        edges=upstream(rules.relabel_train.output.edges),
     output:
         tif="results/masks/ls.tif",
         png="results/masks/ls.png",
@@ -51,7 +51,7 @@ rule mask_lc:
 
 rule mask_s2:
     input:
-        fine=rules.partitions.output.fine,
+        fine=upstream(rules.partitions.output.fine),
     output:
         tif="results/masks/s2_fine.tif",
         absorption="results/masks/s2_absorption.parquet",
@@ -74,9 +74,9 @@ rule mask_s2:
 
 rule atoms:
     input:
-        s2=rules.mask_s2.output.tif,
-        ls=rules.mask_ls.output.tif,
-        lc=rules.mask_lc.output.tif,
+        s2=upstream(rules.mask_s2.output.tif),
+        ls=upstream(rules.mask_ls.output.tif),
+        lc=upstream(rules.mask_lc.output.tif),
     output:
         atoms="results/atoms/atoms.parquet",
         index="results/atoms/atom_index.tif",

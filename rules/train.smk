@@ -40,7 +40,7 @@ rule shard_index:
 rule image_cache:
     input:
         shards=config["inputs"]["train"]["shards_dir"],
-        index=rules.shard_index.output.index,
+        index=upstream(rules.shard_index.output.index),
     output:
         cache=directory("results/models/image_cache"),
     log:
@@ -61,7 +61,7 @@ rule image_cache:
 
 # The image cache as an input of the training jobs (rules train and geoclip_tower), when it is used.
 IMAGE_CACHE_INPUT = (
-    {"image_cache": rules.image_cache.output.cache} if USE_IMAGE_CACHE else {}
+    {"image_cache": upstream(rules.image_cache.output.cache)} if USE_IMAGE_CACHE else {}
 )
 
 
