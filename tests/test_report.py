@@ -160,6 +160,8 @@ def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
         "    for k in keys:\n"
         "        node = node[k]\n"
         "    return json.dumps(node, sort_keys=True)\n"
+        "def upstream(output):\n"
+        "    return str(output)\n"
         # the upstream rules evaluate.smk names (rules.<name>.output.<key>), their outputs faked above
         "rule partitions:\n    output:\n        fine='results/partitions/fine.csv',\n"
         "rule mask_s2:\n    output:\n        absorption='results/masks/s2_absorption.parquet',\n"
