@@ -50,7 +50,7 @@ def list_shards(shards_dir: str | Path) -> list[Path]:
 
 def _shard_id_array(path: Path) -> pa.Array:
     """Ids of one shard as an Arrow string array (one streaming pass, :func:`scan_records`)."""
-    return pa.array(scan_records(path)[0], pa.string())
+    return pa.array(scan_records(path, offsets=False)[0], pa.string())
 
 
 def shard_ids(shards_dir: str | Path, processes: int = 1) -> pa.Array:
@@ -116,40 +116,47 @@ def _record_id(record: Any, shard: Path, index: int, offset: int) -> str:
     return rid.decode() if isinstance(rid, bytes) else str(rid)
 
 
-def scan_records(path: Path) -> tuple[list[str], list[int], list[int]]:
+def scan_records(path: Path, offsets: bool = True) -> tuple[list[str], list[int], list[int]]:
     """(ids, offsets, lengths) of every record of one shard, in file order (one streaming pass).
 
+    Args:
+        path: The shard.
+        offsets: Also collect each record's byte offset and length (the shard index needs them; listing the
+            ids does not, and the two lists are then empty).
+
     Raises:
-        ShardFormatError: On a record that is not a map with an id (naming shard and byte offset), or on
-            a truncated shard.
+        ShardFormatError: On a record that is not a map with an id (naming shard, record and byte offset),
+            on bytes that do not unpack, or on a truncated shard.
 
     """
     ids: list[str] = []
-    offsets: list[int] = []
+    starts: list[int] = []
     lengths: list[int] = []
+    start = 0
     with open(path, "rb") as fh:
         unpacker = msgpack.Unpacker(fh, raw=False, max_buffer_size=1 << 30)
-        start = 0
-        while True:
-            try:
-                record = unpacker.unpack()
-            except msgpack.OutOfData:
-                break
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-                raise ShardFormatError(f"{path} at byte {start}: cannot unpack ({exc})") from exc
-            end = unpacker.tell()
-            ids.append(_record_id(record, path, len(ids), start))
-            offsets.append(start)
-            lengths.append(end - start)
-            start = end
-        size = path.stat().st_size
-        if start != size:
-            n_done = len(ids)
-            raise ShardFormatError(
-                f"{path}: truncated record {n_done} at byte {start} (file has {size} bytes; "
-                f"{n_done} complete records before it)"
-            )
-    return ids, offsets, lengths
+        try:
+            for record in unpacker:  # stops silently at a record cut short: checked below
+                end = unpacker.tell()
+                rid = record.get("id") if type(record) is dict else None
+                if type(rid) is not str:  # bytes or other ids, and every error: the one slow path
+                    rid = _record_id(record, path, len(ids), start)
+                ids.append(rid)
+                if offsets:
+                    starts.append(start)
+                    lengths.append(end - start)
+                start = end
+        except ShardFormatError:
+            raise
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ShardFormatError(f"{path} at byte {start}: cannot unpack ({exc})") from exc
+    size = path.stat().st_size
+    if start != size:
+        raise ShardFormatError(
+            f"{path}: truncated record {len(ids)} at byte {start} (file has {size} bytes; "
+            f"{len(ids)} complete records before it)"
+        )
+    return ids, starts, lengths
 
 
 def record_image(data: bytes) -> bytes | None:
