@@ -43,10 +43,10 @@ bench-small: $(STAMP)
 
 # The real-data path at full size on synthetic inputs in the real layouts (README, "Rehearsal").
 rehearsal: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.rehearsal rehearsal --run
+	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.demo.rehearsal rehearsal --run
 
 rehearsal-small: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.rehearsal rehearsal-small --scale 20 --geotags 20000 --run
+	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.demo.rehearsal rehearsal-small --scale 20 --geotags 20000 --run
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html

@@ -7,7 +7,7 @@ min_version("9.0")
 
 # The config: `--configfile my.yaml` (complete on its own; missing keys take the schema's defaults), or the
 # demo world's config.yaml when no config file is given. rules/common.smk builds it with
-# geoens.config.effective_config, the function `geoens validate` uses.
+# geoens.core.config.effective_config, the function `geoens validate` uses.
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/labels.smk"

@@ -3,7 +3,8 @@
 A synthetic world at the demo grid's size (180 x 360, ``--cells`` S2 cells in blocks, smooth-ish LS / LC
 labels) gives the atom groups of ``+LS+LC``. Timed, on random predictions:
 
-* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluator.evaluate_groups` without the
+* baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluation.evaluator.evaluate_groups`
+without the
   top-1), the evaluation the workflow already runs;
 * calibration + regions: upper sets, the conformal scores ``A(g)``, ``M(g)`` of ``--cal`` calibration
   images, the thresholds of 4 levels x (global + 4 buckets) x (fixed, adaptive), and the region areas and
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from geoens.atoms import AtomTable, atoms_from_rasters
-from geoens.conformal import conformal_quantile, hit_scores, region_areas, upper_sets
-from geoens.constants import COVERAGE_LEVELS, N_CLASSES
-from geoens.evaluator import Evaluator, evaluate_groups
-from geoens.grid import Grid
-from geoens.rva import group_scores_t
+from geoens.core.constants import COVERAGE_LEVELS, N_CLASSES
+from geoens.core.grid import Grid
+from geoens.evaluation.conformal import conformal_quantile, hit_scores, region_areas, upper_sets
+from geoens.evaluation.evaluator import Evaluator, evaluate_groups
+from geoens.evaluation.rva import group_scores_t
+from geoens.geo.atoms import AtomTable, atoms_from_rasters
 
 REPO = Path(__file__).resolve().parents[1]
 

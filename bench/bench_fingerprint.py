@@ -1,4 +1,4 @@
-"""Benchmark the input-folder fingerprint (``geoens.io.folder_fingerprint``) at 10^5 and 10^6 files.
+"""Benchmark the input-folder fingerprint (``geoens.core.io.folder_fingerprint``) at 10^5 and 10^6 files.
 
     python bench/bench_fingerprint.py            # 100,000 and 1,000,000 files
     python bench/bench_fingerprint.py --small    # 10,000 and 100,000 files
@@ -6,7 +6,8 @@
 The files (a few bytes each, 1,000 per subfolder, like an image folder of MP-16 size) are written to a
 temporary folder under /tmp and deleted at the end. Each rule that reads an image or shard folder carries its
 fingerprint as a Snakemake param, so it is computed when Snakemake builds the DAG (once per process, cached).
-Baseline measured in the same run: listing the same file names with ``geoens.shards.folder_ids`` (what the
+Baseline measured in the same run: listing the same file names with ``geoens.data.shards.folder_ids`` (what
+the
 relabel stage does anyway to find the images that exist), so the ratio is the cost of the extra ``stat`` per
 file and the hashing. Both run with a warm page cache (the files were just written); a cold cache on a
 network file system costs more for both. Results go to ``bench/out/bench_fingerprint[_small].json``.
@@ -22,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from geoens import io
-from geoens.shards import folder_ids
+from geoens.core import io
+from geoens.data.shards import folder_ids
 
 PER_FOLDER = 1000
 

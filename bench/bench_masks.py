@@ -94,7 +94,7 @@ def land_of(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 
 def make_landscan(path: Path, h: int, w: int) -> None:
-    from geoens.constants import LANDSCAN_NODATA
+    from geoens.core.constants import LANDSCAN_NODATA
 
     lon = -180 + (np.arange(w) + 0.5) * 360 / w
     # heavy-tailed people counts from uniform uint16 through a quantile table (half the cells empty)
@@ -159,9 +159,9 @@ def synthetic_partition(path: Path) -> None:
 
 
 def step(name: str, work: Path, h: int) -> dict[str, float]:
-    from geoens import atoms, landcover, masks, rasters, s2, s2mask
-    from geoens.grid import Grid
-    from geoens.partitions import read_partition_csv
+    from geoens.core.grid import Grid
+    from geoens.geo import atoms, landcover, masks, rasters, s2, s2mask
+    from geoens.geo.partitions import read_partition_csv
 
     g = Grid(h, 2 * h)
     m = work / "masks"
@@ -236,12 +236,12 @@ def eval_step(work: Path, m: Path, g: object, n_img: int = 2048) -> dict[str, fl
     """Evaluation on the written atoms: CPU per image-method, set-up costs (see the module docstring)."""
     import pandas as pd
 
-    from geoens.atoms import read_atoms
-    from geoens.constants import N_CLASSES
-    from geoens.evaluation import read_absorption
-    from geoens.evaluator import Evaluator
-    from geoens.lookup import TiledPixelLookup, open_pixel_lookup
-    from geoens.methods import all_methods
+    from geoens.core.constants import N_CLASSES
+    from geoens.evaluation.evaluator import Evaluator
+    from geoens.evaluation.methods import all_methods
+    from geoens.evaluation.testset import read_absorption
+    from geoens.geo.atoms import read_atoms
+    from geoens.geo.lookup import TiledPixelLookup, open_pixel_lookup
 
     res: dict[str, float] = {}
     t = time.perf_counter()

@@ -8,7 +8,8 @@ GeoTIFFs with blocky, land-like content (70 % ocean, nodata / water), a metadata
 tiny "images". The relabel (rule ``relabel_train``: list shard ids, read and clean metadata, sample both
 rasters at native resolution, S2 cells, buckets, split, cap, write Parquet shards) runs in a fresh child
 process, whose wall time and peak RSS are reported; the partition build is timed too. Baselines measured in
-the same run: the full-width row-strip sampler of ``geoens.rasters.NativeRaster.sample`` on the same points
+the same run: the full-width row-strip sampler of ``geoens.geo.rasters.NativeRaster.sample`` on the same
+points
 (what ``read_pixels`` improves on for tiled files) and rasterio's per-point ``sample`` on a subset.
 Target (2 cores): relabel <= 60 s and <= 4 GB. Results go to ``bench/out/bench_relabel[_small].json``.
 """
@@ -138,8 +139,9 @@ def make_inputs(root: Path, size: dict) -> dict[str, Path]:
 
 def worker(root: Path, out_json: Path) -> None:
     """Child process: time partitions, then the relabel, then the baselines (after the relabel's peak)."""
-    from geoens import labels, metadata, partitions, shards
-    from geoens.rasters import open_checked
+    from geoens.data import metadata, shards
+    from geoens.geo import labels, partitions
+    from geoens.geo.rasters import open_checked
 
     res: dict = {}
     names = {"ls": "landscan.tif", "lc": "landcover.tif", "meta": "metadata.csv", "shards": "shards"}

@@ -2,7 +2,8 @@
 
 Grid 5400 x 10800 (``--small``: 540 x 1080; ``--height``: any) with the real fine S2 partition
 (GeoEstimation's cells_50_1000.csv from the peer data, ``$GEOENS_PEERS`` or ``../shared/reference/peers``,
-rasterised by ``geoens.s2mask``; a synthetic block partition, with a message, when the file is absent) and two
+rasterised by ``geoens.geo.s2mask``; a synthetic block partition, with a message, when the file is absent)
+and two
 synthetic attribute worlds:
 
 * ``smooth``: LS and LC as argmax of smooth random fields (few LS x LC tuples per S2 cell);
@@ -41,13 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from geoens.atoms import AtomTable, build_atoms
-from geoens.constants import N_CLASSES
-from geoens.evaluator import Evaluator
-from geoens.grid import Grid
-from geoens.lookup import PixelLookup
-from geoens.methods import Method, all_methods
-from geoens.rva import evaluate_groups_dense
+from geoens.core.constants import N_CLASSES
+from geoens.core.grid import Grid
+from geoens.evaluation.evaluator import Evaluator
+from geoens.evaluation.methods import Method, all_methods
+from geoens.evaluation.rva import evaluate_groups_dense
+from geoens.geo.atoms import AtomTable, build_atoms
+from geoens.geo.lookup import PixelLookup
 
 REPO = Path(__file__).resolve().parents[1]
 #: Peer data folder (its README lists the files): ``$GEOENS_PEERS``, else ``../shared/reference/peers``.
@@ -117,8 +118,8 @@ def smooth_field(grid: Grid, rng: np.random.Generator, coarse: int) -> np.ndarra
 def s2_labels(grid: Grid) -> tuple[np.ndarray, int, tuple[np.ndarray, np.ndarray], str]:
     """The fine partition rasterised on the grid, its size and absorption; synthetic blocks without it."""
     if CELLS.exists():
-        from geoens.partitions import read_partition_csv
-        from geoens.s2mask import absorption_table, rasterize_partition
+        from geoens.geo.partitions import read_partition_csv
+        from geoens.geo.s2mask import absorption_table, rasterize_partition
 
         part = read_partition_csv(CELLS)
         base = grid if grid.height <= 5400 else Grid(5400, 10800)
@@ -351,7 +352,7 @@ def main() -> None:
     }  # fmt: skip
     print(f"grid {h} x {2 * h}: {s2_info[1]} cells ({s2_info[3]}) in {res['t_s2_s']:.1f} s")
     if args.backend == "torch":
-        from geoens.rva_fast import torch_device
+        from geoens.evaluation.rva_fast import torch_device
 
         res["device"] = str(torch_device(args.device))
     for kind in args.world:

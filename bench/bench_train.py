@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from geoens.data import (
+from geoens.models.datasets import (
     AugmentConfig,
     ImageDataset,
     ShardIndex,
@@ -44,8 +44,14 @@ from geoens.data import (
     decode_image,
     make_transforms,
 )
-from geoens.imagecache import CachedLoader, ImageCache, augment_batch, build_shard_cache, load_image_cache
-from geoens.models import backbone_norm, build_model
+from geoens.models.imagecache import (
+    CachedLoader,
+    ImageCache,
+    augment_batch,
+    build_shard_cache,
+    load_image_cache,
+)
+from geoens.models.nets import backbone_norm, build_model
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoens import atoms, masks, s2mask
-from geoens.constants import CAP_AREAS_KM2
-from geoens.evaluation import evaluate_testset
-from geoens.grid import Grid
-from geoens.metrics import recall_at
+from geoens.core.constants import CAP_AREAS_KM2
+from geoens.core.grid import Grid
+from geoens.evaluation.metrics import recall_at
+from geoens.evaluation.testset import evaluate_testset
+from geoens.geo import atoms, masks, s2mask
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("ls", "lc", "geoest", "geoclip")

@@ -1,7 +1,7 @@
 # Calibrated search regions and the tempered ensemble (DESIGN section 9): tempered weights fitted on the
 # val split, conformal scores on val, thresholds per method / kind / level (the only rule that reads
 # calibrate.coverages and calibrate.fraction), then regions, coverage tables and the figure per test set.
-from geoens.calibrate import method_slugs
+from geoens.evaluation.calibrate import method_slugs
 
 CAL_SLUGS = method_slugs()
 CAL_JSONS = expand("results/calibration/{slug}.json", slug=CAL_SLUGS)

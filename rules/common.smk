@@ -1,8 +1,8 @@
 # Shared helpers: the effective config (validated before any job), input functions, names used by every stage.
 import json
 
-from geoens.config import check_inputs_exist, effective_config
-from geoens.io import check_writable, folder_fingerprint
+from geoens.core.config import check_inputs_exist, effective_config
+from geoens.core.io import check_writable, folder_fingerprint
 
 # The config of this run, by the one function `geoens validate` uses too: the user's --configfile(s), or the
 # demo's config.yaml only when none is given (never merged under a user's file), then --config values, then
@@ -127,7 +127,7 @@ def prediction_inputs(wildcards):
 # folder carry its fingerprint (names, sizes, mtimes of the files inside) as a param; with the profiles'
 # rerun-triggers (params) a changed, added or removed file reruns them and everything downstream.
 def shards_fingerprint(wildcards):
-    """Fingerprint of the training shards folder (`geoens.io.folder_fingerprint`)."""
+    """Fingerprint of the training shards folder (`geoens.core.io.folder_fingerprint`)."""
     return folder_fingerprint(config["inputs"]["train"]["shards_dir"])
 
 

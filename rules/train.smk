@@ -7,7 +7,7 @@
 # 75; the retry (more memory and time per attempt) resumes there. docs/cluster.md, "Time limits".
 
 
-from geoens.imagecache import image_cache_enabled
+from geoens.models.imagecache import image_cache_enabled
 
 TRAIN_MODELS = ["ls", "lc", "geoest"]
 # Threads of each training job: loader workers need cores; the cached path needs only torch's threads.

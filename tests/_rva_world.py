@@ -1,7 +1,7 @@
 """Small random worlds for the evaluation tests: label rasters, atoms, predictions, and a raster reference.
 
 The raster reference implements Algorithms 1-3 pixel by pixel on H x W arrays, independently of the atom
-code in ``geoens.rva`` (it shares nothing but the grid).
+code in ``geoens.evaluation.rva`` (it shares nothing but the grid).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from fakes import write_geotiff, write_partition_csv, write_prediction_parquet
-from geoens.atoms import AtomTable, atoms_from_rasters, build_atoms
-from geoens.constants import FAMILIES, LS_URBAN_BUCKETS
-from geoens.grid import Grid, latlon_to_xyz
-from geoens.methods import Method
-from geoens.s2mask import apply_absorption
+from geoens.core.constants import FAMILIES, LS_URBAN_BUCKETS
+from geoens.core.grid import Grid, latlon_to_xyz
+from geoens.evaluation.methods import Method
+from geoens.geo.atoms import AtomTable, atoms_from_rasters, build_atoms
+from geoens.geo.s2mask import apply_absorption
 
 N_CLS = {"ls": 4, "lc": 7}
 

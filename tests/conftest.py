@@ -36,15 +36,15 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
 
 @pytest.fixture(scope="session")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small rehearsal folder (``python -m geoens.rehearsal --scale 20``): the real input layouts at the
-    paths of config/paper.yaml, a ``my.yaml``, the workflow linked in. Skips without the peers' data."""
+    """A small rehearsal folder (``python -m geoens.demo.rehearsal --scale 20``): the real input layouts
+    at the paths of config/paper.yaml, a ``my.yaml``, the workflow linked in. Skips without peers' data."""
     if not PEERS.is_dir():
         pytest.skip(f"peers' reference data not found at {PEERS}")
     out = tmp_path_factory.mktemp("rehearsal") / "r"
     args = ["--scale", "20", "--geotags", "3000", "--places", "200", "--streetview", "50"]
     args += ["--workflow", str(REPO), "--peers", str(PEERS)]
     proc = subprocess.run(
-        [sys.executable, "-m", "geoens.rehearsal", str(out), *args],
+        [sys.executable, "-m", "geoens.demo.rehearsal", str(out), *args],
         capture_output=True, text=True, env=snakemake_env(), timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

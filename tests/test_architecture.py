@@ -1,6 +1,6 @@
 """The package's shape: no import circle, imports at the top, short functions, modules of one concept.
 
-These are the rules docs/ARCHITECTURE.md ("Where things live") states; this file keeps them true:
+These are the rules docs/ARCHITECTURE.md states; this file keeps them true:
 
 - the import graph of ``geoens`` (top-level and function-level imports alike) has no cycle;
 - a function-level import exists only to defer a heavy optional dependency (torch, matplotlib, ...),
@@ -8,7 +8,10 @@ These are the rules docs/ARCHITECTURE.md ("Where things live") states; this file
   comment on its line or the line above;
 - no module is longer than ``MAX_MODULE_LINES`` and no function has more than ``MAX_STATEMENTS``
   statements (nested functions count separately);
-- every module sits on a layer of the map in docs/ARCHITECTURE.md and imports only its own or lower layers;
+- every module lives in a subpackage (one folder per layer or concern: ``core``, ``data``, ``geo``, ...) and
+  is listed in docs/ARCHITECTURE.md; each subpackage's ``__init__.py`` docstring says which subpackages it may
+  import ("May import: ..."), the drawing at the top of docs/ARCHITECTURE.md says the same, those rules form
+  no cycle, and every import obeys them; only ``geoens.models`` imports torch at module level;
 - each file format is parsed in exactly one module (``FORMAT_HOMES``) and each public function or
   class name is defined in one module only.
 """
@@ -37,7 +40,7 @@ class Import:
     """One import statement found in a module."""
 
     module: str  # importing module, dotted below geoens ("labels", "geoclip.towers")
-    target: str  # imported module, absolute ("geoens.labels", "torch.nn")
+    target: str  # imported module, absolute ("geoens.geo.labels", "torch.nn")
     line: int
     function: str | None  # enclosing function, None at module level (incl. if/try blocks)
     type_checking: bool
@@ -57,11 +60,17 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def _is_module(dotted: str) -> bool:
+    return dotted.removeprefix("geoens.") in MODULES
+
+
 def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
     if node.level == 0:
         base = node.module or ""
-        if base == "geoens":
-            return [f"geoens.{a.name}" for a in node.names]
+        package = base.removeprefix("geoens").lstrip(".") or "__init__"
+        if base.split(".")[0] == "geoens" and MODULES.get(package, Path()).name == "__init__.py":
+            # ``from geoens.geo import s2`` imports the module geoens.geo.s2, not just the package
+            return [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
         return [base]
     pkg = ["geoens", *module.split(".")]
     is_pkg = MODULES.get(module, Path()).name == "__init__.py"
@@ -152,8 +161,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def heavy_modules() -> set[str]:
-    """geoens modules that import a HEAVY package at their top level, directly or through each other."""
+def heavy_modules(packages: frozenset[str] = HEAVY) -> set[str]:
+    """geoens modules that import one of ``packages`` at their top level, directly or through each other."""
     top: dict[str, set[str]] = {m: set() for m in MODULES}
     heavy: set[str] = set()
     for imp in ALL_IMPORTS:
@@ -162,7 +171,7 @@ def heavy_modules() -> set[str]:
         dep = _internal(imp.target)
         if dep is not None:
             top[imp.module].add(dep)
-        elif imp.target.split(".")[0] in HEAVY:
+        elif imp.target.split(".")[0] in packages:
             heavy.add(imp.module)
     changed = True
     while changed:
@@ -226,9 +235,9 @@ def test_module_is_short_and_its_functions_shorter(module: str) -> None:
 
 #: Each on-disk format, the one module allowed to parse it, and a regular expression that finds a parser.
 FORMAT_HOMES = {
-    "msgpack shards": ("shards", r"^\s*(import msgpack|from msgpack)"),
-    "GeoEstimation partition CSV": ("partitions", r"min_concept_probability"),
-    "label tables": ("labeltable", r"glob\(\"part-\*\.parquet\"\)|f\"part-\{"),
+    "msgpack shards": ("data.shards", r"^\s*(import msgpack|from msgpack)"),
+    "GeoEstimation partition CSV": ("geo.partitions", r"min_concept_probability"),
+    "label tables": ("data.labeltable", r"glob\(\"part-\*\.parquet\"\)|f\"part-\{"),
 }
 #: Public names that several modules may define (entry points).
 SHARED_NAMES = frozenset({"main", "build_parser"})
@@ -260,38 +269,91 @@ def test_the_checks_catch_a_cycle_and_a_long_function(tmp_path: Path) -> None:
 
 
 ARCHITECTURE = SRC.parents[1] / "docs" / "ARCHITECTURE.md"
+#: The subpackages, one folder each directly under src/geoens.
+SUBPACKAGES = sorted(p.parent.name for p in SRC.glob("*/__init__.py"))
 
 
-def documented_layers() -> dict[str, int]:
-    """Module -> layer, from the "Where things live" table of docs/ARCHITECTURE.md."""
+def subpackage_of(module: str) -> str:
+    """The subpackage a module belongs to (``"geo"`` for ``geo.s2``); ``"__init__"`` for the root package."""
+    return module.split(".")[0]
+
+
+def declared_imports() -> dict[str, set[str]]:
+    """Subpackage -> the subpackages its ``__init__.py`` docstring says it may import ("May import: ...")."""
+    out: dict[str, set[str]] = {}
+    for sub in SUBPACKAGES:
+        doc = ast.get_docstring(ast.parse((SRC / sub / "__init__.py").read_text(encoding="utf-8"))) or ""
+        m = re.search(r"^May import: (.+?)\.$", doc, flags=re.MULTILINE | re.DOTALL)
+        assert m, f"geoens/{sub}/__init__.py: no 'May import: ...' line in its docstring"
+        text = " ".join(m.group(1).split())
+        out[sub] = set() if text == "no other geoens subpackage" else set(re.findall(r"geoens\.(\w+)", text))
+    return out
+
+
+def drawn_imports() -> dict[str, set[str]]:
+    """Subpackage -> what it may import, from the drawing at the top of docs/ARCHITECTURE.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    drawing = text.split("```text", 1)[1].split("```", 1)[0]
+    out: dict[str, set[str]] = {}
+    for m in re.finditer(
+        r"^\s*(\w+)/ .*?(?:-> ([\w, ]+)|\(imports no other subpackage\))\s*$", drawing, re.M
+    ):
+        out[m.group(1)] = {x.strip() for x in (m.group(2) or "").split(",") if x.strip()}
+    return out
+
+
+def documented_modules() -> list[str]:
+    """The modules of the "Where things live" tables of docs/ARCHITECTURE.md."""
     text = ARCHITECTURE.read_text(encoding="utf-8")
     section = text.split("## Where things live", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `geoens\.([\w.]+)` \| (\d+) \|", section, flags=re.MULTILINE)
-    layers: dict[str, int] = {}
-    for module, layer in rows:
-        assert module not in layers, f"{module} listed twice in {ARCHITECTURE.name}"
-        layers[module] = int(layer)
-    return layers
+    return re.findall(r"^\| `geoens\.([\w.]+)` \|", section, flags=re.MULTILINE)
 
 
-def test_every_module_is_on_the_map() -> None:
-    layers = documented_layers()
-    assert sorted(layers) == sorted(m for m in MODULES if m != "__init__")
+def test_every_module_lives_in_a_subpackage_and_is_on_the_map() -> None:
+    loose = [m for m in MODULES if "." not in m and m not in SUBPACKAGES and m != "__init__"]
+    assert not loose, f"modules outside a subpackage: {loose}"
+    documented = documented_modules()
+    assert len(documented) == len(set(documented)), f"listed twice in {ARCHITECTURE.name}"
+    files = sorted(m for m, p in MODULES.items() if p.name != "__init__.py")
+    assert sorted(documented) == files
 
 
-def test_imports_go_down_the_layers() -> None:
-    """A module imports only modules of its own or a lower layer: the map in the docs is the import rule."""
-    layers = documented_layers()
+def test_the_subpackage_map_is_one_order_stated_in_code_and_docs() -> None:
+    """Each __init__ docstring and the drawing state the same imports, and those form no cycle."""
+    declared = declared_imports()
+    assert drawn_imports() == declared, (
+        f"the drawing in {ARCHITECTURE.name} and the __init__ docstrings differ"
+    )
+    assert all(set(v) <= set(SUBPACKAGES) for v in declared.values()), declared
+    assert cycles(declared) == []
+
+
+def test_imports_go_down_the_subpackages() -> None:
+    """A module imports only its own subpackage, those its subpackage may import, and the root's version."""
+    declared = declared_imports()
     up = [
-        f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
+        f"{m} imports {d} ({subpackage_of(m)} may import {sorted(declared[subpackage_of(m)]) or 'none'})"
         for m, deps in import_graph().items()
         for d in sorted(deps)
-        if m in layers and d in layers and layers[d] > layers[m]
+        if subpackage_of(d) not in {subpackage_of(m), "__init__", *declared.get(subpackage_of(m), set())}
     ]
     assert not up, "\n".join(up)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/DECISIONS.md", "docs/ARCHITECTURE.md", "docs/cluster.md"])
+def test_only_models_imports_torch_at_module_level() -> None:
+    """Configs, masks, evaluation, calibration and reports import without torch (the extra is optional)."""
+    with_torch = heavy_modules(frozenset({"torch", "torchvision", "timm"}))
+    assert with_torch, "no module imports torch: the check would prove nothing"
+    assert sorted(m for m in with_torch if subpackage_of(m) != "models") == []
+
+
+DOCS = [
+    "README.md",
+    *sorted(str(p.relative_to(SRC.parents[1])) for p in (SRC.parents[1] / "docs").glob("*.md")),
+]
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_docs_name_tests_that_exist(doc: str) -> None:
     """Every ``tests/test_x.py[::name]`` and backticked ``test_name`` a document cites exists."""
     tests_dir = SRC.parents[1] / "tests"

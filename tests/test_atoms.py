@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from geoens import atoms
-from geoens.grid import Grid, latlon_to_xyz
+from geoens.core.grid import Grid, latlon_to_xyz
+from geoens.geo import atoms
 
 
 def label_rasters(g: Grid, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,8 +116,8 @@ def test_stage_entry_points_end_to_end(tmp_path: Path) -> None:
     import rasterio
 
     from fakes import write_geotiff, write_lc_netcdf
-    from geoens import masks, s2mask
-    from geoens.constants import LANDSCAN_NODATA
+    from geoens.core.constants import LANDSCAN_NODATA
+    from geoens.geo import masks, s2mask
     from test_rasters import lc_codes, ls_array
     from test_s2 import mixed_partition, write_partition
 

@@ -15,7 +15,10 @@ import pandas as pd
 import pytest
 
 from _rva_world import make_world, write_inputs
-from geoens.calibrate import (
+from geoens.apps.search import coverage_region, plan_coverage_search
+from geoens.core.constants import cap_area_km2
+from geoens.data.labeltable import read_label_points
+from geoens.evaluation.calibrate import (
     SCORE_COLUMNS,
     calibrate_scores,
     calibration_methods,
@@ -23,7 +26,7 @@ from geoens.calibrate import (
     score_dataset,
     threshold_of,
 )
-from geoens.conformal import (
+from geoens.evaluation.conformal import (
     cap_region_km2,
     conformal_quantile,
     hit_scores,
@@ -31,11 +34,8 @@ from geoens.conformal import (
     region_counts,
     upper_sets,
 )
-from geoens.constants import cap_area_km2
-from geoens.evaluation import read_probs
-from geoens.labeltable import read_label_points
-from geoens.search import coverage_region, plan_coverage_search
-from geoens.tempered import FitBatch, fit_weights, tempered_log_density
+from geoens.evaluation.tempered import FitBatch, fit_weights, tempered_log_density
+from geoens.evaluation.testset import read_probs
 
 
 def _synthetic(rng: np.random.Generator, n: int, g: int, ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -247,8 +247,8 @@ def test_workflow_scores_and_coverage_region_contain_truth_as_calibrated(files, 
     _, lc_p = read_probs(paths["lc"])
     _, b_p = read_probs(paths["geoest"])
     labels = pd.read_parquet(paths["labels"]).set_index("image_id")
-    from geoens.evaluation import read_absorption
-    from geoens.grid import Grid
+    from geoens.core.grid import Grid
+    from geoens.evaluation.testset import read_absorption
 
     absorption = read_absorption(paths["absorption"])
     for lv in levels:
@@ -280,7 +280,7 @@ def test_plan_coverage_search_writes_every_format(files, tmp_path: Path) -> None
     import geopandas as gpd
     import rasterio
 
-    from geoens.io import write_json
+    from geoens.core.io import write_json
 
     paths, world = files
     ids = [f"img{k:04d}" for k in range(600)]
@@ -329,8 +329,8 @@ def test_plan_coverage_search_writes_every_format(files, tmp_path: Path) -> None
 
 
 def test_coverage_and_tempered_tables() -> None:
-    from geoens.constants import CAP_AREAS_KM2
-    from geoens.coverage_report import coverage_table, tempered_table
+    from geoens.core.constants import CAP_AREAS_KM2
+    from geoens.reports.coverage import coverage_table, tempered_table
 
     rng = np.random.default_rng(11)
     n = 200

@@ -97,7 +97,7 @@ def test_changing_coverage_levels_reruns_only_calibration_and_what_follows(tiny:
 def test_search_coverage_region_contains_the_truth_as_calibrated(tiny: Path) -> None:
     import rasterio
 
-    from geoens.grid import Grid
+    from geoens.core.grid import Grid
 
     regions = pd.read_parquet(tiny / "results" / "calibration" / "im2gps3k" / "regions.parquet")
     sel = regions[
@@ -113,7 +113,7 @@ def test_search_coverage_region_contains_the_truth_as_calibrated(tiny: Path) -> 
     meta = pd.read_csv(folder / "metadata.csv").set_index("IMG_ID")
     image = folder / "images" / row["image_id"]
     proc = subprocess.run(
-        [sys.executable, "-m", "geoens.cli", "search", str(image), "--coverage", "0.9", "--config",
+        [sys.executable, "-m", "geoens.apps.cli", "search", str(image), "--coverage", "0.9", "--config",
          str(TINY_CONFIG), "--base", "geoclip", "--attributes", "ls,lc", "--out", "cov"],
         cwd=tiny, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
@@ -133,7 +133,7 @@ def test_search_coverage_region_contains_the_truth_as_calibrated(tiny: Path) -> 
     printed = float(proc.stdout.split(" region ")[1].split(" km^2")[0])
     assert math.isclose(area, printed, rel_tol=1e-3)
     bad = subprocess.run(
-        [sys.executable, "-m", "geoens.cli", "search", str(image), "--coverage", "0.7", "--config",
+        [sys.executable, "-m", "geoens.apps.cli", "search", str(image), "--coverage", "0.7", "--config",
          str(TINY_CONFIG), "--base", "geoclip", "--attributes", "ls,lc", "--out", "cov"],
         cwd=tiny, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip

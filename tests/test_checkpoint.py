@@ -1,6 +1,7 @@
 """Training fit for a cluster queue: a job stopped in the middle of an epoch resumes there, bit for bit.
 
-``python -m geoens.train`` runs in a subprocess on a tiny generated shard set (``test_train.make_world``) and
+``python -m geoens.models.predictors`` runs in a subprocess on a tiny generated shard set
+(``test_train.make_world``) and
 gets a real signal in the middle of its first epoch: SIGTERM / SIGUSR1 (what SLURM sends before a time
 limit or a preemption) must save a mid-epoch checkpoint and exit with status 75; SIGKILL (no chance to
 save) must leave the last periodic ``--checkpoint-every-steps`` checkpoint. Rerunning the same command
@@ -25,7 +26,8 @@ import pytest
 import torch
 
 import geoens
-from geoens.checkpoint import (
+from geoens.core.constants import CHECKPOINT_EVERY_STEPS, EXIT_RESUMABLE, PROGRESS_EVERY_S
+from geoens.models.checkpoint import (
     Checkpointer,
     ProgressLog,
     SkipSampler,
@@ -33,8 +35,7 @@ from geoens.checkpoint import (
     TrainingInterrupted,
     format_duration,
 )
-from geoens.constants import CHECKPOINT_EVERY_STEPS, EXIT_RESUMABLE, PROGRESS_EVERY_S
-from geoens.train import build_parser
+from geoens.models.predictors import build_parser
 from test_train import FAST, make_world
 
 N_IMAGES, N_VAL, BATCH = 100, 4, 2
@@ -47,7 +48,7 @@ def _command(
     paths: dict[str, Path], out: Path, every: int, gpus: int = 0, extra: tuple[str, ...] = ()
 ) -> list[str]:
     return [
-        sys.executable, "-m", "geoens.train", "--model", "lc",
+        sys.executable, "-m", "geoens.models.predictors", "--model", "lc",
         "--labels", str(paths["labels"]), "--shards", str(paths["shards"]), "--out", str(out),
         "--trainer", json.dumps(TRAINER), "--device", "cpu", "--num-workers", "0", "--seed", "3",
         "--threads", "1", "--logfile", str(out / "train.log"),
@@ -187,8 +188,8 @@ def test_cached_path_resumes_mid_epoch_bitwise_and_augments_per_epoch(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
     """The decoded-image cache path (demo): SIGTERM mid-epoch, resume, same weights as uninterrupted."""
-    from geoens.data import ShardIndex, ShardSource
-    from geoens.imagecache import build_image_cache
+    from geoens.models.datasets import ShardIndex, ShardSource
+    from geoens.models.imagecache import build_image_cache
 
     index = ShardIndex.build(world["shards"])
     cache = tmp_path / "cache"
@@ -241,7 +242,7 @@ def test_save_if_due_saves_on_schedule_and_after_a_signal(tmp_path: Path) -> Non
 
 
 def test_schema_defaults_are_the_constants() -> None:
-    from geoens.config import load_schema
+    from geoens.core.config import load_schema
 
     train = load_schema()["properties"]["train"]["properties"]
     assert train["checkpoint_every_steps"]["default"] == CHECKPOINT_EVERY_STEPS

@@ -269,8 +269,8 @@ PREEMPT_SCRIPT = textwrap.dedent(
     import json, os, sys, time
     from pathlib import Path
 
-    from geoens.checkpoint import StopSignals
-    from geoens.constants import EXIT_RESUMABLE
+    from geoens.models.checkpoint import StopSignals
+    from geoens.core.constants import EXIT_RESUMABLE
 
     snakemake = globals()["snakemake"]
     state_file = Path("results/state.json")

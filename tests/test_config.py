@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geoens.config import (
+from geoens.core.config import (
     ConfigError,
     check_inputs_exist,
     effective_config,
@@ -162,7 +162,7 @@ def test_missing_config_file_and_non_mapping_are_named(tmp_path: Path) -> None:
 
 
 def test_validate_command_prints_the_effective_config_marking_defaults(tmp_path: Path, capsys) -> None:
-    from geoens.cli import main
+    from geoens.apps.cli import main
 
     path = _write(tmp_path / "my.yaml", _user_cfg())
     assert main(["validate", str(path)]) == 0
@@ -176,7 +176,7 @@ def test_validate_command_prints_the_effective_config_marking_defaults(tmp_path:
 
 
 def test_validate_command_check_files_names_missing_inputs(tmp_path: Path, capsys) -> None:
-    from geoens.cli import main
+    from geoens.apps.cli import main
 
     path = _write(tmp_path / "my.yaml", _user_cfg())
     assert main(["validate", "-q", "--check-files", str(path)]) == 2

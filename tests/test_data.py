@@ -14,7 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fakes import image_records, noise_jpeg, write_msgpack_shards
-from geoens.data import (
+from geoens.data.labeltable import LabelTableError, read_label_table
+from geoens.data.shards import ShardFormatError
+from geoens.models.datasets import (
     AugmentConfig,
     FolderSource,
     ImageDataset,
@@ -24,8 +26,6 @@ from geoens.data import (
     decode_image,
     make_transforms,
 )
-from geoens.labeltable import LabelTableError, read_label_table
-from geoens.shards import ShardFormatError
 
 
 def write_shards(

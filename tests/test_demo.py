@@ -19,15 +19,15 @@ import rasterio
 import yaml
 from PIL import Image
 
-from geoens import shards
-from geoens.config import ConfigError, validate_config
-from geoens.constants import LANDSCAN_NODATA
+from geoens.core.config import ConfigError, validate_config
+from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.grid import Grid
+from geoens.data import shards
 from geoens.demo import generate as demo_generate
 from geoens.demo import images as demo_images
 from geoens.demo import spec as demo_spec
 from geoens.demo import world as demo_world
 from geoens.demo import writers as demo_writers
-from geoens.grid import Grid
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,14 +2,15 @@
 
 Sources: README.md, docs/*.md, and the comments of config/*.yaml and profiles/*/config.yaml. A command is a
 line in a ```bash block, an inline `code span`, or a comment line, that starts with a known program. Each
-is run from a rehearsal folder (``python -m geoens.rehearsal --scale 20``: the real layouts at the paths of
+is run from a rehearsal folder (``python -m geoens.demo.rehearsal --scale 20``: the real layouts at the paths
+of
 config/paper.yaml, a ``my.yaml``, the workflow linked in), exactly as printed, with these dry-run rules:
 
 * ``snakemake ...``: with ``-n`` appended; must exit 0.
 * ``geoens validate ...``: run as printed; ``geoens search ...``: its arguments are parsed (a real search
   needs a finished run: tests/test_workflow.py runs one).
 * ``make <target>``: ``make -n <target>`` in the checkout.
-* ``python bench/<x>.py ...`` and ``python -m geoens.rehearsal ...``: arguments parsed with ``--help``
+* ``python bench/<x>.py ...`` and ``python -m geoens.demo.rehearsal ...``: arguments parsed with ``--help``
   appended (they run for minutes); the script must exist.
 * ``... -m pytest <args>``: ``--collect-only`` (the tests named must exist).
 * ``cp SRC DST``: SRC must exist; ``bash <script>``: the script must exist; ``export``: skipped.
@@ -146,7 +147,7 @@ def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
         run = [*base, *argv[1 if Path(prog).name == "snakemake" else 3 :], "-n"]
         cwd = rehearsal
     elif Path(prog).name == "geoens" and argv[1] == "search":
-        from geoens.cli import build_parser
+        from geoens.apps.cli import build_parser
 
         try:
             build_parser().parse_args(argv[1:])
@@ -169,7 +170,7 @@ def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
 
 def test_the_docs_print_the_commands_users_need() -> None:
     texts = [c.text for c in all_commands()]
-    from geoens.rehearsal import PAPER_COMMAND
+    from geoens.demo.rehearsal import PAPER_COMMAND
 
     assert PAPER_COMMAND in texts, "README must print the real-data command the rehearsal runs"
     assert any(t.startswith("snakemake --profile profiles/slurm") for t in texts)

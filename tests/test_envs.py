@@ -283,7 +283,7 @@ def test_import_collection_follows_package_and_skips_optional_imports(tmp_path: 
     """The rules above, on files written here (guards the checker itself)."""
     script = tmp_path / "s.py"
     script.write_text(
-        "import json\nfrom geoens.io import atomic_path\n"
+        "import json\nfrom geoens.core.io import atomic_path\n"
         "def f():\n    import rasterio\n"
         "try:\n    import cupy\nexcept ImportError:\n    cupy = None\n"
         "if TYPE_CHECKING:\n    import torch\n"
@@ -292,6 +292,6 @@ def test_import_collection_follows_package_and_skips_optional_imports(tmp_path: 
     external, spec = needs(script)
     assert "rasterio" in external and not {"cupy", "torch", "json", "importlib"} & external
     assert spec == {"geoclip"}
-    # geoens.train reaches torch at module level; geoens.rasters reaches rasterio
+    # geoens.models.predictors reaches torch at module level; geoens.geo.rasters reaches rasterio
     assert "torch" in needs(ROOT / "workflow_scripts" / "predict.py")[0]
     assert "rasterio" in needs(ROOT / "workflow_scripts" / "masks_ls.py")[0]

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from fakes import write_geotiff, write_lc_netcdf
-from geoens import labels as lb
-from geoens import landcover, masks, metadata
-from geoens.constants import LANDSCAN_NODATA
-from geoens.grid import Grid
-from geoens.metadata import MetadataError
-from geoens.shards import available_ids
+from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.grid import Grid
+from geoens.data import metadata
+from geoens.data.metadata import MetadataError
+from geoens.data.shards import available_ids
+from geoens.geo import labels as lb
+from geoens.geo import landcover, masks
 
 # ---------------------------------------------------------------------------------------------------
 # metadata CSVs
@@ -66,7 +67,7 @@ PARTITION_COLUMNS = "class_label,hex_id,imgs_per_cell,latitude_mean,longitude_me
     ],
 )
 def test_partition_csv_errors_name_the_line(tmp_path: Path, rows: str, message: str) -> None:
-    from geoens import partitions as pt
+    from geoens.geo import partitions as pt
 
     path = tmp_path / "cells.csv"
     path.write_text(PARTITION_HEADER + PARTITION_COLUMNS + rows)
@@ -116,8 +117,8 @@ def test_negative_population_that_is_not_nodata_is_an_error(tmp_path: Path) -> N
 
 
 def test_truncated_shard_names_the_file_record_and_byte(tmp_path: Path) -> None:
-    from geoens.data import ShardIndex
-    from geoens.shards import ShardFormatError
+    from geoens.data.shards import ShardFormatError
+    from geoens.models.datasets import ShardIndex
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -226,7 +227,7 @@ def test_disk_full_during_a_write_leaves_the_old_output_and_no_partial_file(
 ) -> None:
     import errno
 
-    from geoens.io import atomic_path, write_json
+    from geoens.core.io import atomic_path, write_json
 
     out = tmp_path / "results" / ("labels" if is_dir else "summary.json")
     if is_dir:
@@ -296,7 +297,7 @@ def test_odd_but_valid_images_are_read_as_rgb(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from geoens.data import FolderSource, ImageDataset, collate_skip, make_transforms
+    from geoens.models.datasets import FolderSource, ImageDataset, collate_skip, make_transforms
 
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
@@ -381,10 +382,10 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
 ) -> None:
     from PIL import Image
 
-    from geoens import train
-    from geoens.data import FolderSource
-    from geoens.models import build_model
-    from geoens.training import runtime
+    from geoens.models import predictors as train
+    from geoens.models.datasets import FolderSource
+    from geoens.models.nets import build_model
+    from geoens.models.training import runtime
 
     torch.manual_seed(0)
     n_fine = 400

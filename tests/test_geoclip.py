@@ -17,8 +17,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from fakes import colour_jpeg, round_robin, write_label_parts, write_msgpack_shards, write_partition_csv
-from geoens.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy, read_cell_partition, score_cells
-from geoens.geoclip.location import (
+from geoens.models.geoclip.cells import (
+    cell_embeddings,
+    fixed_size_list_to_numpy,
+    read_cell_partition,
+    score_cells,
+)
+from geoens.models.geoclip.location import (
     EMBED_DIM,
     GeoClipError,
     LocationEncoder,
@@ -28,7 +33,7 @@ from geoens.geoclip.location import (
     load_logit_scale,
     weights_dir,
 )
-from geoens.geoclip.stage import (
+from geoens.models.geoclip.stage import (
     gps_batches,
     load_image_tower,
     prediction_inputs,
@@ -37,8 +42,13 @@ from geoens.geoclip.stage import (
     run_train_tower,
     tower_transforms,
 )
-from geoens.geoclip.towers import DEFAULT_CLIP_MODEL, ClipImageTower, ClipNotCachedError, TrainedImageTower
-from geoens.geoclip.training import GpsQueue, TowerTrainConfig, evaluate_loss, load_tower, train_tower
+from geoens.models.geoclip.towers import (
+    DEFAULT_CLIP_MODEL,
+    ClipImageTower,
+    ClipNotCachedError,
+    TrainedImageTower,
+)
+from geoens.models.geoclip.training import GpsQueue, TowerTrainConfig, evaluate_loss, load_tower, train_tower
 
 PLACES = {  # (lat, lon)
     "paris": (48.8566, 2.3522),
@@ -228,7 +238,7 @@ def _tower_cfg(**kw: object) -> TowerTrainConfig:
 
 
 def test_tower_negatives_are_a_seeded_gallery_sample(encoder: LocationEncoder) -> None:
-    from geoens.geoclip.training import tower_negatives
+    from geoens.models.geoclip.training import tower_negatives
 
     gallery = load_gps_gallery()[:200]
     cfg = _tower_cfg(queue_size=8, gallery_negatives=16)
@@ -240,7 +250,7 @@ def test_tower_negatives_are_a_seeded_gallery_sample(encoder: LocationEncoder) -
 
 def test_tiny_tower_training_lowers_contrastive_loss(tmp_path: Path, encoder: LocationEncoder) -> None:
     torch.set_num_threads(2)
-    from geoens.data import ShardSource
+    from geoens.models.datasets import ShardSource
 
     shards, label_dir, _, labels = _tiny_world(tmp_path)
     train = read_split(label_dir, "train")
@@ -314,8 +324,8 @@ def test_tower_resumes_mid_epoch_after_stop_signal(tmp_path: Path, encoder: Loca
     """SIGUSR1 in the middle of epoch 1 checkpoints and stops; resuming ends bitwise where a full run does."""
     import signal
 
-    from geoens.checkpoint import Checkpointer, StopSignals, TrainingInterrupted
-    from geoens.data import ShardSource
+    from geoens.models.checkpoint import Checkpointer, StopSignals, TrainingInterrupted
+    from geoens.models.datasets import ShardSource
 
     torch.set_num_threads(2)
     shards, label_dir, _, _ = _tiny_world(tmp_path)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geoens.grid import Grid
+from geoens.core.grid import Grid
 
 
 @pytest.mark.parametrize("h", [2, 3, 18, 180, 1000, 5400])

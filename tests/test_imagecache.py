@@ -1,4 +1,4 @@
-"""Decoded-image cache and batched augmentation (geoens.imagecache): same pixels, same augmentations."""
+"""Decoded-image cache and batched augmentation (geoens.models.imagecache): same pixels and augmentations."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvf
 
 from fakes import colour_jpeg, image_records, jpeg_bytes, round_robin, write_label_parts, write_msgpack_shards
-from geoens.data import AugmentConfig, ShardIndex, ShardSource, decode_image, make_transforms
-from geoens.imagecache import (
+from geoens.models.datasets import AugmentConfig, ShardIndex, ShardSource, decode_image, make_transforms
+from geoens.models.imagecache import (
     CachedLoader,
     ImageCacheError,
     SeededOrder,
@@ -29,7 +29,7 @@ from geoens.imagecache import (
     load_image_cache,
     sample_params,
 )
-from geoens.train import train_model
+from geoens.models.predictors import train_model
 
 NO_AUG = AugmentConfig(crop_scale_min=1.0, hflip=False, vflip=False, color_jitter=0.0)
 
@@ -254,8 +254,8 @@ def test_cached_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
 
 
 def test_cached_geoclip_tower_training_is_deterministic(tmp_path: Path) -> None:
-    from geoens.geoclip.stage import cached_gps_batches, run_train_tower
-    from geoens.geoclip.training import TowerTrainConfig
+    from geoens.models.geoclip.stage import cached_gps_batches, run_train_tower
+    from geoens.models.geoclip.training import TowerTrainConfig
 
     shards, cache_dir, ids = cached_world(tmp_path, n=18)
     rng = np.random.default_rng(0)

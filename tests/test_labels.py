@@ -14,14 +14,14 @@ import pytest
 import rasterio
 
 from fakes import write_geotiff, write_lc_netcdf, write_metadata_csv, write_msgpack_shards
-from geoens import buckets as bk
-from geoens import labels as lb
-from geoens import metadata as md
-from geoens import partitions as pt
-from geoens import s2
-from geoens import shards as sh
-from geoens.constants import LANDSCAN_NODATA, LC_URBAN, lc_lookup_tables
-from geoens.labeltable import LABEL_SCHEMA, read_label_table
+from geoens.core.constants import LANDSCAN_NODATA, LC_URBAN, lc_lookup_tables
+from geoens.data import metadata as md
+from geoens.data import shards as sh
+from geoens.data.labeltable import LABEL_SCHEMA, read_label_table
+from geoens.geo import buckets as bk
+from geoens.geo import labels as lb
+from geoens.geo import partitions as pt
+from geoens.geo import s2
 
 LS_H, LS_W = 90, 180  # LandScan-like native raster (2 degrees / 1 pixel ... any H x 2H)
 LC_H, LC_W = 270, 540

@@ -12,8 +12,8 @@ import pytest
 import s2sphere
 
 from fakes import write_partition_csv
-from geoens import partitions as pt
-from geoens import s2
+from geoens.geo import partitions as pt
+from geoens.geo import s2
 
 REPO = Path(__file__).resolve().parents[1]
 GEOCELLS = REPO.parent / "shared" / "reference" / "peers" / "GeoEstimation" / "geo-cells"

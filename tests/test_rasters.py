@@ -13,9 +13,9 @@ import rasterio
 from rasterio.crs import CRS
 
 from fakes import write_geotiff, write_lc_netcdf
-from geoens import buckets, landcover, masks, rasters
-from geoens.constants import LANDSCAN_NODATA, lc_lookup_tables
-from geoens.grid import Grid
+from geoens.core.constants import LANDSCAN_NODATA, lc_lookup_tables
+from geoens.core.grid import Grid
+from geoens.geo import buckets, landcover, masks, rasters
 
 # ---------------------------------------------------------------------------------------------------
 # numpy references (the files are written by tests/fakes.py)

@@ -17,11 +17,11 @@ import rasterio
 import yaml
 
 from cluster.workflow import REPO, run_snakemake
-from geoens import rehearsal as rh
-from geoens.config import effective_config, read_config_file
-from geoens.constants import LANDSCAN_NODATA
-from geoens.grid import Grid
-from geoens.masks import make_lc_mask
+from geoens.core.config import effective_config, read_config_file
+from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.grid import Grid
+from geoens.demo import rehearsal as rh
+from geoens.geo.masks import make_lc_mask
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:

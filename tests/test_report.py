@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from _rva_world import make_world, write_inputs
-from geoens import report
-from geoens.evaluation import evaluate_testset
-from geoens.metrics import recall_at, summarise
-from geoens.tables import CAP_ALPHAS, KINDS, training_frame, write_tables, write_training_table
+from geoens.evaluation.metrics import recall_at, summarise
+from geoens.evaluation.testset import evaluate_testset
+from geoens.reports import figures
+from geoens.reports.tables import CAP_ALPHAS, KINDS, training_frame, write_tables, write_training_table
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +66,15 @@ def test_tables_written_with_cis_and_counts(evaluated, tmp_path: Path) -> None:
 def test_figures_written(evaluated, tmp_path: Path) -> None:
     paths, df = evaluated
     per = {"setA": df, "setB": df[df["image_id"] < "img0060"]}
-    report.rva_figure(
+    figures.rva_figure(
         per, tmp_path / "rva.pdf", tmp_path / "rva.png", n_boot=20, seed=0, balanced_seed=0, demo=True
     )
     assert (tmp_path / "rva.pdf").read_bytes()[:4] == b"%PDF"
     assert (tmp_path / "rva.pdf").stat().st_size > 10_000 and (tmp_path / "rva.png").stat().st_size > 10_000
-    report.buckets_figure(per, tmp_path / "buckets.pdf", demo=True)
+    figures.buckets_figure(per, tmp_path / "buckets.pdf", demo=True)
     assert (tmp_path / "buckets.pdf").stat().st_size > 5_000
     preds = {m: paths[m] for m in ("ls", "lc", "geoest", "geoclip")}
-    report.probmap_figure(
+    figures.probmap_figure(
         paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"], preds,
         tmp_path / "probmap.png", n_examples=2, demo=True,
     )  # fmt: skip
@@ -87,7 +87,7 @@ def test_gain_curves_zero_for_identical_methods(evaluated) -> None:
     same = sub[sub["method"] == "GeoEst."].assign(method="GeoEst.+LS")
     sub = pd.concat([sub[sub["method"] != "GeoEst.+LS"], same])
     s = summarise(sub, False, 0, 0, 0)
-    g = report.gain_curves(s, sub, 10, 0, 0, balanced=False)
+    g = figures.gain_curves(s, sub, 10, 0, 0, balanced=False)
     ls = g[g["method"] == "GeoEst.+LS"]
     assert np.all(ls["gain"] == 0) and np.all(ls["lo"] == 0) and np.all(ls["hi"] == 0)
     assert (g[g["method"] == "GeoEst.+LC"]["gain"] != 0).any()

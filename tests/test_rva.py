@@ -12,14 +12,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from _rva_world import make_world, random_probs, raster_reference, write_inputs
-from geoens.atoms import atoms_from_rasters, read_atoms
-from geoens.constants import CAP_AREAS_KM2, EARTH_RADIUS_KM, GCD_RADIUS_KM, GCD_THRESHOLDS_KM, cap_area_km2
-from geoens.evaluation import PER_IMAGE_COLUMNS, evaluate_testset, read_probs
-from geoens.evaluator import Evaluator
-from geoens.grid import haversine_km
-from geoens.lookup import PixelLookup
-from geoens.methods import Method, absorb, all_methods, family_scores, method_order, normalise_probs, scores_t
-from geoens.metrics import (
+from geoens.core.constants import (
+    CAP_AREAS_KM2,
+    EARTH_RADIUS_KM,
+    GCD_RADIUS_KM,
+    GCD_THRESHOLDS_KM,
+    cap_area_km2,
+)
+from geoens.core.grid import haversine_km
+from geoens.evaluation.evaluator import Evaluator
+from geoens.evaluation.methods import (
+    Method,
+    absorb,
+    all_methods,
+    family_scores,
+    method_order,
+    normalise_probs,
+    scores_t,
+)
+from geoens.evaluation.metrics import (
     balanced_sample,
     bootstrap_ci,
     bootstrap_weights,
@@ -27,7 +38,10 @@ from geoens.metrics import (
     gcd_accuracy,
     recall_at,
 )
-from geoens.rva import MethodResult, evaluate_groups_dense, group_atoms, group_scores_t
+from geoens.evaluation.rva import MethodResult, evaluate_groups_dense, group_atoms, group_scores_t
+from geoens.evaluation.testset import PER_IMAGE_COLUMNS, evaluate_testset, read_probs
+from geoens.geo.atoms import atoms_from_rasters, read_atoms
+from geoens.geo.lookup import PixelLookup
 
 PEER = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "peers" / "GeoEstimation"
 
@@ -136,7 +150,7 @@ def test_top1_centroid_inside_and_fallback_both_used() -> None:
 
 
 def test_reference_atom_builder_matches_masks_stage() -> None:
-    world = make_world(seed=3, h=12)  # atoms from geoens.atoms.build_atoms
+    world = make_world(seed=3, h=12)  # atoms from geoens.geo.atoms.build_atoms
     mine, index = atoms_from_rasters(world.labels, world.area, world.grid)
     assert mine.n == world.atoms.n
     assert np.array_equal(index, world.atom_index)
@@ -341,7 +355,7 @@ def test_threshold_form_equals_dense_and_torch(integer_areas: bool, ties: bool) 
 
 def test_s_threshold_is_exact() -> None:
     """``f(s) >= thr`` exactly when ``s >= t``, also for tiny, huge and sub-normal values."""
-    from geoens.rva_fast import s_threshold
+    from geoens.evaluation.rva_fast import s_threshold
 
     rng = np.random.default_rng(0)
     a = 10.0 ** rng.uniform(-300, 300, 400)

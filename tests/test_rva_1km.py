@@ -2,7 +2,8 @@
 
 At ``grid.height: 21600`` LandScan is taken at its native resolution (factor 1, no averaging), the land
 cover by 3 x 3 block mode, the atoms are built from windowed reads of the masks with the index in a temporary
-file, and evaluation reads the tiled atom index by windows (:class:`geoens.lookup.TiledPixelLookup`). The same
+file, and evaluation reads the tiled atom index by windows (:class:`geoens.geo.lookup.TiledPixelLookup`). The
+same
 functions run here on a 160 x 320 grid (two tile columns of 256), with small strips and a tiled lookup forced.
 """
 
@@ -18,14 +19,14 @@ import rasterio
 
 from _rva_world import World, raster_reference, write_inputs
 from fakes import write_geotiff
-from geoens import atoms, buckets, masks, rasters, s2mask
-from geoens.atoms import AtomTable
-from geoens.constants import LANDSCAN_NODATA
-from geoens.evaluation import evaluate_testset, read_probs
-from geoens.grid import Grid
-from geoens.lookup import PixelLookup, TiledPixelLookup
-from geoens.methods import all_methods
-from geoens.partitions import read_partition_csv
+from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.grid import Grid
+from geoens.evaluation.methods import all_methods
+from geoens.evaluation.testset import evaluate_testset, read_probs
+from geoens.geo import atoms, buckets, masks, rasters, s2mask
+from geoens.geo.atoms import AtomTable
+from geoens.geo.lookup import PixelLookup, TiledPixelLookup
+from geoens.geo.partitions import read_partition_csv
 from test_rasters import lc_codes, ls_array
 from test_s2 import mixed_partition, write_partition
 
@@ -132,7 +133,7 @@ def test_1km_path_equals_raster_reference(world_1km: tuple[World, dict[str, Path
 def test_windowed_search_plan_equals_in_memory(
     world_1km: tuple[World, dict[str, Path]], tmp_path: Path
 ) -> None:
-    from geoens import search
+    from geoens.apps import search
 
     world, paths = world_1km
     rng = np.random.default_rng(8)

@@ -1,4 +1,4 @@
-"""geoens.s2 against s2sphere: leaf ids, ancestry, ranges, tokens, centres; s2mask: rasterisation."""
+"""geoens.geo.s2 against s2sphere: leaf ids, ancestry, ranges, tokens, centres; s2mask: rasterisation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import s2sphere
 
 from fakes import write_partition_csv
-from geoens import partitions as pt
-from geoens import s2, s2mask
-from geoens.grid import Grid
+from geoens.core.grid import Grid
+from geoens.geo import partitions as pt
+from geoens.geo import s2, s2mask
 
 
 def ref_leaf(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

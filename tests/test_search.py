@@ -12,8 +12,8 @@ from rasterio import features
 from shapely.geometry import shape
 
 from _rva_world import make_world, random_probs, raster_reference
-from geoens import search
-from geoens.methods import Method
+from geoens.apps import search
+from geoens.evaluation.methods import Method
 
 
 @pytest.fixture(scope="module")

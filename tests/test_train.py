@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from fakes import colour_jpeg, write_label_parts, write_msgpack_shards, write_partition_csv
-from geoens.data import FolderSource, ShardSource
-from geoens.models import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
-from geoens.train import (
+from geoens.models.datasets import FolderSource, ShardSource
+from geoens.models.nets import PretrainedWeightsMissingError, build_backbone, hierarchical_combine
+from geoens.models.predictors import (
     load_model,
     majority_baseline,
     predict,
@@ -23,8 +23,8 @@ from geoens.train import (
     torchrun_command,
     train_model,
 )
-from geoens.training.config import TrainerConfig, TrainingError, select_rows
-from geoens.training.inputs import hierarchy_parents, partition_sizes
+from geoens.models.training.config import TrainerConfig, TrainingError, select_rows
+from geoens.models.training.inputs import hierarchy_parents, partition_sizes
 
 #: One clearly different colour per class, so that a tiny CNN can learn the classes in a few steps.
 COLOURS = np.array(
@@ -292,13 +292,13 @@ def test_pretrained_file_is_loaded(tmp_path: Path) -> None:
 def test_torchrun_command() -> None:
     cmd = torchrun_command(["--model", "ls"], 4)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    assert "--nproc_per_node=4" in cmd and cmd[-4:] == ["-m", "geoens.train", "--model", "ls"]
+    assert "--nproc_per_node=4" in cmd and cmd[-4:] == ["-m", "geoens.models.predictors", "--model", "ls"]
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     """``--gpus 2`` re-launches the same CLI under torchrun (gloo on CPU); rank 0 writes the outputs."""
-    from geoens.train import main
+    from geoens.models.predictors import main
 
     paths = make_world(tmp_path, n=16, n_val=4)
     out = tmp_path / "ddp"
@@ -314,7 +314,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
 
 
 def test_prediction_dataset_val_and_testset(tmp_path: Path) -> None:
-    from geoens.train import prediction_dataset
+    from geoens.models.predictors import prediction_dataset
 
     paths = make_world(tmp_path, n=12, n_val=3)
     source, ids = prediction_dataset("val", paths["labels"], paths["shards"], tmp_path / "no_index.parquet")
@@ -329,7 +329,7 @@ def test_prediction_dataset_val_and_testset(tmp_path: Path) -> None:
 
 
 def test_prediction_files_share_one_schema_and_skipped_summary(tmp_path: Path) -> None:
-    from geoens.training.predictions import (
+    from geoens.models.training.predictions import (
         prediction_schema,
         prediction_table,
         write_predictions,
@@ -350,7 +350,7 @@ def test_prediction_files_share_one_schema_and_skipped_summary(tmp_path: Path) -
 
 
 def test_split_rows_keeps_a_seeded_subset_and_needs_training_rows() -> None:
-    from geoens.training.inputs import split_rows
+    from geoens.models.training.inputs import split_rows
 
     rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)], "split": ["train"] * 8 + ["val"] * 2})
     cfg = TrainerConfig(max_train_images=3)
@@ -364,7 +364,7 @@ def test_split_rows_keeps_a_seeded_subset_and_needs_training_rows() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_a_gpu_is_one_error_for_both_trainers() -> None:
-    from geoens.training.runtime import DeviceUnavailableError, resolve_device
+    from geoens.models.training.runtime import DeviceUnavailableError, resolve_device
 
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(DeviceUnavailableError, match="sees no GPU"):
@@ -372,7 +372,7 @@ def test_cuda_without_a_gpu_is_one_error_for_both_trainers() -> None:
 
 
 def test_early_stopping_update() -> None:
-    from geoens.training.runtime import early_stopping_update
+    from geoens.models.training.runtime import early_stopping_update
 
     state = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     losses = [1.0, 0.8, 0.8, 0.7, 0.75, 0.71]
@@ -388,7 +388,7 @@ def test_early_stopping_update() -> None:
 @pytest.mark.parametrize("name", ["resnet18", "lcnet_050", "mobilenetv3_small_100"])
 def test_backbone_feature_dim_matches_pooled_output(name: str) -> None:
     # LCNet / MobileNetV3 have a conv head after pooling: the reported width must be what forward() returns.
-    from geoens.models import build_backbone
+    from geoens.models.nets import build_backbone
 
     net, dim = build_backbone(name, pretrained=False, num_classes=0)
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, dim)

@@ -124,7 +124,7 @@ def test_search_command_proposes_regions_within_budget_that_contain_the_truth(ti
     import numpy as np
     import rasterio
 
-    from geoens.grid import Grid
+    from geoens.core.grid import Grid
 
     meta = pd.read_csv(tiny / "results" / "demo" / "testsets" / "im2gps3k" / "metadata.csv")
     per_image = pd.read_parquet(tiny / "results" / "eval" / "im2gps3k" / "per_image.parquet")
@@ -136,7 +136,7 @@ def test_search_command_proposes_regions_within_budget_that_contain_the_truth(ti
     # allow float32 batch-size noise in the probabilities).
     budget = float(row["area_km2"]) * (1 + 1e-6)
     proc = subprocess.run(
-        [sys.executable, "-m", "geoens.cli", "search", str(image), "--budget-km2", repr(budget),
+        [sys.executable, "-m", "geoens.apps.cli", "search", str(image), "--budget-km2", repr(budget),
          "--config", str(TINY_CONFIG), "--base", "geoclip", "--attributes", "ls,lc", "--out", "search"],
         cwd=tiny, capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
@@ -159,7 +159,7 @@ def test_search_command_rejects_missing_image(tiny: Path) -> None:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "geoens.cli", "search", "nope.jpg", "--budget-km2", "1e6",
+        [sys.executable, "-m", "geoens.apps.cli", "search", "nope.jpg", "--budget-km2", "1e6",
          "--config", str(TINY_CONFIG)],
         cwd=tiny, capture_output=True, text=True,
     )  # fmt: skip
@@ -183,7 +183,7 @@ def test_search_command_reports_each_bad_photo_budget_or_path_in_one_line(tiny: 
         cmd = [
             sys.executable,
             "-m",
-            "geoens.cli",
+            "geoens.apps.cli",
             "search",
             *args,
             "--config",

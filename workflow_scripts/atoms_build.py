@@ -3,11 +3,11 @@
 import json
 import time
 
-from geoens.atoms import make_atoms
-from geoens.config import grid_from_config
-from geoens.landcover import check_lc_coverage
-from geoens.logs import setup_logging
-from geoens.rasters import read_label_raster
+from geoens.core.config import grid_from_config
+from geoens.core.logs import setup_logging
+from geoens.geo.atoms import make_atoms
+from geoens.geo.landcover import check_lc_coverage
+from geoens.geo.rasters import read_label_raster
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -5,11 +5,11 @@ import json
 
 from tqdm import tqdm
 
-from geoens.calibrate import open_dataset, score_dataset
-from geoens.constants import FAMILIES
-from geoens.io import atomic_path, read_json
-from geoens.labeltable import read_label_points
-from geoens.logs import TqdmToLogger, setup_logging
+from geoens.core.constants import FAMILIES
+from geoens.core.io import atomic_path, read_json
+from geoens.core.logs import TqdmToLogger, setup_logging
+from geoens.data.labeltable import read_label_points
+from geoens.evaluation.calibrate import open_dataset, score_dataset
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,10 +2,10 @@
 
 import json
 
-from geoens.calibrate import fit_tempered, open_dataset
-from geoens.io import write_json
-from geoens.labeltable import read_label_points
-from geoens.logs import setup_logging
+from geoens.core.io import write_json
+from geoens.core.logs import setup_logging
+from geoens.data.labeltable import read_label_points
+from geoens.evaluation.calibrate import fit_tempered, open_dataset
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

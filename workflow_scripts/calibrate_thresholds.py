@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from geoens.calibrate import calibrate_scores
-from geoens.io import read_json, write_json
-from geoens.logs import setup_logging
+from geoens.core.io import read_json, write_json
+from geoens.core.logs import setup_logging
+from geoens.evaluation.calibrate import calibrate_scores
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

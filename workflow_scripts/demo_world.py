@@ -3,8 +3,8 @@
 import json
 import time
 
+from geoens.core.logs import setup_logging
 from geoens.demo.generate import generate_world
-from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -5,9 +5,9 @@ import time
 
 from tqdm import tqdm
 
-from geoens.evaluation import evaluate_testset
-from geoens.io import atomic_path
-from geoens.logs import TqdmToLogger, setup_logging
+from geoens.core.io import atomic_path
+from geoens.core.logs import TqdmToLogger, setup_logging
+from geoens.evaluation.testset import evaluate_testset
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -1,7 +1,7 @@
 """GeoCLIP location embeddings of every fine S2 cell's mean location (cached once per partition)."""
 
-from geoens.geoclip.cells import cell_embeddings
-from geoens.logs import setup_logging
+from geoens.core.logs import setup_logging
+from geoens.models.geoclip.cells import cell_embeddings
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,9 +2,9 @@
 
 import torch
 
-from geoens.geoclip.cells import read_cell_embeddings
-from geoens.geoclip.stage import load_image_tower, prediction_inputs, run_predict
-from geoens.logs import setup_logging
+from geoens.core.logs import setup_logging
+from geoens.models.geoclip.cells import read_cell_embeddings
+from geoens.models.geoclip.stage import load_image_tower, prediction_inputs, run_predict
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -10,11 +10,11 @@ import sys
 
 import torch
 
-from geoens.checkpoint import StopSignals, TrainingInterrupted
-from geoens.constants import EXIT_RESUMABLE
-from geoens.geoclip.stage import run_train_tower
-from geoens.geoclip.training import TowerTrainConfig
-from geoens.logs import setup_logging
+from geoens.core.constants import EXIT_RESUMABLE
+from geoens.core.logs import setup_logging
+from geoens.models.checkpoint import StopSignals, TrainingInterrupted
+from geoens.models.geoclip.stage import run_train_tower
+from geoens.models.geoclip.training import TowerTrainConfig
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Rule image_cache: decode the training shards once into a uint8 array, when the images are small."""
 
-from geoens.data import ShardIndex
-from geoens.imagecache import build_shard_cache
-from geoens.logs import setup_logging
+from geoens.core.logs import setup_logging
+from geoens.models.datasets import ShardIndex
+from geoens.models.imagecache import build_shard_cache
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 import json
 
-from geoens.labels import run_relabel_testset
-from geoens.logs import setup_logging
+from geoens.core.logs import setup_logging
+from geoens.geo.labels import run_relabel_testset
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -3,9 +3,9 @@
 import json
 import time
 
-from geoens.config import grid_from_config
-from geoens.logs import setup_logging
-from geoens.masks import make_lc_mask
+from geoens.core.config import grid_from_config
+from geoens.core.logs import setup_logging
+from geoens.geo.masks import make_lc_mask
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -3,9 +3,9 @@
 import json
 import time
 
-from geoens.config import grid_from_config
-from geoens.logs import setup_logging
-from geoens.s2mask import make_s2_mask
+from geoens.core.config import grid_from_config
+from geoens.core.logs import setup_logging
+from geoens.geo.s2mask import make_s2_mask
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 import json
 
-from geoens.logs import setup_logging
-from geoens.partitions import run_partitions
+from geoens.core.logs import setup_logging
+from geoens.geo.partitions import run_partitions
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -2,8 +2,8 @@
 
 import torch
 
-from geoens.logs import setup_logging
-from geoens.train import predict_to_parquet, prediction_dataset
+from geoens.core.logs import setup_logging
+from geoens.models.predictors import predict_to_parquet, prediction_dataset
 
 snakemake = globals()["snakemake"]
 

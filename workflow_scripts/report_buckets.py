@@ -1,7 +1,7 @@
 """Recall per ground-truth LS bucket figure (rule figure_buckets)."""
 
-from geoens.logs import setup_logging
-from geoens.report import buckets_figure, read_per_image
+from geoens.core.logs import setup_logging
+from geoens.reports.figures import buckets_figure, read_per_image
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -4,15 +4,15 @@ import json
 
 import pandas as pd
 
-from geoens.coverage_report import (
+from geoens.core.io import read_json
+from geoens.core.logs import setup_logging
+from geoens.reports.coverage import (
     coverage_markdown,
     coverage_table,
     tempered_markdown,
     tempered_table,
     write_table,
 )
-from geoens.io import read_json
-from geoens.logs import setup_logging
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

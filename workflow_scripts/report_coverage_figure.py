@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from geoens.coverage_report import coverage_figure
-from geoens.logs import setup_logging
+from geoens.core.logs import setup_logging
+from geoens.reports.coverage import coverage_figure
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

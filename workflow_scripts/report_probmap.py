@@ -2,8 +2,8 @@
 
 import json
 
-from geoens.logs import setup_logging
-from geoens.report import probmap_figure
+from geoens.core.logs import setup_logging
+from geoens.reports.figures import probmap_figure
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

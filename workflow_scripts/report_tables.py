@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from geoens.logs import setup_logging
-from geoens.tables import KINDS, write_tables
+from geoens.core.logs import setup_logging
+from geoens.reports.tables import KINDS, write_tables
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Validation accuracy of every trained predictor against its majority baseline (rule training_table)."""
 
-from geoens.io import read_json
-from geoens.logs import setup_logging
-from geoens.tables import write_training_table
+from geoens.core.io import read_json
+from geoens.core.logs import setup_logging
+from geoens.reports.tables import write_training_table
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

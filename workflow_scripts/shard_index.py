@@ -1,8 +1,8 @@
 """Rule shard_index: index the training msgpack shards once (id -> shard, byte offset, length)."""
 
-from geoens.data import ShardIndex
-from geoens.io import atomic_path
-from geoens.logs import setup_logging
+from geoens.core.io import atomic_path
+from geoens.core.logs import setup_logging
+from geoens.models.datasets import ShardIndex
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])

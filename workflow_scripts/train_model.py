@@ -1,4 +1,4 @@
-"""Rule train: run ``python -m geoens.train`` for one predictor (as torchrun when gpus > 1).
+"""Rule train: run ``python -m geoens.models.predictors`` for one predictor (as torchrun when gpus > 1).
 
 Exits 75 after SIGTERM/SIGUSR1 once a checkpoint is saved, so the retried job resumes mid-epoch. The
 checkpoint and progress intervals come from ``config["train"]``, not from ``params:``: changing them does
@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from geoens.train import main
+from geoens.models.predictors import main
 
 snakemake = globals()["snakemake"]
 

@@ -6,7 +6,10 @@
 - :mod:`geoens.demo.writers`   GeoTIFF/NetCDF rasters, metadata CSVs, image folders, contact sheets;
 - :mod:`geoens.demo.images`    cameras and the vectorised image renderer;
 - :mod:`geoens.demo.generate`  the whole world (:func:`~geoens.demo.generate.generate_world`) and small
-  sample datasets for other stages' tests.
+  sample datasets for other stages' tests;
+- :mod:`geoens.demo.rehearsal` full-size synthetic inputs in the real layouts (``make rehearsal``).
 
-The msgpack shards of the training set are written by :mod:`geoens.shards`.
+The msgpack shards of the training set are written by :mod:`geoens.data.shards`.
+
+May import: geoens.core, geoens.data, geoens.geo.
 """

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from geoens.buckets import N_LS_BUCKETS, bucketize
-from geoens.config import ConfigError
-from geoens.constants import LANDSCAN_NODATA
+from geoens.core.config import ConfigError
+from geoens.core.constants import LANDSCAN_NODATA
+from geoens.data.shards import write_shards
 from geoens.demo.images import CAMERAS, render_images
 from geoens.demo.spec import F64, U8, pixel_centres, spec_from_config, stream_rng
 from geoens.demo.world import TO_CLASS, RenderInputs, World, sample_geotags
@@ -34,7 +34,7 @@ from geoens.demo.writers import (
     write_landscan,
     write_metadata,
 )
-from geoens.shards import write_shards
+from geoens.geo.buckets import N_LS_BUCKETS, bucketize
 
 log = logging.getLogger("geoens.demo")
 
@@ -42,8 +42,9 @@ log = logging.getLogger("geoens.demo")
 def _ls_bucket_of(pop: F64, sampled: F64) -> npt.NDArray[np.int64]:
     """Population buckets 0..3 for the contact sheets, edges from the ``sampled`` values (one bucket rule).
 
-    The edges are :func:`geoens.buckets.ls_bucket_edges`' (equal steps in log10 between the smallest and the
-    largest positive sample) and :func:`geoens.buckets.bucketize` applies them; NaN counts as bucket 0. A
+    The edges are :func:`geoens.geo.buckets.ls_bucket_edges`' (equal steps in log10 between the smallest and
+    the
+    largest positive sample) and :func:`geoens.geo.buckets.bucketize` applies them; NaN counts as bucket 0. A
     degenerate sample never raises (a one-image test set gives one): no positive value puts every image in
     bucket 0, all positive values equal puts those at or above it in bucket 3.
     """

@@ -15,8 +15,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from geoens.config import ConfigError, grid_from_config
-from geoens.grid import Grid
+from geoens.core.config import ConfigError, grid_from_config
+from geoens.core.grid import Grid
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -16,9 +16,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from geoens.constants import LANDSCAN_NODATA, lc_lookup_tables
+from geoens.core.constants import LANDSCAN_NODATA, lc_lookup_tables
+from geoens.core.grid import Grid
 from geoens.demo.spec import F32, F64, I64, STYLES, U8, DemoSpec, pixel_centres, stream_rng
-from geoens.grid import Grid
 
 #: Share of the sphere's area that is land.
 LAND_FRACTION: Final[float] = 0.29

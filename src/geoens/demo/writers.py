@@ -6,7 +6,7 @@
 * ``IMG_ID,LAT,LON`` metadata CSVs, image folders of JPEGs and PNG contact sheets of the rendered images
   grouped by land-cover class and population bucket.
 
-The msgpack shards of the training set are written by :mod:`geoens.shards`.
+The msgpack shards of the training set are written by :mod:`geoens.data.shards`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import numpy.typing as npt
 import rasterio
 from PIL import Image, ImageDraw, ImageFont
 
-from geoens.constants import LANDSCAN_NODATA, LC_CLASSES, LC_NODATA, LS_BUCKETS
+from geoens.core.constants import LANDSCAN_NODATA, LC_CLASSES, LC_NODATA, LS_BUCKETS
+from geoens.core.grid import Grid
+from geoens.core.io import atomic_path
 from geoens.demo.spec import DEMO_LABEL, F64, U8, pixel_centres
-from geoens.grid import Grid
-from geoens.io import atomic_path
 
 #: Names of the LCCS codes the demo uses (ESA CCI LC product user guide), for ``flag_meanings``.
 LCCS_NAMES: Final[dict[int, str]] = {
