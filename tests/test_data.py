@@ -8,6 +8,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -59,6 +61,28 @@ def test_index_random_access_matches_records(tmp_path: Path) -> None:
     loaded = ShardIndex.load(tmp_path / "index.parquet", tmp_path / "shards")
     for image_id in records:
         assert loaded.locate(image_id) == index.locate(image_id)
+
+
+def test_index_file_format_is_stable(tmp_path: Path) -> None:
+    """An index as earlier versions wrote it (plain Parquet, shard names under ``geoens.shards``) loads."""
+    records = write_shards(tmp_path / "shards", n_shards=2)
+    built = ShardIndex.build(tmp_path / "shards")
+    table = pa.table(
+        {
+            "id": pa.array(built.ids.tolist(), pa.string()),
+            "shard": pa.array(built.shard, pa.int32()),
+            "offset": pa.array(built.offset, pa.int64()),
+            "length": pa.array(built.length, pa.int64()),
+        }
+    ).replace_schema_metadata({b"geoens.shards": b"shard-000.msgpack\nshard-001.msgpack"})
+    pq.write_table(table, tmp_path / "old.parquet")
+    loaded = ShardIndex.load(tmp_path / "old.parquet", tmp_path / "shards")
+    assert [loaded.locate(i) for i in records] == [built.locate(i) for i in records]
+    built.save(tmp_path / "new.parquet")
+    assert (
+        pq.read_schema(tmp_path / "new.parquet").metadata[b"geoens.shards"]
+        == b"shard-000.msgpack\nshard-001.msgpack"
+    )
 
 
 def test_index_load_detects_other_shards(tmp_path: Path) -> None:

@@ -38,6 +38,10 @@ from geoens.data.shards import ShardFormatError, list_shards, record_image, scan
 
 log = logging.getLogger(__name__)
 
+#: The shard index's Parquet metadata key listing its shard files. A key of the file format, not a module
+#: path: indexes written by earlier versions carry it, so it never follows the package layout.
+SHARD_INDEX_META_KEY = b"geoens.shards"
+
 #: ImageNet normalisation (timm's default); BiT models use 0.5/0.5 (passed through ``make_transforms``).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -132,7 +136,7 @@ class ShardIndex:
                 "length": pa.array(self.length, pa.int64()),
             }
         )
-        meta = {b"geoens.data.shards": "\n".join(self.shards).encode()}
+        meta = {SHARD_INDEX_META_KEY: "\n".join(self.shards).encode()}
         pq.write_table(table.replace_schema_metadata(meta), str(path))
 
     @classmethod
@@ -144,7 +148,7 @@ class ShardIndex:
 
         """
         table = pq.read_table(str(path))
-        raw = (table.schema.metadata or {}).get(b"geoens.data.shards", b"").decode()
+        raw = (table.schema.metadata or {}).get(SHARD_INDEX_META_KEY, b"").decode()
         shards = raw.split("\n") if raw else []
         actual = [p.name for p in list_shards(shards_dir)]
         if shards != actual:
