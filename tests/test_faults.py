@@ -1,5 +1,5 @@
-"""Bad inputs and faults (README "What happens when things go wrong"): each ends in one clear error naming
-the file and the line, row, code or offset, or is handled as documented; nothing is left half-written."""
+"""Bad inputs and faults (the table of docs/faults.md): each ends in one clear error naming the file and the
+line, row, code or offset, or is handled as documented; nothing is left half-written."""
 
 from __future__ import annotations
 
@@ -355,12 +355,12 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_pat
         first.wait(timeout=60)
 
 
-def test_readme_fault_table_names_tests_that_exist_and_states_its_count() -> None:
+def test_fault_table_names_tests_that_exist_and_states_its_count() -> None:
     import re
 
     repo = Path(__file__).resolve().parents[1]
-    readme = (repo / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## What happens when things go wrong", 1)[1].split("\n## ", 1)[0]
+    page = (repo / "docs" / "faults.md").read_text(encoding="utf-8")
+    section = page.split("# What happens when things go wrong", 1)[1]
     rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [int(r.split("|")[1]) for r in rows] == list(range(1, len(rows) + 1))
     assert f"**{len(rows)} cases**" in section
@@ -368,7 +368,7 @@ def test_readme_fault_table_names_tests_that_exist_and_states_its_count() -> Non
         file, name = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)[-1]
         source = (repo / "tests" / file).read_text(encoding="utf-8")
         assert re.search(rf"^def {name}\(", source, re.M), (
-            f"README fault table: {file}::{name} does not exist"
+            f"docs/faults.md fault table: {file}::{name} does not exist"
         )
 
 
@@ -382,7 +382,7 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
 ) -> None:
     from PIL import Image
 
-    from geoens.models import predictors as train
+    from geoens.models import predictors
     from geoens.models.datasets import FolderSource
     from geoens.models.nets import build_model
     from geoens.models.training import runtime
@@ -393,7 +393,7 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
     heads = {name: net.heads[name].out_features for name in net.head_names}
     meta = {"model": "geoest", "backbone": "test_resnet", "image_size": 32, "heads": heads}
     meta |= {"mean": [0.5] * 3, "std": [0.25] * 3, "hierarchy": np.zeros((n_fine, 2), dtype=np.int64)}
-    train.save_model(net, meta, tmp_path / "m.pt")
+    predictors.save_model(net, meta, tmp_path / "m.pt")
     rng = np.random.default_rng(1)
     ids = [f"{i}.png" for i in range(4)]
     for name in ids:
@@ -404,7 +404,7 @@ def test_prediction_heads_leave_autocast_so_bf16_cannot_tie_cells(
         return torch.autocast("cpu", dtype=torch.bfloat16), torch.bfloat16
 
     monkeypatch.setattr(runtime, "autocast", bf16_autocast)
-    chunks = list(train.iter_predictions(tmp_path / "m.pt", FolderSource(tmp_path), ids, device="cpu"))
+    chunks = list(predictors.iter_predictions(tmp_path / "m.pt", FolderSource(tmp_path), ids, device="cpu"))
     probs = np.concatenate([c[1] for c in chunks])
     assert probs.shape == (4, n_fine) and probs.dtype == np.float64
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
