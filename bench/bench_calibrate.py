@@ -4,8 +4,7 @@ A synthetic world at the demo grid's size (180 x 360, ``--cells`` S2 cells in bl
 labels) gives the atom groups of ``+LS+LC``. Timed, on random predictions:
 
 * baseline: Alg. 3 (the RvA area-to-hit of every image, :func:`geoens.evaluation.evaluator.evaluate_groups`
-without the
-  top-1), the evaluation the workflow already runs;
+  without the top-1), the evaluation the workflow already runs;
 * calibration + regions: upper sets, the conformal scores ``A(g)``, ``M(g)`` of ``--cal`` calibration
   images, the thresholds of 4 levels x (global + 4 buckets) x (fixed, adaptive), and the region areas and
   coverage of every test image for all 16 (kind, level, global/per-bucket) combinations.

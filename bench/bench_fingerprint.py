@@ -7,9 +7,8 @@ The files (a few bytes each, 1,000 per subfolder, like an image folder of MP-16 
 temporary folder under /tmp and deleted at the end. Each rule that reads an image or shard folder carries its
 fingerprint as a Snakemake param, so it is computed when Snakemake builds the DAG (once per process, cached).
 Baseline measured in the same run: listing the same file names with ``geoens.data.shards.folder_ids`` (what
-the
-relabel stage does anyway to find the images that exist), so the ratio is the cost of the extra ``stat`` per
-file and the hashing. Both run with a warm page cache (the files were just written); a cold cache on a
+the relabel stage does anyway to find the images that exist), so the ratio is the cost of the extra ``stat``
+per file and the hashing. Both run with a warm page cache (the files were just written); a cold cache on a
 network file system costs more for both. Results go to ``bench/out/bench_fingerprint[_small].json``.
 """
 

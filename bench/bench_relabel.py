@@ -9,8 +9,7 @@ tiny "images". The relabel (rule ``relabel_train``: list shard ids, read and cle
 rasters at native resolution, S2 cells, buckets, split, cap, write Parquet shards) runs in a fresh child
 process, whose wall time and peak RSS are reported; the partition build is timed too. Baselines measured in
 the same run: the full-width row-strip sampler of ``geoens.geo.rasters.NativeRaster.sample`` on the same
-points
-(what ``read_pixels`` improves on for tiled files) and rasterio's per-point ``sample`` on a subset.
+points (what ``read_pixels`` improves on for tiled files) and rasterio's per-point ``sample`` on a subset.
 Target (2 cores): relabel <= 60 s and <= 4 GB. Results go to ``bench/out/bench_relabel[_small].json``.
 """
 

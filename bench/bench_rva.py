@@ -2,9 +2,8 @@
 
 Grid 5400 x 10800 (``--small``: 540 x 1080; ``--height``: any) with the real fine S2 partition
 (GeoEstimation's cells_50_1000.csv from the peer data, ``$GEOENS_PEERS`` or ``../shared/reference/peers``,
-rasterised by ``geoens.geo.s2mask``; a synthetic block partition, with a message, when the file is absent)
-and two
-synthetic attribute worlds:
+rasterised by ``geoens.geo.s2mask``; a synthetic block partition, with a message, when the file is absent) and
+two synthetic attribute worlds:
 
 * ``smooth``: LS and LC as argmax of smooth random fields (few LS x LC tuples per S2 cell);
 * ``mixed``: LS and LC drawn per pixel (every cell holds most of its LS x LC tuples: ~10^5 atoms or more).

@@ -1,11 +1,10 @@
 """Training fit for a cluster queue: a job stopped in the middle of an epoch resumes there, bit for bit.
 
 ``python -m geoens.models.predictors`` runs in a subprocess on a tiny generated shard set
-(``test_train.make_world``) and
-gets a real signal in the middle of its first epoch: SIGTERM / SIGUSR1 (what SLURM sends before a time
-limit or a preemption) must save a mid-epoch checkpoint and exit with status 75; SIGKILL (no chance to
-save) must leave the last periodic ``--checkpoint-every-steps`` checkpoint. Rerunning the same command
-resumes, and the final weights equal those of an uninterrupted run exactly (CPU, one thread).
+(``test_train.make_world``) and gets a real signal in the middle of its first epoch: SIGTERM / SIGUSR1 (what
+SLURM sends before a time limit or a preemption) must save a mid-epoch checkpoint and exit with status 75;
+SIGKILL (no chance to save) must leave the last periodic ``--checkpoint-every-steps`` checkpoint. Rerunning
+the same command resumes, and the final weights equal those of an uninterrupted run exactly (CPU, one thread).
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
 Sources: README.md, docs/*.md, and the comments of config/*.yaml and profiles/*/config.yaml. A command is a
 line in a ```bash block, an inline `code span`, or a comment line, that starts with a known program. Each
 is run from a rehearsal folder (``python -m geoens.demo.rehearsal --scale 20``: the real layouts at the paths
-of
-config/paper.yaml, a ``my.yaml``, the workflow linked in), exactly as printed, with these dry-run rules:
+of config/paper.yaml, a ``my.yaml``, the workflow linked in), exactly as printed, with these dry-run rules:
 
 * ``snakemake ...``: with ``-n`` appended; must exit 0.
 * ``geoens validate ...``: run as printed; ``geoens search ...``: its arguments are parsed (a real search

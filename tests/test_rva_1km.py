@@ -3,8 +3,8 @@
 At ``grid.height: 21600`` LandScan is taken at its native resolution (factor 1, no averaging), the land
 cover by 3 x 3 block mode, the atoms are built from windowed reads of the masks with the index in a temporary
 file, and evaluation reads the tiled atom index by windows (:class:`geoens.geo.lookup.TiledPixelLookup`). The
-same
-functions run here on a 160 x 320 grid (two tile columns of 256), with small strips and a tiled lookup forced.
+same functions run here on a 160 x 320 grid (two tile columns of 256), with small strips and a tiled lookup
+forced.
 """
 
 from __future__ import annotations

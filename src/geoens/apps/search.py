@@ -341,8 +341,7 @@ def coverage_region(
 
     The region is computed on the same atom groups and with the same upper-set arithmetic as the workflow's
     calibration (:mod:`geoens.evaluation.calibrate`), so it contains the truth exactly when the image's own
-    score is
-    within the threshold.
+    score is within the threshold.
 
     Args:
         atoms: The atom table.

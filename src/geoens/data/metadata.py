@@ -262,9 +262,8 @@ def read_metadata(
 
     Args:
         csv: The metadata file.
-        available_ids: Ids of the images that exist (:func:`geoens.data.shards.available_ids`, or any
-        iterable of
-            str); ``None`` skips that check.
+        available_ids: Ids of the images that exist (:func:`geoens.data.shards.available_ids`, or any iterable
+            of str); ``None`` skips that check.
         max_bad_fraction: Fail when more than this share of rows is bad; ``None`` never fails.
 
     Returns:

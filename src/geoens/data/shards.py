@@ -5,8 +5,8 @@
 * :func:`shard_ids` / :func:`available_ids` list the image ids present (streaming; shards read in parallel
   processes), :func:`folder_ids` those of an image folder;
 * :func:`scan_records` gives the id, byte offset and byte length of every record of a shard (for
-  :class:`geoens.models.datasets.ShardIndex`), :func:`record_image` the image bytes of one record read back
-  by offset;
+  :class:`geoens.models.datasets.ShardIndex`), :func:`record_image` the image bytes of one record read back by
+  offset;
 * :func:`write_shards` / :func:`read_shards` write and stream ``(id, image)`` records (the demo world).
 """
 

@@ -43,10 +43,9 @@ def _ls_bucket_of(pop: F64, sampled: F64) -> npt.NDArray[np.int64]:
     """Population buckets 0..3 for the contact sheets, edges from the ``sampled`` values (one bucket rule).
 
     The edges are :func:`geoens.geo.buckets.ls_bucket_edges`' (equal steps in log10 between the smallest and
-    the
-    largest positive sample) and :func:`geoens.geo.buckets.bucketize` applies them; NaN counts as bucket 0. A
-    degenerate sample never raises (a one-image test set gives one): no positive value puts every image in
-    bucket 0, all positive values equal puts those at or above it in bucket 3.
+    the largest positive sample) and :func:`geoens.geo.buckets.bucketize` applies them; NaN counts as bucket
+    0. A degenerate sample never raises (a one-image test set gives one): no positive value puts every image
+    in bucket 0, all positive values equal puts those at or above it in bucket 3.
     """
     pos = sampled[sampled > 0]
     if pos.size == 0:

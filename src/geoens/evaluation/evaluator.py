@@ -1,11 +1,10 @@
 """The evaluator: every method of the base models on batches of images (Alg. 2-3 and the grid top-1).
 
 :func:`evaluate_groups` picks the engine of a method's groups: the threshold form of
-:mod:`geoens.evaluation.rva_fast`
-when they include ``s2``, else the dense form of :mod:`geoens.evaluation.rva`. :class:`Evaluator` caches the
-groups,
-their atoms and run layouts per family set, computes the Alg. 1 scores of a batch and runs the methods
-(numpy or torch backend, optionally several methods at a time).
+:mod:`geoens.evaluation.rva_fast` when they include ``s2``, else the dense form of
+:mod:`geoens.evaluation.rva`. :class:`Evaluator` caches the groups, their atoms and run layouts per family
+set, computes the Alg. 1 scores of a batch and runs the methods (numpy or torch backend, optionally several
+methods at a time).
 """
 
 from __future__ import annotations
@@ -47,8 +46,7 @@ def evaluate_groups(
     """Alg. 2-3 (and the grid top-1 when ``lookup`` is given) for a batch of images on one method's groups.
 
     Uses the threshold form of :mod:`geoens.evaluation.rva_fast` (no product is materialised) when the groups
-    include
-    ``s2``, else :func:`evaluate_groups_dense`.
+    include ``s2``, else :func:`evaluate_groups_dense`.
 
     Args:
         groups: The method's groups.
@@ -60,7 +58,7 @@ def evaluate_groups(
             top-1 fallback; computed when needed.
         chunk_elements: Bound on ``groups x images`` of one matrix (dense form only).
         layout: The groups' run layout (:func:`geoens.evaluation.rva_fast.run_layout`), computed when not
-        given.
+            given.
 
     """
     if "s2" not in groups.families:

@@ -7,16 +7,14 @@ family labels), so Algorithms 1-3 run on the atom table instead of ``H x W`` ras
   the areas of the atoms labelled ``j`` (:mod:`geoens.evaluation.methods`).
 * Alg. 2: ``P = P_s2 * P_ls * P_lc`` in float64, multiplied in the fixed family order
   :data:`geoens.core.constants.FAMILIES`, so that a raster implementation that multiplies in the same order
-  gives
-  bitwise-identical values.
+  gives bitwise-identical values.
 * Alg. 3: ``area = sum of the areas of the atoms with P >= P(g)``, ``g`` the atom of the ground-truth pixel.
   ``P(g) = 0`` gives the whole sphere and the ``zero_prob`` flag.
 
 For speed each method works on the distinct label tuples of *its own* families (the base method only sees
 S2 cells), and images are processed in batches: a matrix ``images x groups`` bounded by ``chunk_elements``.
 This module holds the groups, the per-image results and the dense engine; :mod:`geoens.evaluation.rva_fast`
-the
-threshold-form and torch engines; :mod:`geoens.evaluation.evaluator` the evaluator that picks one.
+the threshold-form and torch engines; :mod:`geoens.evaluation.evaluator` the evaluator that picks one.
 
 Grid top-1 of an image and method: the highest-``P`` region's area-weighted spherical centroid (the
 normalised sum of the atoms' ``sx, sy, sz``) when the atom of the pixel holding that point belongs to the

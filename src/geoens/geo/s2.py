@@ -12,8 +12,7 @@ the ids agree exactly (the tests compare against s2sphere).
 Ids are ``numpy.uint64``; a cell id of level ``L`` has its lowest set bit at ``2 * (30 - L)``.
 
 Partitions of S2 cells live in :mod:`geoens.geo.partitions`; their rasterisation on the grid and the
-absorption
-of sub-pixel cells in :mod:`geoens.geo.s2mask`.
+absorption of sub-pixel cells in :mod:`geoens.geo.s2mask`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Shards are streams of msgpack maps ``{"id": str, "image": JPEG bytes}``. :class:`ShardIndex` maps every id to
 ``(shard, byte offset, byte length)`` in one streaming pass (:func:`geoens.data.shards.scan_records`);
-afterwards a
-record is read by one ``seek`` + ``read``. File handles are opened lazily in each process, so a
+afterwards a record is read by one ``seek`` + ``read``. File handles are opened lazily in each process, so a
 :class:`ShardSource` can be handed to DataLoader worker processes (fork or spawn).
 
 Images that are missing or do not decode are *skipped and counted*, never fatal: :class:`ImageDataset` returns

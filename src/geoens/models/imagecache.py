@@ -7,16 +7,14 @@ whole training set fits in memory as one ``uint8`` array, so:
 
 * :func:`build_image_cache` decodes every shard record once into ``<dir>/images.npy`` (``(n, h, w, 3)``
   ``uint8``, the exact pixels :func:`geoens.models.datasets.decode_image` gives) with ``ids.txt`` and
-  ``meta.json``.
-  Images larger than ``max_side``, of mixed sizes, or a cache over ``max_bytes`` are not cached: the folder
-  then holds only ``meta.json`` with ``"cached": false`` and the reason, and training reads the JPEGs.
+  ``meta.json``. Images larger than ``max_side``, of mixed sizes, or a cache over ``max_bytes`` are not
+  cached: the folder then holds only ``meta.json`` with ``"cached": false`` and the reason, and training reads
+  the JPEGs.
 * :class:`CachedLoader` yields the same :class:`geoens.models.datasets.Batch` objects as the JPEG DataLoader,
-in the
-  same order (the sampler's, a function of seed and epoch), with no worker processes: it gathers a batch
-  from the array and augments it in one go with :func:`augment_batch`.
+  in the same order (the sampler's, a function of seed and epoch), with no worker processes: it gathers a
+  batch from the array and augments it in one go with :func:`augment_batch`.
 * :func:`augment_batch` keeps :class:`geoens.models.datasets.AugmentConfig`'s meaning: a random resized crop
-keeping
-  ``crop_scale_min``..1 of the area at aspect ratios 3/4..4/3 (torchvision's sampling, bilinear with
+  keeping ``crop_scale_min``..1 of the area at aspect ratios 3/4..4/3 (torchvision's sampling, bilinear with
   antialiasing), horizontal / vertical flips with probability 1/2, brightness / contrast / saturation jitter
   with factors in ``1 +- color_jitter`` applied in a random order (torchvision's formulas). Each image's
   random draws are a hash of ``(seed, epoch, index)``, so they do not depend on the batch it falls in.
@@ -460,8 +458,7 @@ class CachedLoader:
     The order is the ``sampler``'s (a :class:`torch.utils.data.DistributedSampler`: a function of seed and
     epoch); the augmentation epoch is read from ``sampler.epoch``. Images that are missing from the cache or
     did not decode are dropped and reported in :attr:`Batch.skipped`, as
-    :func:`geoens.models.datasets.collate_skip`
-    does.
+    :func:`geoens.models.datasets.collate_skip` does.
 
     Args:
         cache: The decoded images.

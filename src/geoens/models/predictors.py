@@ -103,7 +103,7 @@ def train_model(
         trainer: The ``train.models.<model>`` config.
         partitions_dir: Folder with ``{coarse,middle,fine}.csv`` and ``hierarchy.parquet`` (geoest).
         shard_index: Cached :class:`~geoens.models.datasets.ShardIndex` Parquet (built and saved there if
-        missing).
+            missing).
         device: ``auto``, ``cpu`` or ``cuda``.
         num_workers: DataLoader worker processes.
         seed: Seed of initialisation, data order and augmentation.
@@ -116,9 +116,8 @@ def train_model(
             SIGTERM/SIGUSR1 the loop checkpoints at the next step boundary and raises
             :class:`~geoens.models.checkpoint.TrainingInterrupted`.
         image_cache: Folder written by :func:`geoens.models.imagecache.build_image_cache`: when it holds the
-        images,
-            they are read from there and augmented in batches in this process (no loader workers); when it
-            says they were not cached (large or mixed sizes), or with ``None``, the JPEGs are read.
+            images, they are read from there and augmented in batches in this process (no loader workers);
+            when it says they were not cached (large or mixed sizes), or with ``None``, the JPEGs are read.
 
     Returns:
         A summary: epochs run, best epoch and validation loss, skipped images, whether it stopped early.
@@ -454,9 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torchrun (``WORLD_SIZE`` set) every process trains its share and rank 0 writes.
 
     Returns:
-        0 when training finished; :data:`~geoens.core.constants.EXIT_RESUMABLE` (75) when SIGTERM/SIGUSR1
-        made it
-        save a checkpoint and stop (rerun to resume); under the launcher, torchrun's exit status.
+        0 when training finished; :data:`~geoens.core.constants.EXIT_RESUMABLE` (75) when SIGTERM/SIGUSR1 made
+        it save a checkpoint and stop (rerun to resume); under the launcher, torchrun's exit status.
 
     """
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,10 +1,8 @@
 """Figures: RvA curves with the gain over the base model, recall per LS bucket, probability maps.
 
 The curves and bands come from :func:`geoens.evaluation.metrics.summarise` (bootstrap 95% intervals), the row
-labels
-and the "synthetic demo world" note from :mod:`geoens.reports.tables`; the probability maps are painted from
-the
-atoms through the atom index. The tables themselves are :mod:`geoens.reports.tables`'.
+labels and the "synthetic demo world" note from :mod:`geoens.reports.tables`; the probability maps are painted
+from the atoms through the atom index. The tables themselves are :mod:`geoens.reports.tables`'.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def run_train_tower(
         progress_every_s: Seconds between in-epoch progress lines in the log.
         signals: Active :class:`~geoens.models.checkpoint.StopSignals` (the workflow script installs them).
         image_cache: Decoded-image cache folder (:mod:`geoens.models.imagecache`); used when it holds the
-        images.
+            images.
 
     Returns:
         The per-epoch metrics.

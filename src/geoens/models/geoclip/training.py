@@ -367,8 +367,7 @@ def train_tower(
     With ``checkpoint``, the whole training state (weights, optimizer, schedule, GPS queue, early-stopping
     state, RNG) is saved at every epoch end, every ``checkpoint.every_steps`` steps and after a stop signal
     (then :class:`~geoens.models.checkpoint.TrainingInterrupted` is raised), and a matching checkpoint is
-    resumed,
-    also in the middle of an epoch, ending with the same weights as an uninterrupted run.
+    resumed, also in the middle of an epoch, ending with the same weights as an uninterrupted run.
 
     Args:
         train_batches: ``(epoch, first batch) -> iterable of (images, gps)``, shuffled per epoch by the

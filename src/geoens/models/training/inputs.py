@@ -219,8 +219,7 @@ def cached_loaders(
     """Loaders over the decoded-image cache with the JPEG loaders' samplers (same order, same batches).
 
     The samplers are the :class:`~geoens.models.checkpoint.SkipSampler` s of :func:`make_loader`, so a
-    mid-epoch
-    resume skips the batches already done on this path too; their ``epoch`` seeds the augmentation.
+    mid-epoch resume skips the batches already done on this path too; their ``epoch`` seeds the augmentation.
     """
     mean, std = backbone_norm(cfg.backbone)
     size, bs = cfg.image_size, cfg.batch_size
