@@ -41,7 +41,7 @@ bench: $(STAMP)
 bench-small: $(STAMP)
 	$(BIN)/python bench/run_all.py --small
 
-# The real-data path at full size on synthetic inputs in the real layouts (README, "Rehearsal").
+# The real-data path at full size on synthetic inputs in the real layouts (docs/rehearsal.md).
 rehearsal: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m geoens.demo.rehearsal rehearsal --run
 

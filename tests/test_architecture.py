@@ -290,9 +290,8 @@ def declared_imports() -> dict[str, set[str]]:
     return out
 
 
-def drawn_imports() -> dict[str, set[str]]:
-    """Subpackage -> what it may import, from the drawing at the top of docs/ARCHITECTURE.md."""
-    text = ARCHITECTURE.read_text(encoding="utf-8")
+def drawn_imports(text: str) -> dict[str, set[str]]:
+    """Subpackage -> what it may import, from the drawing (the first text block) of ``text``."""
     drawing = text.split("```text", 1)[1].split("```", 1)[0]
     out: dict[str, set[str]] = {}
     for m in re.finditer(
@@ -321,23 +320,53 @@ def test_every_module_lives_in_a_subpackage_and_is_on_the_map() -> None:
 def test_the_subpackage_map_is_one_order_stated_in_code_and_docs() -> None:
     """Each __init__ docstring and the drawing state the same imports, and those form no cycle."""
     declared = declared_imports()
-    assert drawn_imports() == declared, (
-        f"the drawing in {ARCHITECTURE.name} and the __init__ docstrings differ"
-    )
+    drawn = drawn_imports(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert drawn == declared, f"the drawing in {ARCHITECTURE.name} and the __init__ docstrings differ"
     assert all(set(v) <= set(SUBPACKAGES) for v in declared.values()), declared
     assert cycles(declared) == []
 
 
+def forbidden_imports(graph: dict[str, set[str]], declared: dict[str, set[str]]) -> list[str]:
+    """Imports of another subpackage than the importer's own, those it may import and the root package."""
+
+    def allowed(m: str) -> set[str]:
+        return declared.get(subpackage_of(m), set())
+
+    return [
+        f"{m} imports {d} ({subpackage_of(m)} may import {sorted(allowed(m)) or 'none'})"
+        for m, deps in sorted(graph.items())
+        for d in sorted(deps)
+        if subpackage_of(d) not in {subpackage_of(m), "__init__", *allowed(m)}
+    ]
+
+
 def test_imports_go_down_the_subpackages() -> None:
     """A module imports only its own subpackage, those its subpackage may import, and the root's version."""
-    declared = declared_imports()
-    up = [
-        f"{m} imports {d} ({subpackage_of(m)} may import {sorted(declared[subpackage_of(m)]) or 'none'})"
-        for m, deps in import_graph().items()
-        for d in sorted(deps)
-        if subpackage_of(d) not in {subpackage_of(m), "__init__", *declared.get(subpackage_of(m), set())}
+    bad = forbidden_imports(import_graph(), declared_imports())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_subpackage_checks_catch_an_upward_import_and_a_stale_drawing() -> None:
+    declared = {"core": set(), "geo": {"core"}, "models": {"core", "geo"}}
+    graph = {"geo.masks": {"core.grid", "geo.s2", "__init__"}, "models.nets": {"geo.s2"}, "core.io": set()}
+    assert forbidden_imports(graph, declared) == []
+    graph["geo.masks"].add("models.nets")
+    graph["core.io"].add("geo.s2")
+    assert forbidden_imports(graph, declared) == [
+        "core.io imports geo.s2 (core may import none)",
+        "geo.masks imports models.nets (geo may import ['core'])",
     ]
-    assert not up, "\n".join(up)
+    drawing = "\n".join(
+        [
+            "```text",
+            "  models/  nets  -> geo, core",
+            "  geo/  cells  -> core",
+            "  core/  io  (imports no other subpackage)",
+            "```",
+        ]
+    )
+    assert drawn_imports(drawing) == declared
+    assert drawn_imports(drawing.replace("-> geo, core", "-> core")) != declared
 
 
 def test_only_models_imports_torch_at_module_level() -> None:

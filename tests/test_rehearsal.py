@@ -1,7 +1,7 @@
 """The rehearsal writes the real input layouts at config/paper.yaml's paths; bad real inputs are named.
 
 Uses the session's small rehearsal (``--scale 20``, tests/conftest.py); the full-size run is
-``make rehearsal`` (numbers in README.md).
+``make rehearsal`` (numbers in docs/rehearsal.md).
 """
 
 from __future__ import annotations
