@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, for a lent GPU machine only (never CI). Measures training throughput of the demo backbone and of
-# BiT-M R50x1 @ 224 with bf16 autocast, then trains the LC classifier on the demo data through geoens.models.predictors on
-# CUDA (mixed precision, per-epoch checkpoints) and checks that a run killed after epoch 1 resumes to the
-# same epoch count, and runs the torch evaluation backend on 50,000 images x 10 methods at grids 5400 and
-# 21600 (bench_rva.py). Needs, from a demo run on the CPU machine: results/demo/mp16, results/labels/train,
-# results/models/shard_index.parquet. Usage: OUT=<folder> bash bench/gpu_check.sh
+# BiT-M R50x1 @ 224 with bf16 autocast, then trains the LC classifier on the demo data through
+# geoens.models.predictors on CUDA (mixed precision, per-epoch checkpoints) and checks that a run killed after
+# epoch 1 resumes to the same epoch count, and runs the torch evaluation backend on 50,000 images x 10 methods
+# at grids 5400 and 21600 (bench_rva.py). Needs, from a demo run on the CPU machine: results/demo/mp16,
+# results/labels/train, results/models/shard_index.parquet. Usage: OUT=<folder> bash bench/gpu_check.sh
 set -euo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-bench/out}
@@ -41,9 +41,9 @@ summary = {"full_run_s": full_s, "epochs_full": len(a), "epochs_resumed": len(b)
 print(json.dumps(summary)); (out / "train_gpu.json").write_text(json.dumps(summary, indent=2))
 PY
 
-# Torch evaluation backend (geoens.evaluation.rva_fast, dense form on CUDA) on 50,000 images x 10 methods, each run
-# checked against the numpy backend on its first 2,048 images. Mixed world (~1.4e5 atoms: every S2 cell holds
-# most of its LS x LC tuples) with the real 12,893-cell partition (peer data: GEOENS_PEERS, else
+# Torch evaluation backend (geoens.evaluation.rva_fast, dense form on CUDA) on 50,000 images x 10 methods,
+# each run checked against the numpy backend on its first 2,048 images. Mixed world (~1.4e5 atoms: every S2
+# cell holds most of its LS x LC tuples) with the real 12,893-cell partition (peer data: GEOENS_PEERS, else
 # ../shared/reference/peers; a synthetic partition otherwise). Grid 5400 x 10800 with the grid top-1; then the
 # 1 km grid 21600 x 43200, areas only (the top-1 fallback's in-memory pixel index, an argsort of 933 M pixels,
 # would take minutes; bench_masks.py measures the windowed one). Building the 21600 world (numpy, one core)

@@ -39,7 +39,7 @@ HEAVY = frozenset(
 class Import:
     """One import statement found in a module."""
 
-    module: str  # importing module, dotted below geoens ("labels", "geoclip.towers")
+    module: str  # importing module, dotted below geoens ("geo.labels", "models.geoclip.towers")
     target: str  # imported module, absolute ("geoens.geo.labels", "torch.nn")
     line: int
     function: str | None  # enclosing function, None at module level (incl. if/try blocks)

@@ -14,7 +14,7 @@ Which imports count (a sound over-approximation, kept simple):
   import belongs in a module that the env's scripts do not import at all.
 * except imports under ``if TYPE_CHECKING:`` and inside a ``try:`` whose handlers catch ``ImportError``,
   ``ModuleNotFoundError``, ``Exception`` or everything (optional imports with a fallback);
-* ``geoens.x`` imports are followed into ``src/geoens/x.py`` (``geoens/__init__.py`` always runs);
+* ``geoens.a.x`` imports are followed into ``src/geoens/a/x.py`` (and every ``__init__.py`` on the way);
   ``importlib.util.find_spec("name")`` with a literal name counts as needing distribution ``name`` (the
   GeoCLIP adapter finds the ``geoclip`` wheel's weight files that way without importing it);
 * standard-library modules (``sys.stdlib_module_names``) need nothing.

@@ -39,6 +39,8 @@ def test_wheel_ships_the_schema_and_type_marker(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "geoens/schemas/config.schema.yaml" in names
     assert "geoens/py.typed" in names
+    sources = sorted(str(p.relative_to(REPO / "src")) for p in (REPO / "src" / "geoens").rglob("*.py"))
+    assert sorted(n for n in names if n.endswith(".py")) == sources, "every module of every subpackage ships"
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]
     base = [ln for ln in requires if "extra ==" not in ln]

@@ -1,6 +1,6 @@
 """Entry points: what a user runs once a workflow has finished.
 
-- :mod:`geoens.apps.cli`     the ``geoens`` command: ``validate``, ``search``, ``predict``;
+- :mod:`geoens.apps.cli`     the ``geoens`` command: ``validate`` and ``search``;
 - :mod:`geoens.apps.search`  ``geoens search``: ranked and calibrated regions for new photos, written as
   GeoTIFF/GeoJSON/GPKG/PNG.
 

@@ -2,8 +2,7 @@
 
 - :mod:`geoens.models.datasets`    image sources (shard index, folders), decoding, augmentation, datasets;
 - :mod:`geoens.models.imagecache`  the decoded-image cache of small training images, batched augmentation;
-- :mod:`geoens.models.nets`        timm backbones (offline weights), multi-head classifier, hierarchical
-heads;
+- :mod:`geoens.models.nets`        timm backbones (offline weights), multi-head classifier, hierarchy heads;
 - :mod:`geoens.models.checkpoint`  checkpoint files, stop signals (SIGTERM/SIGUSR1 -> exit 75), resumable
   samplers;
 - :mod:`geoens.models.training`    the training runtime (device, seeding, inputs, epochs, prediction files);

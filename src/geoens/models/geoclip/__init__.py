@@ -3,8 +3,8 @@
 Modules: :mod:`~geoens.models.geoclip.location` (location encoder, GPS gallery, shipped weights),
 :mod:`~geoens.models.geoclip.cells` (fine-cell embeddings cache, scoring),
 :mod:`~geoens.models.geoclip.towers` (image towers, CLIP), :mod:`~geoens.models.geoclip.training` (contrastive
-tower training, tower files) and
-:mod:`~geoens.models.geoclip.stage` (the workflow stages: tower training and prediction glue).
+tower training, tower files) and :mod:`~geoens.models.geoclip.stage` (the workflow stages: tower training and
+prediction glue).
 
 GeoCLIP (NeurIPS 2023) embeds a GPS point with a *location encoder*: the point is projected
 with the Equal Earth projection, encoded with random Fourier features at three scales

@@ -28,7 +28,7 @@ from geoens.models.geoclip.location import (
     weights_dir,
 )
 
-log = logging.getLogger("geoens.models.geoclip")
+log = logging.getLogger("geoens.geoclip")
 
 #: Format version of the cell-embedding cache (bump when its layout or meaning changes).
 CACHE_VERSION = "1"

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from geoens.core.types import F32Array
 
-log = logging.getLogger("geoens.models.geoclip")
+log = logging.getLogger("geoens.geoclip")
 
 #: Size of GeoCLIP's shared image/location embedding.
 EMBED_DIM = 512

@@ -46,7 +46,7 @@ from geoens.models.predictors import prediction_dataset
 from geoens.models.training.predictions import with_progress, write_predictions, write_skipped
 from geoens.models.training.runtime import load_or_build_index, resolve_device
 
-log = logging.getLogger("geoens.models.geoclip")
+log = logging.getLogger("geoens.geoclip")
 
 # --------------------------------------------------------------------------------------------------
 # Datasets and whole-stage entry points (called by workflow_scripts/geoclip_*.py)

@@ -19,7 +19,7 @@ from geoens.models.geoclip.cells import score_cells
 from geoens.models.geoclip.location import EMBED_DIM, weights_dir
 from geoens.models.nets import build_backbone
 
-log = logging.getLogger("geoens.models.geoclip")
+log = logging.getLogger("geoens.geoclip")
 
 #: Default Hugging Face id of GeoCLIP's image backbone.
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"

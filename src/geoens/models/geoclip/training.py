@@ -33,7 +33,7 @@ from geoens.models.geoclip.towers import TrainedImageTower
 from geoens.models.training.config import TrainerConfig
 from geoens.models.training.runtime import resolve_device
 
-log = logging.getLogger("geoens.models.geoclip")
+log = logging.getLogger("geoens.geoclip")
 
 #: Format version of the tower's training checkpoint (``results/models/geoclip_tower/checkpoint.pt``).
 TOWER_CHECKPOINT_VERSION = 1

@@ -1,8 +1,7 @@
 """The training runtime shared by :mod:`~geoens.models.predictors` (LS/LC/GeoEst) and the GeoCLIP tower.
 
 - :mod:`geoens.models.training.runtime`: device resolution, process placement, seeding, autocast, early
-stopping,
-  the per-epoch metrics table and the shard-index cache glue.
+  stopping, the per-epoch metrics table and the shard-index cache glue.
 - :mod:`geoens.models.training.predictions`: the prediction Parquet schema, its streaming writer and
   ``skipped.json``.
 - :mod:`geoens.models.training.config`: the trainer settings and the rows each predictor trains on.

@@ -36,7 +36,7 @@ from geoens.models.training.config import (
 )
 from geoens.models.training.runtime import DistEnv, load_or_build_index
 
-log = logging.getLogger("geoens.models.predictors")
+log = logging.getLogger("geoens.train")
 
 
 @dataclasses.dataclass

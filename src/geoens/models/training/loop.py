@@ -39,7 +39,7 @@ from geoens.models.training.runtime import (
     write_metrics,
 )
 
-log = logging.getLogger("geoens.models.predictors")
+log = logging.getLogger("geoens.train")
 
 #: Format version of ``checkpoint.pt`` of :func:`geoens.models.predictors.train_model`.
 CHECKPOINT_VERSION = 1

@@ -1,8 +1,7 @@
 """Device, process placement, seeding, autocast, early stopping and metrics of every training loop.
 
 Shared by :mod:`geoens.models.predictors` and :mod:`geoens.models.geoclip.training`; checkpoints and stop
-signals are
-:mod:`geoens.models.checkpoint`'s.
+signals are :mod:`geoens.models.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import torch.distributed as dist
 from geoens.core.io import atomic_path
 from geoens.models.datasets import ShardIndex
 
-log = logging.getLogger("geoens.models.predictors")
+log = logging.getLogger("geoens.train")
 
 
 class DeviceUnavailableError(RuntimeError):
