@@ -139,3 +139,13 @@ IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3
 #: pixel-order file) instead of an in-memory index: 5400 x 10800 (58 M) stays in memory, 21600 x 43200
 #: (933 M, 3.7 GB as int32) does not (DESIGN 10).
 INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000
+
+# --- map explorer (geoens.reports.explorer) ----------------------------------------------------------
+#: Width (pixels) of the explorer's base map and region images at most (plate carree, so half as high).
+EXPLORER_REGION_WIDTH: Final[int] = 720
+#: Upper bound (km^2) of the smallest area level of a region image (areas below share level 1).
+EXPLORER_LEVEL_MIN_KM2: Final[float] = 1.0
+#: Photos per test set with per-photo detail (regions, image) by default; the rest are summary points.
+EXPLORER_SAMPLE: Final[int] = 300
+#: Longer side (pixels) of the explorer's photo thumbnails.
+EXPLORER_THUMB_SIDE: Final[int] = 256

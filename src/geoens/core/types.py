@@ -17,3 +17,5 @@ I32Array = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
 #: uint64 arrays (S2 cell ids).
 U64Array = npt.NDArray[np.uint64]
+#: uint8 arrays (8-bit images).
+U8Array = npt.NDArray[np.uint8]
