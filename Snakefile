@@ -16,6 +16,7 @@ include: "rules/train.smk"
 include: "rules/geoclip.smk"
 include: "rules/evaluate.smk"
 include: "rules/calibrate.smk"
+include: "rules/explorer.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         all_tables(),
         "results/figures/coverage.pdf",
         expand("results/tables/{testset}_tempered.md", testset=TESTSETS),
+        "results/explorer/index.html",

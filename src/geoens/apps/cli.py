@@ -1,4 +1,5 @@
-"""Command line: ``geoens validate`` (check a config) and ``geoens search`` (regions to search for a photo).
+"""Command line: ``geoens validate`` (check a config), ``geoens search`` (regions to search for a photo) and
+``geoens explore`` (the offline map explorer of a run).
 
 ``geoens search`` answers the downstream question for new photos with the models a workflow run trained:
 it predicts the photo's S2-cell probabilities with a base model (``geoest`` or ``geoclip``) and, optionally,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy.typing as npt
 
 from geoens import __version__
 from geoens.apps.search import plan_coverage_search, plan_search
+from geoens.core.constants import EXPLORER_SAMPLE
 from geoens.core.config import (
     ConfigError,
     deep_update,
@@ -108,18 +111,27 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{results / need} is missing: run the workflow first (snakemake ... results/{need})"
             )
     paths = [Path(p) for p in args.images]
-    missing = [str(p) for p in paths if not p.is_file()]
+    folders = [p for p in paths if p.is_dir()]
+    missing = [str(p) for p in paths if not p.is_file() and not p.is_dir()]
     images = [p for p in paths if p.is_file()]
     if not images:
+        if folders:
+            raise IsADirectoryError(
+                f"{folders[0]} is a directory, not a photo: give the photo files (e.g. {folders[0]}/*.jpg)"
+            )
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
     for name in missing:
         print(f"geoens: error: {name}: no such photo file; skipped", file=sys.stderr)
+    for folder in folders:
+        print(f"geoens: error: {folder}: is a directory, not a photo; skipped", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     by_folder: dict[Path, list[str]] = {}
     for p in images:
         by_folder.setdefault(p.resolve().parent, []).append(p.name)
     searched = 0
+    too_small: list[tuple[Path, float]] = []
+    shown: list[tuple[Path, dict[str, npt.NDArray[np.float64]]]] = []
     extra = (
         ["ls"]
         if args.coverage is not None and args.region.endswith("-bucket") and "ls" not in families
@@ -136,6 +148,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"geoens: error: {bad}: cannot decode the photo; skipped", file=sys.stderr)
                 continue
             probs = {"s2": preds[args.base][image_id], **{f: preds[f][image_id] for f in families}}
+            shown.append((folder / image_id, probs))
             stem = Path(image_id).stem
             if args.coverage is not None:
                 _coverage_search(args, results, cfg, probs, preds, image_id, out / stem, folder)
@@ -152,14 +165,61 @@ def cmd_search(args: argparse.Namespace) -> int:
                 earth_radius_km=grid_from_config(cfg).earth_radius_km,
             )
             total = float(regions["area_km2"].sum()) if len(regions) else 0.0
+            if not len(regions):
+                first = float(regions.attrs.get("first_group_km2", math.inf))
+                too_small.append((folder / image_id, first))
+                continue
             print(
                 f"{folder / image_id}: {len(regions)} region group(s), {total:.4g} km^2 of "
                 f"{args.budget_km2:.4g} km^2 -> {out / (stem + '.geojson')}"
             )
             searched += 1
+    if args.html and shown:
+        # deferred: the viewer's module is needed only with --html
+        from geoens.reports.explorer import build_search_viewer
+
+        viewer = build_search_viewer(results, out / "viewer", shown, args.base, families)
+        print(f"viewer of {viewer['photos']} photo(s) -> {out / 'viewer' / 'index.html'}")
+    if searched == 0 and too_small and len(too_small) == len(shown):
+        raise ValueError(_budget_hint(args.budget_km2, min(f for _, f in too_small)))
+    for photo, first in too_small:
+        print(f"geoens: error: {photo}: {_budget_hint(args.budget_km2, first)}; skipped", file=sys.stderr)
     if searched == 0:
         print(f"geoens: error: none of the {len(paths)} photo(s) could be searched", file=sys.stderr)
         return 1
+    return 0
+
+
+def _budget_hint(budget_km2: float, first_km2: float) -> str:
+    """Why a budget returned no region: smaller than the most likely rank group (or every score is 0)."""
+    if not math.isfinite(first_km2):
+        return "every atom has probability 0: no region to propose at any budget"
+    return (
+        f"--budget-km2 {budget_km2:.4g} is smaller than the most likely rank group ({first_km2:.4g} km^2): "
+        f"no region fits; the smallest budget that returns a region is --budget-km2 {_round_up(first_km2)}"
+    )
+
+
+def _round_up(x: float) -> str:
+    """``x`` rounded up to 4 significant digits, as typed on the command line."""
+    e = math.floor(math.log10(x)) - 3 if x > 0 else 0
+    return f"{math.ceil(x / 10.0**e) * 10.0**e:.4g}"
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    """``geoens explore``: the offline map explorer of a finished run."""
+    # deferred: the explorer's module is needed only by this subcommand
+    from geoens.reports.explorer import build_explorer
+
+    images: dict[str, str] = {}
+    if args.config is not None:
+        cfg = effective_config([args.config])
+        images = {k: v["images"] for k, v in cfg["inputs"]["testsets"].items() if "images" in v}
+    r = build_explorer(args.results, args.out, sample=args.sample, image_dirs=images, seed=args.seed)
+    print(
+        f"{Path(args.out) / 'index.html'}: {r['photos']} photos ({r['detail']} with regions), "
+        f"{r['bytes'] / 1e6:.1f} MB"
+    )
     return 0
 
 
@@ -228,7 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="search", help="output folder (one GeoJSON and GeoTIFF per photo)")
+    s.add_argument(
+        "--html", action="store_true", help="also write the map viewer of the photos (OUT/viewer/index.html)"
+    )
     s.set_defaults(func=cmd_search)
+    e = sub.add_parser("explore", help="write the offline map explorer of a finished run (index.html)")
+    e.add_argument("--results", default="results", help="the workflow's results folder")
+    e.add_argument("--out", default="results/explorer", help="the explorer's folder (replaced whole)")
+    e.add_argument(
+        "--config", default=None, help="the run's config (photo folders of the test sets, for thumbnails)"
+    )
+    e.add_argument(
+        "--sample", type=int, default=EXPLORER_SAMPLE, help="photos per test set with regions and thumbnail"
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    e.set_defaults(func=cmd_explore)
     return parser
 
 
@@ -238,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, IsADirectoryError, ValueError) as exc:
         print(f"geoens: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - one line naming the problem, never a traceback

@@ -102,7 +102,9 @@ def search_regions(
 
     Returns:
         One row per rank group, best first: ``rank`` (1..), ``prob`` (``P``), ``area_km2``,
-        ``cum_area_km2``, ``n_atoms``, ``n_pixels`` (-1 without ``atom_index``), ``atoms`` (list of ids).
+        ``cum_area_km2``, ``n_atoms``, ``n_pixels`` (-1 without ``atom_index``), ``atoms`` (list of ids);
+        ``attrs["first_group_km2"]`` is the area of the most likely rank group, the smallest budget that
+        returns a region.
 
     Raises:
         ValueError: If the budget is negative or not finite.
@@ -137,7 +139,10 @@ def search_regions(
             }
         )
     cols = ["rank", "prob", "area_km2", "cum_area_km2", "n_atoms", "n_pixels", "atoms"]
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    # the smallest budget that returns a region (inf when every atom has P = 0)
+    out.attrs["first_group_km2"] = float(cum[0]) if cum.size else math.inf
+    return out
 
 
 def rank_raster(regions: pd.DataFrame, atom_index: npt.NDArray[np.integer], n_atoms: int) -> I32Array:
