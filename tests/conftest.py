@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.slurm import SlurmCluster, start_cluster, unavailable_reason
-from cluster.workflow import REPO, snakemake_env
+from cluster.workflow import REPO, TINY_CONFIG, copy_workflow, run_snakemake, snakemake_env
 
 #: The peers' reference data beside the checkout (tests that need them skip when absent).
 PEERS = REPO.parent / "shared" / "reference" / "peers"
@@ -49,3 +49,13 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_explorer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny workflow run (tests/data/tiny.yaml) up to its map explorer, results/explorer/index.html."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("explorer") / "wf")
+    targets = ["results/explorer/index.html", "results/tables/im2gps3k_original.csv"]
+    targets.append("results/tables/streetview_original.csv")
+    run_snakemake(workdir, *targets, "--cores", "2", "--configfile", str(TINY_CONFIG), timeout=1800).check()
+    return workdir

@@ -173,7 +173,10 @@ def atom_thresholds(
     n_img = us.order.shape[0]
     thr_g = np.empty((n_img, g.n), dtype=np.float64)
     rows = np.arange(n_img)[:, None]
-    thr_g[rows, us.order] = np.where(us.p_sorted > 0, us.cum_area, np.inf)
+    # each position's upper set ends at the end of its tie run (P equal): the area there
+    ends = np.stack([np.searchsorted(-ps, -ps, side="right") - 1 for ps in us.p_sorted])
+    cum = np.take_along_axis(us.cum_area, ends.reshape(n_img, -1), axis=1)
+    thr_g[rows, us.order] = np.where(us.p_sorted > 0, cum, np.inf)
     return thr_g[:, g.of_atom], us
 
 
