@@ -178,7 +178,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         # deferred: the viewer's module is needed only with --html
         from geoens.reports.explorer import build_search_viewer
 
-        viewer = build_search_viewer(results, out / "viewer", shown, args.base, families)
+        viewer = build_search_viewer(results, out / "viewer", shown, args.base, families, args.budget_km2)
         print(f"viewer of {viewer['photos']} photo(s) -> {out / 'viewer' / 'index.html'}")
     if searched == 0 and too_small and len(too_small) == len(shown):
         raise ValueError(_budget_hint(args.budget_km2, min(f for _, f in too_small)))

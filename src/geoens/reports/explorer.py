@@ -480,6 +480,7 @@ def build_search_viewer(
     photos: Sequence[tuple[Path, Mapping[str, npt.ArrayLike]]],
     base: str,
     families: Sequence[str],
+    budget_km2: float | None = None,
 ) -> dict[str, Any]:
     """The explorer of ``geoens search``'s photos (no truth): each photo's ranked region, any budget.
 
@@ -489,6 +490,8 @@ def build_search_viewer(
         photos: ``(photo file, family -> probabilities)`` of each photo (``s2`` and the attributes).
         base: Base model key.
         families: Attribute families ensembled (``ls``, ``lc``).
+        budget_km2: The search's budget, where the page's slider starts (default: the calibrated region
+            at 90% when there is one, else 10^5 km^2).
 
     Raises:
         ValueError: If there is no photo or the method is not a ranked one.
@@ -528,6 +531,7 @@ def build_search_viewer(
                 "cal": {key: {kd: {lv: _num(v[0]) for lv, v in by.items()} for kd, by in cal.items()}},
             }
             rec = _detail_record("search", path.name, None, -1, image, [row], regions)
+            rec["budget_km2"] = budget_km2
             write_global(
                 data / "detail" / "search" / f"{k}.js", f"GEOENS_DETAIL[{json.dumps(f'search/{k}')}]", rec
             )

@@ -149,9 +149,11 @@
     return d.rows.filter(function (r) { return r.base === state.base && r.method === state.method; })[0];
   }
   function startBudget() {
-    // the slider starts at the photo's area to hit for the selected method (or 10^5 km^2)
-    var r = rowOf(state.photo.detail);
-    var a = r && r.area_km2 ? r.area_km2 : 1e5;
+    // the slider starts at the photo's area to hit for the selected method, else at the searched budget,
+    // else at the calibrated region of 90% coverage, else at 10^5 km^2
+    var d = state.photo.detail, r = rowOf(d);
+    var cal = ((d.cal || {})[key()] || {}).adaptive || {};
+    var a = r && r.area_km2 ? r.area_km2 : d.budget_km2 || cal["0.9"] || 1e5;
     state.budgetLog = Math.log10(a) + 1e-9;
   }
   function renderPanel() {
