@@ -162,10 +162,16 @@ def test_search_names_a_directory_and_a_budget_below_the_first_rank_group(tiny_e
     os.chdir(tiny_explorer)
     try:
         args = parser.parse_args(["search", str(images), "--budget-km2", "1e6", "--config", str(TINY_CONFIG)])
-        with pytest.raises(IsADirectoryError, match=r"images is a directory, not a photo: give the photo files"):
+        with pytest.raises(
+            IsADirectoryError, match=r"images is a directory, not a photo: give the photo files"
+        ):
             args.func(args)
-        args = parser.parse_args(["search", photo, "--budget-km2", "1", "--config", str(TINY_CONFIG), "--out", "s"])
-        with pytest.raises(ValueError, match=r"--budget-km2 1 is smaller than the most likely rank group \(") as e:
+        args = parser.parse_args(
+            ["search", photo, "--budget-km2", "1", "--config", str(TINY_CONFIG), "--out", "s"]
+        )
+        with pytest.raises(
+            ValueError, match=r"--budget-km2 1 is smaller than the most likely rank group \("
+        ) as e:
             args.func(args)
     finally:
         os.chdir(cwd)

@@ -44,8 +44,15 @@ def browser() -> Iterator[Any]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium"))
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,900", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"):  # fmt: skip
+    args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ]
+    args += ["--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
+    for arg in args:
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
@@ -145,7 +152,8 @@ def test_clicking_a_photo_shows_its_numbers_and_the_budget_slider_grows_its_regi
     from selenium.webdriver.common.action_chains import ActionChains  # deferred: see the browser fixture
 
     browser.execute_script(
-        f"var s = GEOENS_SUMMARY['im2gps3k']; GEOENS_APP.map().setView([s.lat[{i}], s.lon[{i}]], 4, {{animate: false}})"
+        f"var s = GEOENS_SUMMARY['im2gps3k'];"
+        f"GEOENS_APP.map().setView([s.lat[{i}], s.lon[{i}]], 4, {{animate: false}})"
     )
     x, y = browser.execute_script(f"return GEOENS_APP.markerPoint({i})")
     box = browser.find_element("id", "map")
@@ -172,7 +180,9 @@ def test_clicking_a_photo_shows_its_numbers_and_the_budget_slider_grows_its_regi
     slider = browser.find_element("id", "budget")
     sizes = []
     for v in (300, 600, 900, 1000):
-        browser.execute_script(f"var s = arguments[0]; s.value = {v}; s.dispatchEvent(new Event('input'));", slider)
+        browser.execute_script(
+            f"var s = arguments[0]; s.value = {v}; s.dispatchEvent(new Event('input'));", slider
+        )
         time.sleep(0.2)
         sizes.append(browser.execute_script("return GEOENS_APP.state.regionPixels"))
     assert sizes == sorted(sizes) and sizes[-1] > at_hit > 0, sizes
@@ -205,5 +215,8 @@ def test_search_viewer_opens_offline(browser: Any, tiny_explorer: Path) -> None:
     assert browser.execute_script("return GEOENS_APP.shownCount()") == 2
     browser.execute_script("GEOENS_APP.openPhoto(1)")
     _wait(browser, "return GEOENS_APP.state.regionPixels > 0")
-    assert browser.execute_script("return document.getElementById('photo-title').textContent") == Path(photos[1]).name
+    assert (
+        browser.execute_script("return document.getElementById('photo-title').textContent")
+        == Path(photos[1]).name
+    )
     assert _errors(browser) == []

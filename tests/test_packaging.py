@@ -43,7 +43,10 @@ def test_wheel_ships_the_schema_and_type_marker(wheel: Path) -> None:
     assert sorted(n for n in names if n.endswith(".py")) == sources, "every module of every subpackage ships"
     web = REPO / "src" / "geoens" / "reports" / "explorer_web"
     page = {str(p.relative_to(REPO / "src")) for p in web.rglob("*") if p.is_file()}
-    assert {"geoens/reports/explorer_web/index.html", "geoens/reports/explorer_web/vendor/leaflet/leaflet.js"} <= page
+    assert {
+        "geoens/reports/explorer_web/index.html",
+        "geoens/reports/explorer_web/vendor/leaflet/leaflet.js",
+    } <= page
     assert page <= set(names), "the explorer's page (template, code, vendored Leaflet and its licence) ships"
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]

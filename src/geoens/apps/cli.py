@@ -1,5 +1,6 @@
-"""Command line: ``geoens validate`` (check a config), ``geoens search`` (regions to search for a photo) and
-``geoens explore`` (the offline map explorer of a run).
+"""Command line: ``geoens validate``, ``geoens search`` and ``geoens explore``.
+
+``geoens validate`` checks a config; ``geoens explore`` writes the offline map explorer of a finished run.
 
 ``geoens search`` answers the downstream question for new photos with the models a workflow run trained:
 it predicts the photo's S2-cell probabilities with a base model (``geoest`` or ``geoclip``) and, optionally,
@@ -22,7 +23,6 @@ import numpy.typing as npt
 
 from geoens import __version__
 from geoens.apps.search import plan_coverage_search, plan_search
-from geoens.core.constants import EXPLORER_SAMPLE
 from geoens.core.config import (
     ConfigError,
     deep_update,
@@ -33,6 +33,8 @@ from geoens.core.config import (
     read_config_file,
     render_config,
 )
+from geoens.core.constants import EXPLORER_SAMPLE
+from geoens.reports.explorer import build_explorer, build_search_viewer
 
 log = logging.getLogger("geoens.apps.cli")
 
@@ -111,19 +113,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{results / need} is missing: run the workflow first (snakemake ... results/{need})"
             )
     paths = [Path(p) for p in args.images]
-    folders = [p for p in paths if p.is_dir()]
-    missing = [str(p) for p in paths if not p.is_file() and not p.is_dir()]
-    images = [p for p in paths if p.is_file()]
-    if not images:
-        if folders:
-            raise IsADirectoryError(
-                f"{folders[0]} is a directory, not a photo: give the photo files (e.g. {folders[0]}/*.jpg)"
-            )
-        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
-    for name in missing:
-        print(f"geoens: error: {name}: no such photo file; skipped", file=sys.stderr)
-    for folder in folders:
-        print(f"geoens: error: {folder}: is a directory, not a photo; skipped", file=sys.stderr)
+    images = _photo_files(paths)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     by_folder: dict[Path, list[str]] = {}
@@ -175,17 +165,51 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
             searched += 1
     if args.html and shown:
-        # deferred: the viewer's module is needed only with --html
-        from geoens.reports.explorer import build_search_viewer
-
         viewer = build_search_viewer(results, out / "viewer", shown, args.base, families, args.budget_km2)
         print(f"viewer of {viewer['photos']} photo(s) -> {out / 'viewer' / 'index.html'}")
-    if searched == 0 and too_small and len(too_small) == len(shown):
-        raise ValueError(_budget_hint(args.budget_km2, min(f for _, f in too_small)))
+    return _search_status(args.budget_km2, searched, too_small, len(shown), len(paths))
+
+
+def _photo_files(paths: list[Path]) -> list[Path]:
+    """The photo files among ``geoens search``'s arguments; one line on stderr per other argument.
+
+    Raises:
+        IsADirectoryError: If none is a file and one is a directory.
+        FileNotFoundError: If none exists.
+
+    """
+    folders = [p for p in paths if p.is_dir()]
+    missing = [str(p) for p in paths if not p.is_file() and not p.is_dir()]
+    images = [p for p in paths if p.is_file()]
+    if not images:
+        if folders:
+            raise IsADirectoryError(
+                f"{folders[0]} is a directory, not a photo: give the photo files (e.g. {folders[0]}/*.jpg)"
+            )
+        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    for name in missing:
+        print(f"geoens: error: {name}: no such photo file; skipped", file=sys.stderr)
+    for folder in folders:
+        print(f"geoens: error: {folder}: is a directory, not a photo; skipped", file=sys.stderr)
+    return images
+
+
+def _search_status(
+    budget_km2: float | None, searched: int, too_small: list[tuple[Path, float]], n_decoded: int, n_paths: int
+) -> int:
+    """Exit status of ``geoens search``; names the photos whose budget is below their first rank group.
+
+    Raises:
+        ValueError: If every decoded photo's budget is below its first rank group (with the smallest budget
+            that returns a region).
+
+    """
+    if searched == 0 and too_small and len(too_small) == n_decoded:
+        raise ValueError(_budget_hint(budget_km2 or 0.0, min(f for _, f in too_small)))
     for photo, first in too_small:
-        print(f"geoens: error: {photo}: {_budget_hint(args.budget_km2, first)}; skipped", file=sys.stderr)
+        print(f"geoens: error: {photo}: {_budget_hint(budget_km2 or 0.0, first)}; skipped", file=sys.stderr)
     if searched == 0:
-        print(f"geoens: error: none of the {len(paths)} photo(s) could be searched", file=sys.stderr)
+        print(f"geoens: error: none of the {n_paths} photo(s) could be searched", file=sys.stderr)
         return 1
     return 0
 
@@ -208,9 +232,6 @@ def _round_up(x: float) -> str:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """``geoens explore``: the offline map explorer of a finished run."""
-    # deferred: the explorer's module is needed only by this subcommand
-    from geoens.reports.explorer import build_explorer
-
     images: dict[str, str] = {}
     if args.config is not None:
         cfg = effective_config([args.config])

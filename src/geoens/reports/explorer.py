@@ -210,7 +210,7 @@ def summary_frame(per_image: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame
     wide = per_image.pivot_table(
         index="image_id", columns=["base", "method"], values="area_km2", aggfunc="first", dropna=False
     )
-    wide.columns = [f"{b}|{m}" for b, m in wide.columns]
+    wide.columns = [f"{c[0]}|{c[1]}" for c in wide.columns]
     bucket = per_image.groupby("image_id")["ls_bucket"].first()
     lab = labels.set_index("image_id")[["lat", "lon"]]
     ids = [i for i in lab.index if i in wide.index]
@@ -227,7 +227,7 @@ def _log_area(values: pd.Series) -> list[int | None]:
     return [int(v) if math.isfinite(x) else None for v, x in zip(lg, a, strict=True)]
 
 
-def write_summary(
+def write_points(
     data: Path, testset: str, summ: pd.DataFrame, keys: Sequence[str], detail: npt.NDArray[np.int64]
 ) -> None:
     """``data/summary_<testset>.js``: every photo as columns (the page's point layer)."""
@@ -258,8 +258,8 @@ def write_global(path: Path, target: str, obj: Any) -> None:
 def thumbnail(src: Path, dest: Path, side: int = EXPLORER_THUMB_SIDE) -> bool:
     """A JPEG thumbnail of a photo (``False`` when it cannot be read)."""
     try:
-        with Image.open(src) as im:
-            im = im.convert("RGB")
+        with Image.open(src) as opened:
+            im = opened.convert("RGB")
             im.thumbnail((side, side))
             dest.parent.mkdir(parents=True, exist_ok=True)
             im.save(dest, format="JPEG", quality=80)
@@ -437,7 +437,7 @@ def build_explorer(
             keys = [f"{b}|{m}" for b, m in pairs]
             worst = np.nan_to_num(summ[keys].to_numpy(np.float64), nan=0.0).max(axis=1)
             detail = pick_sample(worst, sample, seed)
-            write_summary(data, ts, summ, keys, detail)
+            write_points(data, ts, summ, keys, detail)
             ids = summ["image_id"].iloc[detail].tolist()
             by_base: dict[str, list[str]] = {}
             for b, m in pairs:

@@ -8,8 +8,9 @@ threshold per pixel of a downsampled grid, quantised on a log scale to 8 bits (0
 stands for the upper bound of its bin, so a drawn pixel is always inside the true region). The atoms seen
 on the downsampled grid are numbered once (the *region map*: an RGB PNG of each pixel's number, written
 once per page); a photo's region is then the grayscale PNG of the levels of those atoms, a few hundred
-bytes for the demo, and the page shows the region of any budget from the two. The calibrated region at a coverage level is the
-same plan at the area of the calibrated upper set (:func:`geoens.evaluation.conformal.region_areas`).
+bytes for the demo, and the page shows the region of any budget from the two. The calibrated region at a
+coverage level is the same plan at the area of the calibrated upper set
+(:func:`geoens.evaluation.conformal.region_areas`).
 """
 
 from __future__ import annotations
