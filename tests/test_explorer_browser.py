@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,61 +19,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+from browser import chromium
 
 pytestmark = pytest.mark.slow
 
 
-def _missing() -> str | None:
-    for p in (CHROMIUM, CHROMEDRIVER):
-        if not p.exists() and shutil.which(p.name) is None:
-            return f"{p} not found: install it with tests/browser/install_chromium.sh (CI does)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """A headless Chromium with no network (proxy to a closed port, no DNS, offline emulation)."""
-    reason = _missing()
+    """A headless Chromium with no network (tests/browser/chromium.py)."""
+    reason = chromium.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    from selenium import webdriver  # deferred: only these tests need it, and only with Chromium present
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium"))
-    args = [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-    ]
-    args += ["--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
-    for arg in args:
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(str(CHROMEDRIVER)))
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd(
-        "Network.emulateNetworkConditions",
-        {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0},
-    )
+    driver = chromium.start()
     try:
         yield driver
     finally:
         driver.quit()
 
 
-def _open(driver: Any, page: Path, timeout: float = 20.0) -> float:
-    """Load the page and wait until it says it is ready; return the seconds it took."""
-    t0 = time.monotonic()
-    driver.get(page.as_uri())
-    while not driver.execute_script("return !!(window.GEOENS_APP && window.GEOENS_APP.ready)"):
-        assert time.monotonic() - t0 < timeout, f"{page} did not get ready in {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - t0
+def _open(driver: Any, page: Path) -> float:
+    return chromium.open_page(driver, page, timeout=20.0)
 
 
 def _wait(driver: Any, script: str, timeout: float = 10.0) -> Any:
@@ -85,10 +49,6 @@ def _wait(driver: Any, script: str, timeout: float = 10.0) -> Any:
             return v
         assert time.monotonic() - t0 < timeout, f"timed out waiting for: {script}"
         time.sleep(0.05)
-
-
-def _errors(driver: Any) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
 
 
 def _assert_not_blank(png: bytes, what: str) -> None:
@@ -103,7 +63,7 @@ def test_page_loads_offline_without_errors_and_shows_every_photo(
 ) -> None:
     page = tiny_explorer / "results" / "explorer" / "index.html"
     _open(browser, page)
-    assert _errors(browser) == []
+    assert chromium.console_errors(browser) == []
     per_image = pd.read_parquet(tiny_explorer / "results" / "eval" / "im2gps3k" / "per_image.parquet")
     assert browser.execute_script("return GEOENS_APP.shownCount()") == per_image["image_id"].nunique()
     # the base map is the run's own: its image and the outline are drawn, no tile layer
@@ -136,7 +96,7 @@ def test_selecting_a_method_recolours_the_points(browser: Any, tiny_explorer: Pa
     best = int(np.nanargmin(np.array([np.nan if v is None else v for v in summ], dtype=float)))
     lum = [sum(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in after]
     assert lum[best] == min(lum)
-    assert _errors(browser) == []
+    assert chromium.console_errors(browser) == []
 
 
 def test_clicking_a_photo_shows_its_numbers_and_the_budget_slider_grows_its_region(
@@ -193,7 +153,7 @@ def test_clicking_a_photo_shows_its_numbers_and_the_budget_slider_grows_its_regi
     # the calibrated region at a coverage level sets the budget to its area
     opts = browser.execute_script("return [...document.getElementById('coverage').options].map(o => o.value)")
     assert "adaptive:0.9" in opts
-    assert _errors(browser) == []
+    assert chromium.console_errors(browser) == []
 
 
 def test_search_viewer_opens_offline(browser: Any, tiny_explorer: Path) -> None:
@@ -219,4 +179,4 @@ def test_search_viewer_opens_offline(browser: Any, tiny_explorer: Path) -> None:
         browser.execute_script("return document.getElementById('photo-title').textContent")
         == Path(photos[1]).name
     )
-    assert _errors(browser) == []
+    assert chromium.console_errors(browser) == []
