@@ -96,6 +96,8 @@
       layers.push(m);
     }
     pointLayer = L.featureGroup(layers).addTo(map);
+    state.dimmed = false;
+    if (layers.length) map.fitBounds(pointLayer.getBounds().pad(0.1), { maxZoom: 5, animate: false });
     recolour();
     applyFilter();
   }
@@ -121,7 +123,14 @@
   }
 
   // ------------------------------------------------------------------------------------------- panel
+  function dimPoints(on) {
+    if (state.dimmed === on) return;
+    state.dimmed = on;
+    var st = { fillOpacity: on ? 0.15 : 0.85, opacity: on ? 0.2 : 1 };
+    for (var i = 0; i < markers.length; i++) markers[i].setStyle(st);
+  }
   function closePanel() {
+    if (markers.length) dimPoints(false);
     state.photo = null;
     $("panel").classList.add("hidden");
     if (regionLayer) { map.removeLayer(regionLayer); regionLayer = null; }
@@ -131,6 +140,8 @@
     var s = SUMMARY[state.testset];
     var k = s.detail[i];
     state.photo = { index: i, id: s.ids[i], detail: null, dkey: state.testset + "/" + k };
+    dimPoints(true);
+    centreOn(i);
     if (k < 0) { renderPanel(); return; }
     var have = window.GEOENS_DETAIL[state.photo.dkey];
     if (have) { state.photo.detail = have; startBudget(); renderPanel(); return; }
@@ -147,6 +158,10 @@
   }
   function rowOf(d) {
     return d.rows.filter(function (r) { return r.base === state.base && r.method === state.method; })[0];
+  }
+  function centreOn(i) {
+    var s = SUMMARY[state.testset];
+    map.setView([s.lat[i], s.lon[i]], Math.max(map.getZoom(), 2), { animate: false });
   }
   function startBudget() {
     // the slider starts at the photo's area to hit for the selected method, else at the searched budget,
@@ -262,8 +277,8 @@
     var p = state.photo;
     if (!p) return;
     var s = SUMMARY[state.testset];
-    truthLayer = L.circleMarker([s.lat[p.index], s.lon[p.index]], { radius: 7, color: "#d00", weight: 2,
-      fill: false }).addTo(map);
+    truthLayer = L.circleMarker([s.lat[p.index], s.lon[p.index]], { radius: 7, color: "#0050d0", weight: 2.5,
+      fill: false, pane: "truth" }).addTo(map);
     var budget = Math.pow(10, state.budgetLog);
     var hiLog = Math.log10(RUN.scale ? RUN.scale.hi_km2 : 5.1e8);
     $("budget").value = Math.round(1000 * state.budgetLog / hiLog);
@@ -281,15 +296,16 @@
       for (var i = 0; i < L8.lv.length; i++) {
         var v = L8.lv[i];
         if (v > 0 && v <= maxLevel) {
-          var col = rampColour((v - 1) / (RUN.scale.n_levels - 1));
-          im.data[4 * i] = parseInt(col.slice(1, 3), 16); im.data[4 * i + 1] = parseInt(col.slice(3, 5), 16);
-          im.data[4 * i + 2] = parseInt(col.slice(5, 7), 16); im.data[4 * i + 3] = 200; n++;
+          // most likely (smallest level) dark red, the last rank groups within the budget light orange
+          var t = maxLevel > 1 ? (v - 1) / (maxLevel - 1) : 0;
+          im.data[4 * i] = Math.round(190 + 65 * t); im.data[4 * i + 1] = Math.round(150 * t);
+          im.data[4 * i + 2] = 0; im.data[4 * i + 3] = 255; n++;
         }
       }
       g.putImageData(im, 0, 0);
       state.regionPixels = n;
-      regionLayer = L.imageOverlay(c.toDataURL(), [[-90, -180], [90, 180]], { opacity: 0.75 }).addTo(map);
-      truthLayer.bringToFront();
+      regionLayer = L.imageOverlay(c.toDataURL(), [[-90, -180], [90, 180]], { opacity: 0.85, pane: "region" })
+        .addTo(map);
       $("region-info").textContent = state.method + ": " + n + " map pixel(s) within " + fmt(budget, 3) + " km²";
     });
   }
@@ -363,8 +379,10 @@
   function init() {
     map = L.map("map", { crs: L.CRS.EPSG4326, minZoom: 0, maxZoom: 9, zoomSnap: 0.25,
       maxBounds: [[-100, -200], [100, 200]], attributionControl: false });
+    map.createPane("region").style.zIndex = 450; // above the photos' points (overlay pane: 400)
+    map.createPane("truth").style.zIndex = 460;
     var bm = RUN.basemap;
-    L.imageOverlay(bm.image, bm.bounds).addTo(map);
+    L.imageOverlay(bm.image, bm.bounds, { opacity: 0.7 }).addTo(map);
     if (bm.outline) L.geoJSON(bm.outline, { style: { color: "#556", weight: 0.8, fill: false },
       interactive: false }).addTo(map);
     map.fitBounds([[-80, -180], [85, 180]]);
