@@ -1,14 +1,15 @@
 """Benchmark: the map explorer of a finished run and of a synthetic 50,000-photo test set, size and open time.
 
-Baseline: the explorer of the run given by ``--results`` (the demo: 2 x 500 photos), built with
-``geoens.reports.explorer.build_explorer``. Then a synthetic results folder with one test set of
-``--photos`` photos: the run's atoms, masks and calibration linked in; the per-image rows, labels and
-predictions of the run's first test set repeated under new ids, the truths jittered. For each: build time,
+Baseline: the explorer of the run given by ``--results`` (the demo: 2 x 500 photos, thumbnails from the
+photo folders of ``--config``), built with ``geoens.reports.explorer.build_explorer``. Then a synthetic
+results folder with one test set of ``--photos`` photos: the run's atoms, masks and calibration linked in;
+the per-image rows, labels and predictions of the run's first test set repeated under new ids, the truths
+jittered. For each: build time,
 folder size (all of it, and the part the page loads at start), and the open time in headless Chromium with
 the network off (until the page says it is ready: every photo drawn; skipped without Chromium), then the
 ratios 50,000 / baseline.
 
-Usage: python bench/bench_explorer.py [--results results] [--photos 50000] [--sample 300] [--small]
+Usage: python bench/bench_explorer.py [--results results] [--config config.yaml] [--photos 50000] [--small]
 Writes bench/out/bench_explorer[_small].json.
 """
 
@@ -28,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geoens.core.config import effective_config
 from geoens.reports.explorer import build_explorer, folder_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,13 +54,15 @@ def synthetic_run(results: Path, dest: Path, photos: int, seed: int = 0) -> str:
     big["image_id"] = np.repeat(new_ids, reps)
     (dest / "eval" / "big").mkdir(parents=True)
     big.to_parquet(dest / "eval" / "big" / "per_image.parquet")
-    labels = pq.read_table(results / "labels" / "testsets" / f"{ts}.parquet").to_pandas().set_index("image_id")
+    labels = pq.read_table(results / "labels" / "testsets" / f"{ts}.parquet").to_pandas()
+    labels = labels.set_index("image_id")
     lab = labels.loc[ids[pick]].reset_index()
     lab["image_id"] = new_ids
     lab["lat"] = np.clip(lab["lat"] + rng.normal(0, 0.3, photos), -89.9, 89.9)
     lab["lon"] = ((lab["lon"] + rng.normal(0, 0.3, photos) + 180) % 360) - 180
     (dest / "labels" / "testsets").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(lab, preserve_index=False), dest / "labels" / "testsets" / "big.parquet")
+    lab_table = pa.Table.from_pandas(lab, preserve_index=False)
+    pq.write_table(lab_table, dest / "labels" / "testsets" / "big.parquet")
     (dest / "predictions" / "big").mkdir(parents=True)
     for pred in sorted((results / "predictions" / ts).glob("*.parquet")):
         t = pq.read_table(pred)
@@ -69,10 +73,12 @@ def synthetic_run(results: Path, dest: Path, photos: int, seed: int = 0) -> str:
     return ts
 
 
-def measure(results: Path, out: Path, sample: int, driver: Any) -> dict[str, Any]:
+def measure(
+    results: Path, out: Path, sample: int, driver: Any, images: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Build the explorer of ``results`` into ``out``; its size and (with a driver) its open time."""
     t0 = time.perf_counter()
-    r = build_explorer(results, out, sample=sample)
+    r = build_explorer(results, out, sample=sample, image_dirs=images)
     build_s = time.perf_counter() - t0
     start = [p for p in out.rglob("*") if p.is_file() and "detail" not in p.parts and "images" not in p.parts]
     rec: dict[str, Any] = {
@@ -92,6 +98,7 @@ def measure(results: Path, out: Path, sample: int, driver: Any) -> dict[str, Any
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results", help="a finished run (the demo's by default)")
+    ap.add_argument("--config", default="config.yaml", help="its config (photo folders, for thumbnails)")
     ap.add_argument("--photos", type=int, default=50_000)
     ap.add_argument("--sample", type=int, default=300)
     ap.add_argument("--small", action="store_true", help="5,000 photos")
@@ -104,7 +111,9 @@ def main() -> int:
         print(f"open times skipped: {reason}")
     try:
         with tempfile.TemporaryDirectory(prefix="bench_explorer_") as tmp:
-            base = measure(results, Path(tmp) / "demo_explorer", args.sample, driver)
+            cfg = effective_config([args.config])
+            images = {k: v["images"] for k, v in cfg["inputs"]["testsets"].items() if "images" in v}
+            base = measure(results, Path(tmp) / "demo_explorer", args.sample, driver, images)
             syn = Path(tmp) / "syn"
             syn.mkdir()
             synthetic_run(results, syn, photos)

@@ -38,7 +38,9 @@ def main() -> int:
         i = driver.execute_script(
             "var s = GEOENS_SUMMARY[GEOENS_APP.state.testset], k = GEOENS_APP.state.base + '|' + "
             "GEOENS_APP.state.method, c = [];"
-            "s.ids.forEach(function (_, i) { if (s.detail[i] >= 0 && s.log_area[k][i] !== null) c.push(i); });"
+            "s.ids.forEach(function (_, i) {"
+            "  if (s.detail[i] >= 0 && s.log_area[k][i] !== null) c.push(i);"
+            "});"
             "c.sort(function (a, b) { return s.log_area[k][a] - s.log_area[k][b]; });"
             "return c[Math.floor(c.length / 2)];"
         )
