@@ -6,11 +6,13 @@ is run from a rehearsal folder (``python -m geoens.demo.rehearsal --scale 20``: 
 of config/paper.yaml, a ``my.yaml``, the workflow linked in), exactly as printed, with these dry-run rules:
 
 * ``snakemake ...``: with ``-n`` appended; must exit 0.
-* ``geoens validate ...``: run as printed; ``geoens search ...``: its arguments are parsed (a real search
-  needs a finished run: tests/test_workflow.py runs one).
+* ``geoens validate ...``: run as printed; ``geoens search ...`` and ``geoens explore ...``: their arguments
+  are parsed (a real search or explorer needs a finished run: tests/test_workflow.py and
+  tests/test_explorer.py run one).
 * ``make <target>``: ``make -n <target>`` in the checkout.
-* ``python bench/<x>.py ...`` and ``python -m geoens.demo.rehearsal ...``: arguments parsed with ``--help``
-  appended (they run for minutes); the script must exist.
+* ``python bench/<x>.py ...``, ``python tests/browser/<x>.py ...`` and ``python -m geoens.demo.rehearsal
+  ...``: arguments parsed with ``--help`` appended (they run for minutes or need a run); the script must
+  exist.
 * ``... -m pytest <args>``: ``--collect-only`` (the tests named must exist).
 * ``cp SRC DST``: SRC must exist; ``bash <script>``: the script must exist; ``export``: skipped.
 
@@ -145,20 +147,21 @@ def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
         )
         run = [*base, *argv[1 if Path(prog).name == "snakemake" else 3 :], "-n"]
         cwd = rehearsal
-    elif Path(prog).name == "geoens" and argv[1] == "search":
+    elif Path(prog).name == "geoens" and argv[1] in ("search", "explore"):
         from geoens.apps.cli import build_parser
 
         try:
             build_parser().parse_args(argv[1:])
         except SystemExit as exc:
-            return int(exc.code or 2), "geoens search: the arguments do not parse"
+            return int(exc.code or 2), f"geoens {argv[1]}: the arguments do not parse"
         return 0, "parsed"
     elif Path(prog).name == "geoens":
         run, cwd = [str(bindir / "geoens"), *argv[1:]], rehearsal
     elif Path(prog).name.startswith("python") and "pytest" in argv:
         run, cwd = [sys.executable, *argv[1:], "--collect-only", "-q"], REPO
     elif Path(prog).name.startswith("python") and (
-        argv[1].startswith("bench/") or (argv[1] == "-m" and argv[2].startswith("geoens."))
+        argv[1].startswith(("bench/", "tests/browser/"))
+        or (argv[1] == "-m" and argv[2].startswith("geoens."))
     ):
         run, cwd = [sys.executable, *argv[1:], "--help"], REPO
     else:
