@@ -185,3 +185,35 @@ def test_search_names_a_directory_and_a_budget_below_the_first_rank_group(tiny_e
     both = _search(tiny_explorer, str(images), photo, "--budget-km2", "1", "--out", "s")
     assert both.returncode == 2
     assert f"{images}: is a directory, not a photo; skipped" in both.stderr
+
+
+def test_external_models_in_the_eval_folder_are_shown_too(tiny_explorer: Path, tmp_path: Path) -> None:
+    res = tiny_explorer / "results"
+    mine = tmp_path / "results"
+    mine.mkdir()
+    for part in ("atoms", "masks", "labels", "predictions", "calibration"):
+        (mine / part).symlink_to(res / part)
+    for ts in TESTSETS:
+        (mine / "eval" / ts).mkdir(parents=True)
+        per_image = pd.read_parquet(res / "eval" / ts / "per_image.parquet")
+        per_image.to_parquet(mine / "eval" / ts / "per_image.parquet")
+        ext = per_image[per_image["method"] == "GeoCLIP"].assign(base="mymodel", method="MyModel")
+        ext["area_km2"] = ext["area_km2"] * 2
+        ext.to_parquet(mine / "eval" / ts / "external_mymodel.parquet")
+    build_explorer(mine, tmp_path / "ex", sample=5)
+    run = read_global(tmp_path / "ex" / "data" / "run.js")
+    assert "mymodel|MyModel" in run["testsets"][0]["methods"]
+    assert "mymodel|MyModel" in run["curves"]["im2gps3k"]["caps"]
+    summ = read_global(tmp_path / "ex" / "data" / "summary_im2gps3k.js")
+    assert sum(k >= 0 for k in summ["detail"]) == 5
+    got = summ["log_area"]["mymodel|MyModel"]
+    ref = summ["log_area"]["geoclip|GeoCLIP"]
+    pairs = [(a, b) for a, b in zip(got, ref, strict=True) if a is not None and b is not None]
+    assert pairs and all(abs(a - b - 30) <= 1 for a, b in pairs), "twice the area: 100 log10 2 more"
+    d = read_global(tmp_path / "ex" / "data" / "detail" / "im2gps3k" / "0.js")
+    assert any(r["base"] == "mymodel" for r in d["rows"])
+    assert "mymodel|MyModel" not in d["regions"], "no predictions of the external model: no region"
+    bad = pd.DataFrame({"image_id": ["x"], "base": ["b"]})
+    bad.to_parquet(mine / "eval" / "im2gps3k" / "external_bad.parquet")
+    with pytest.raises(ValueError, match=r"external_bad\.parquet: missing per-image column\(s\)"):
+        build_explorer(mine, tmp_path / "ex2")
