@@ -5,7 +5,8 @@
 ``geoens search`` answers the downstream question for new photos with the models a workflow run trained:
 it predicts the photo's S2-cell probabilities with a base model (``geoest`` or ``geoclip``) and, optionally,
 its LS / LC attribute probabilities, ensembles them on the atoms (Algorithms 1-2) and writes the ranked
-regions that fit the area budget as GeoJSON (and a GeoTIFF of region ranks).
+regions that fit the area budget as GeoJSON (and a GeoTIFF of region ranks); ``--html`` adds the map viewer
+of the searched photos (:func:`geoens.reports.explorer.build_search_viewer`).
 """
 
 from __future__ import annotations
