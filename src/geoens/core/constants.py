@@ -145,3 +145,6 @@ INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000
 PROB_SUM_WARN_TOL: Final[float] = 1e-5
 #: A ``cells`` probability row off 1 by more than this is an error (a float32 softmax is off < 1e-5).
 PROB_SUM_ERROR_TOL: Final[float] = 1e-2
+#: GeoGuessr's score of a guess ``d`` km away: ``GEOGUESSR_MAX_SCORE * exp(-d / GEOGUESSR_SCALE_KM)``.
+GEOGUESSR_MAX_SCORE: Final[float] = 5000.0
+GEOGUESSR_SCALE_KM: Final[float] = 1492.7
