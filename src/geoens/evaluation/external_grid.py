@@ -24,13 +24,28 @@ from rasterio import features
 from geoens.core.constants import N_CLASSES
 from geoens.core.grid import Grid
 from geoens.core.types import F32Array, FloatArray, I32Array, IntArray
+from geoens.data.predictions import (
+    PredictionSpec,
+    read_cell_predictions,
+    read_point_predictions,
+    read_weighted_points,
+)
 from geoens.data.predspec import TruthMatch, align_to_truth
 from geoens.evaluation.evaluator import Evaluator
+from geoens.evaluation.external import points_to_cells, vmf_cell_probs
 from geoens.evaluation.methods import Method, all_methods, method_order, own_top1_name
-from geoens.evaluation.testset import PER_IMAGE_COLUMNS, AttributeProbs, ScoreBatch, evaluate_batch
-from geoens.geo.atoms import AtomTable, build_atoms
-from geoens.geo.lookup import Lookup
+from geoens.evaluation.testset import (
+    PER_IMAGE_COLUMNS,
+    AttributeProbs,
+    ScoreBatch,
+    evaluate_batch,
+    read_absorption,
+    read_attribute_probs,
+)
+from geoens.geo.atoms import AtomTable, build_atoms, read_atoms
+from geoens.geo.lookup import Lookup, PixelLookup, open_pixel_lookup
 from geoens.geo.partitions import PartitionError, read_partition_csv
+from geoens.geo.rasters import read_label_raster
 from geoens.geo.s2mask import absorption_table, absorption_targets, rasterize_partition
 
 log = logging.getLogger(__name__)
@@ -41,7 +56,8 @@ class ExternalPartition:
     """A user partition on the grid.
 
     Attributes:
-        labels: ``H x W`` class of each pixel (-1: none).
+        labels: ``H x W`` class of each pixel (-1: none); ``None`` for the run's own fine partition, whose
+            labels are already in the run's atoms.
         absorption: ``(cells, targets)`` of the cells that own no pixel centre.
         n_cells: Classes of the partition (the length of a ``cells`` prediction).
         centre_lat: A point of each class (S2: its images' mean location; polygons: a point inside), the
@@ -49,7 +65,7 @@ class ExternalPartition:
         centre_lon: Its longitude.
     """
 
-    labels: I32Array
+    labels: I32Array | None
     absorption: tuple[IntArray, IntArray]
     n_cells: int
     centre_lat: FloatArray
@@ -109,7 +125,13 @@ def rasterize_external_partition(
 def external_atoms(
     part: ExternalPartition, ls: npt.ArrayLike, lc: npt.ArrayLike, grid: Grid
 ) -> tuple[AtomTable, I32Array]:
-    """Atom table and index of the tuples ``(partition label, ls, lc)`` (the partition in the ``s2`` slot)."""
+    """Atom table and index of the tuples ``(partition label, ls, lc)`` (the partition in the ``s2`` slot).
+
+    Raises:
+        ValueError: If the partition has no label raster.
+    """
+    if part.labels is None:
+        raise ValueError("external_atoms: the partition has no label raster (the run's own atoms apply)")
     table, index = build_atoms(part.labels, np.asarray(ls, np.int8), np.asarray(lc, np.int8), grid)
     return AtomTable.from_frame(table, "external atoms"), index
 
@@ -228,3 +250,81 @@ def _misses(sub: pd.DataFrame, name: str, methods: list[Method], total: float) -
         )  # fmt: skip
         frames.append(frame[list(PER_IMAGE_COLUMNS)])
     return frames
+
+
+# --------------------------------------------------------------------------------------------------
+# With a workflow results folder: every kind on the run's grid, ensembled with its LS/LC predictions
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What a results folder gives an external model: atoms, lookup, fine partition, LS/LC predictions."""
+
+    results: Path
+    atoms: AtomTable
+    lookup: Lookup
+    fine: ExternalPartition
+    attributes: AttributeProbs | None
+
+
+def open_run(results: str | Path, testset: str | None) -> RunContext:
+    """Read a results folder's atoms, absorption, fine partition and (with ``testset``) LS/LC predictions.
+
+    Raises:
+        FileNotFoundError: Naming the first missing file.
+    """
+    r = Path(results)
+    need = [
+        "atoms/atoms.parquet",
+        "atoms/atom_index.tif",
+        "masks/s2_absorption.parquet",
+        "partitions/fine.csv",
+    ]
+    if testset:
+        need += [f"predictions/{testset}/ls.parquet", f"predictions/{testset}/lc.parquet"]
+    for n in need:
+        if not (r / n).is_file():
+            raise FileNotFoundError(f"{r / n} is missing: run the workflow first (snakemake ... results/{n})")
+    atoms = read_atoms(r / "atoms/atoms.parquet")
+    lookup = open_pixel_lookup(r / "atoms/atom_index.tif", r / "atoms/atoms.parquet", atoms.n)
+    fine_csv = read_partition_csv(r / "partitions/fine.csv")
+    fine = ExternalPartition(None, read_absorption(r / "masks/s2_absorption.parquet"), len(fine_csv),
+                             fine_csv.lat_mean, fine_csv.lon_mean)  # fmt: skip
+    attrs = None
+    if testset:
+        attrs = read_attribute_probs({f: r / f"predictions/{testset}/{f}.parquet" for f in ("ls", "lc")})
+    return RunContext(r, atoms, lookup, fine, attrs)
+
+
+def cells_on_run(
+    run: RunContext, path: str | Path, spec: PredictionSpec
+) -> tuple[AtomTable, Lookup, ExternalPartition, list[str], F32Array]:
+    """Any kind of predictions as cell probabilities on the run's grid, with the atoms to evaluate them on.
+
+    ``cells`` over ``spec.partition`` (rasterised, atoms with the run's LS/LC masks; default: the run's fine
+    cells); ``points``/``samples`` binned into the run's fine cells (vMF-smoothed with ``smooth_kappa``);
+    ``point`` as a vMF density of ``spec.kappa``.
+
+    Raises:
+        PredictionsError: On a bad file; ValueError: a ``point`` model without ``kappa``.
+    """
+    xyz, area = cell_directions(run.atoms, run.fine.n_cells)
+    if spec.kind == "cells" and spec.partition is not None:
+        grid = run.lookup.grid
+        part = rasterize_external_partition(spec.partition, grid, spec.partition_label)
+        ls, _ = read_label_raster(run.results / "masks/ls.tif", grid)
+        lc, _ = read_label_raster(run.results / "masks/lc.tif", grid)
+        atoms, index = external_atoms(part, ls, lc, grid)
+        ids, probs = read_cell_predictions(path, spec, part.n_cells)
+        return atoms, PixelLookup(index, grid), part, ids, probs
+    if spec.kind == "cells":
+        ids, probs = read_cell_predictions(path, spec, run.fine.n_cells)
+    elif spec.kind == "point":
+        if spec.kappa is None:
+            raise ValueError(f"{path}: a 'point' model on the grid needs kappa (--kappa; fit it on val)")
+        pts = read_point_predictions(path, spec)
+        ids, probs = pts.ids, vmf_cell_probs(pts.lat, pts.lon, spec.kappa, xyz, area)
+    else:
+        wp = read_weighted_points(path, spec)
+        cells = point_cells(wp.lat, wp.lon, run.atoms, run.lookup)
+        ids, probs = wp.ids, points_to_cells(wp, cells, run.fine.n_cells, spec.smooth_kappa, xyz, area)
+    return run.atoms, run.lookup, run.fine, ids, probs
