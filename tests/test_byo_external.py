@@ -267,3 +267,15 @@ def test_a_gallery_softmax_gives_the_cells_of_its_points() -> None:
     )
     via_points = points_to_cells(wp, np.tile(cell, n), c)
     np.testing.assert_allclose(got, via_points / via_points.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_a_user_s2_partition_with_a_bad_token_names_the_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "mycells.csv"
+    f.write_text(
+        "num_images: 3\nmin_concept_probability: ---\n"
+        "class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean\n0,1,5,0,0\n1,zz9,5,0,0\n"
+    )
+    with pytest.raises(
+        PartitionError, match=r"mycells.csv: line 5: hex_id is 'zz9', expected an S2 cell token"
+    ):
+        rasterize_external_partition(f, Grid(6, 12))
