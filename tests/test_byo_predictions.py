@@ -81,6 +81,11 @@ def test_coords_pairs_follow_the_declared_order(tmp_path: Path) -> None:
     assert (p.lat[0], p.lon[0]) == (45.0, 7.0)
     p = read_point_predictions(f, spec("point", order="latlon"))
     assert (p.lat[0], p.lon[0]) == (7.0, 45.0)
+    both = _write(
+        tmp_path / "both.parquet", {"image_id": ["a"], "coords": [[7.0, 45.0]], "lat": [1.0], "lon": [2.0]}
+    )
+    assert read_point_predictions(both, spec("point")).lat[0] == 1.0  # named columns win over a pair
+    assert read_point_predictions(both, spec("point", columns={"coords": "coords"})).lat[0] == 7.0
 
 
 def test_points_and_samples_become_normalised_csr(tmp_path: Path) -> None:
