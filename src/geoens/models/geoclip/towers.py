@@ -206,3 +206,42 @@ def predict_probs(
         parts.append(probs)
     out = np.concatenate(parts, axis=0) if parts else np.zeros((0, cells.shape[0]), np.float32)
     return ids, out
+
+
+def iter_top_points(
+    tower: nn.Module,
+    batches: Iterable[tuple[Tensor, Sequence[str]]],
+    gallery_embeddings: F32Array,
+    gallery: F32Array,
+    logit_scale: float,
+    top_k: int,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[list[str], F32Array, F32Array, F32Array]]:
+    """Yield ``(image_ids, lat, lon, weight)``, each ``(B, top_k)``: GeoCLIP's top-k gallery points.
+
+    As GeoCLIP's ``predict(image, top_k)``: the softmax over the whole gallery, then its ``top_k`` largest
+    entries, best first (the weights are those probabilities; :func:`~geoens.models.training.predictions.
+    write_points` renormalises them to sum to 1).
+
+    Args:
+        tower: Image tower.
+        batches: ``(images, ids)`` batches.
+        gallery_embeddings: ``(n, 512)`` location embeddings of the gallery points.
+        gallery: ``(n, 2)`` ``(lat, lon)`` degrees of the gallery points.
+        logit_scale: Multiplicative logit scale.
+        top_k: Points kept per image, ``1 <= top_k <= n``.
+        device: Device of the tower.
+
+    Raises:
+        ValueError: If ``top_k`` is out of range or the gallery arrays differ in length.
+
+    """
+    if gallery.shape[0] != gallery_embeddings.shape[0] or not 1 <= top_k <= gallery.shape[0]:
+        raise ValueError(
+            f"top_k must be in 1..{gallery.shape[0]} (gallery of {gallery.shape[0]} points, "
+            f"{gallery_embeddings.shape[0]} embeddings), got {top_k}"
+        )
+    for batch_ids, probs in iter_probs(tower, batches, gallery_embeddings, logit_scale, device):
+        top = torch.topk(torch.from_numpy(probs), top_k, dim=1)
+        idx = top.indices.numpy()
+        yield batch_ids, gallery[idx, 0], gallery[idx, 1], top.values.numpy()
