@@ -161,7 +161,10 @@ def test_bit_r50x1_trains_one_step_and_predicts_at_224(tmp_path: Path) -> None:
     # (|m / sqrt(v)| <= 1 on the first step, plus the decay lr * wd * w), and moves most of them.
     seed_everything(3)
     init = build_model("geoest", BIT, n_cells=[2, 3, 4]).state_dict()
-    trained = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    saved = torch.load(out / "model.pt", weights_only=False)
+    trained, meta = saved["state_dict"], saved["meta"]
+    assert (meta["backbone"], meta["image_size"]) == (BIT, 224)
+    assert meta["mean"] == meta["std"] == [0.5, 0.5, 0.5]  # BiT's input normalisation, not ImageNet's
     assert init.keys() == trained.keys()
     moved = total = 0
     for key, before in init.items():
