@@ -22,15 +22,11 @@ import pytest
 import torch
 
 from fakes import colour_jpeg, noise_jpeg, write_partition_csv
-
-pytest.importorskip("transformers", reason="the CLIP image tower needs transformers (geoens[torch] extra)")
-pytest.importorskip("geoclip", reason="GeoCLIP's shipped weights come with the geoclip wheel (geoens[torch])")
-
-from geoens.models.datasets import FolderSource  # noqa: E402
-from geoens.models.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy  # noqa: E402
-from geoens.models.geoclip.location import embed_locations, load_gps_gallery  # noqa: E402
-from geoens.models.geoclip.stage import load_image_tower, run_predict, run_predict_points  # noqa: E402
-from geoens.models.geoclip.towers import CLIP_FEATURE_DIM  # noqa: E402
+from geoens.models.datasets import FolderSource
+from geoens.models.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy
+from geoens.models.geoclip.location import embed_locations, load_gps_gallery
+from geoens.models.geoclip.stage import load_image_tower, run_predict, run_predict_points
+from geoens.models.geoclip.towers import CLIP_FEATURE_DIM
 
 #: Fine cells of the tiny partition (lat, lon of each cell's mean location).
 CELLS = [(48.86, 2.35), (-33.87, 151.21), (40.71, -74.01), (-1.29, 36.82), (35.68, 139.69)]
@@ -42,6 +38,9 @@ TOP_K = 5
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random CLIP (2 vision layers of width 32), projecting to the 768-d the wheel's MLP reads."""
+    pytest.importorskip(
+        "transformers", reason="the CLIP image tower needs transformers (geoens[torch] extra)"
+    )
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(0)
@@ -81,6 +80,9 @@ def _images(folder: Path) -> list[str]:
 def test_geoclip_clip_tower_predicts_cells_and_gallery_points(
     tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pytest.importorskip(
+        "geoclip", reason="GeoCLIP's weights come with the geoclip wheel (geoens[torch] extra)"
+    )
     torch.set_num_threads(2)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rows = [f"{k},47a{k:x}1,{10 + k},{lat},{lon}" for k, (lat, lon) in enumerate(CELLS)]
@@ -135,6 +137,23 @@ def test_geoclip_clip_tower_predicts_cells_and_gallery_points(
         ref_gps, ref_p = ref.predict(str(source.folder / row.image_id), TOP_K)
         np.testing.assert_allclose(np.stack([row.lat, row.lon], axis=1), ref_gps.numpy(), atol=1e-5)
         np.testing.assert_allclose(row.weight, (ref_p / ref_p.sum()).numpy(), atol=1e-3)
+
+
+def test_points_file_normalises_weights_and_rejects_bad_ones(tmp_path: Path) -> None:
+    from geoens.models.training.predictions import write_points
+
+    lat, lon = np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([[1.0, 2.0], [3.0, 4.0]])
+    path = tmp_path / "points.parquet"
+    assert write_points(path, [(["a", "b"], lat, lon, np.array([[3.0, 1.0], [0.5, 0.5]]))]) == 2
+    back = pd.read_parquet(path)
+    assert [w.tolist() for w in back["weight"]] == [[0.75, 0.25], [0.5, 0.5]]
+    assert [v.tolist() for v in back["lat"]] == [[10.0, 20.0], [30.0, 40.0]]
+    for bad in ([[1.0, -0.5], [1.0, 1.0]], [[1.0, 1.0], [np.nan, 1.0]], [[1.0, 1.0], [0.0, 0.0]]):
+        with pytest.raises(ValueError, match=r"image '[ab]': weights must be finite, >= 0 and not all 0"):
+            write_points(tmp_path / "bad.parquet", [(["a", "b"], lat, lon, np.array(bad))])
+        assert not (tmp_path / "bad.parquet").exists()  # nothing half-written
+    with pytest.raises(ValueError, match=r"2 image ids but points of shapes"):
+        write_points(tmp_path / "bad.parquet", [(["a", "b"], lat, lon[:1], np.ones((2, 2)))])
 
 
 #: The paper's backbone (BiT-M R50x1 of the ImageNet-21k tag), built without its pretrained weights.
