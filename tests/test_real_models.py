@@ -24,7 +24,7 @@ import torch
 from fakes import colour_jpeg, noise_jpeg, write_partition_csv
 from geoens.models.datasets import FolderSource
 from geoens.models.geoclip.cells import cell_embeddings, fixed_size_list_to_numpy
-from geoens.models.geoclip.location import embed_locations, load_gps_gallery
+from geoens.models.geoclip.location import GeoClipError, embed_locations, load_gps_gallery
 from geoens.models.geoclip.stage import load_image_tower, run_predict, run_predict_points
 from geoens.models.geoclip.towers import CLIP_FEATURE_DIM
 
@@ -35,17 +35,14 @@ N_GALLERY = 2000
 TOP_K = 5
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random CLIP (2 vision layers of width 32), projecting to the 768-d the wheel's MLP reads."""
-    pytest.importorskip(
-        "transformers", reason="the CLIP image tower needs transformers (geoens[torch] extra)"
-    )
+def _save_tiny_clip(folder: Path, projection_dim: int = CLIP_FEATURE_DIM) -> Path:
+    """Save a seeded random CLIP (2 vision layers of width 32) projecting to ``projection_dim``."""
+    pytest.importorskip("transformers", reason="the CLIP tower needs transformers (geoens[torch] extra)")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        projection_dim=CLIP_FEATURE_DIM,
+        projection_dim=projection_dim,
         text_config=dict(
             hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, vocab_size=99,
             max_position_embeddings=16, bos_token_id=0, eos_token_id=2,
@@ -55,10 +52,15 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
             patch_size=32,
         ),
     )  # fmt: skip
-    folder = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(folder)
     CLIPImageProcessor().save_pretrained(folder)  # GeoCLIP's ImageEncoder loads a processor from the folder
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP projecting to the 768-d the wheel's image MLP reads."""
+    return _save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def _images(folder: Path) -> list[str]:
@@ -137,6 +139,17 @@ def test_geoclip_clip_tower_predicts_cells_and_gallery_points(
         ref_gps, ref_p = ref.predict(str(source.folder / row.image_id), TOP_K)
         np.testing.assert_allclose(np.stack([row.lat, row.lon], axis=1), ref_gps.numpy(), atol=1e-5)
         np.testing.assert_allclose(row.weight, (ref_p / ref_p.sum()).numpy(), atol=1e-3)
+
+
+def test_clip_model_of_another_width_is_named(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "geoclip", reason="GeoCLIP's weights come with the geoclip wheel (geoens[torch] extra)"
+    )
+    folder = _save_tiny_clip(tmp_path / "clip-b32", projection_dim=512)  # CLIP ViT-B/32's width
+    with pytest.raises(
+        GeoClipError, match=r"clip-b32: the CLIP model .* projects images to 512-d features, but"
+    ):
+        load_image_tower("clip", None, str(folder))
 
 
 def test_points_file_normalises_weights_and_rejects_bad_ones(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from torchvision import transforms as T  # noqa: N812 (torchvision convention)
 
 from geoens.core.types import F32Array
 from geoens.models.geoclip.cells import score_cells
-from geoens.models.geoclip.location import EMBED_DIM, weights_dir
+from geoens.models.geoclip.location import EMBED_DIM, GeoClipError, weights_dir
 from geoens.models.nets import build_backbone
 
 log = logging.getLogger("geoens.geoclip")
@@ -113,7 +113,13 @@ def resolve_clip_model(model_id: str = DEFAULT_CLIP_MODEL, cache_dir: str | Path
 
 
 class ClipImageTower(nn.Module):
-    """GeoCLIP's own image tower: frozen CLIP ViT-L/14 image features + the shipped 768->768->512 MLP."""
+    """GeoCLIP's own image tower: frozen CLIP ViT-L/14 image features + the shipped 768->768->512 MLP.
+
+    Raises:
+        ClipNotCachedError: When the CLIP model is neither a folder nor in the local cache.
+        GeoClipError: When the CLIP model's image projection is not the 768-d the image MLP reads.
+
+    """
 
     def __init__(
         self,
@@ -127,6 +133,13 @@ class ClipImageTower(nn.Module):
 
         self.clip = CLIPModel.from_pretrained(str(local), local_files_only=True)
         self.clip.requires_grad_(False)
+        width = self.clip.config.projection_dim
+        if width != CLIP_FEATURE_DIM:
+            raise GeoClipError(
+                f"{local}: the CLIP model '{model_id}' (config key geoclip.clip_model) projects images to "
+                f"{width}-d features, but GeoCLIP's image MLP reads {CLIP_FEATURE_DIM}-d ones (CLIP "
+                f"ViT-L/14, projection_dim {CLIP_FEATURE_DIM}); use {DEFAULT_CLIP_MODEL}"
+            )
         self.mlp = nn.Sequential(
             nn.Linear(CLIP_FEATURE_DIM, CLIP_FEATURE_DIM), nn.ReLU(), nn.Linear(CLIP_FEATURE_DIM, EMBED_DIM)
         )
