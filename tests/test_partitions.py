@@ -171,6 +171,11 @@ def test_bad_partition_csvs(tmp_path: Path) -> None:
         pt.read_partition_csv(
             _write(tmp_path / "dup.csv", hdr + "0,8747c,5,1,1\n1,365,5,1,1\n2,8747c,5,1,1\n")
         )
+    # rows out of class_label order: the lines are still those of the file
+    with pytest.raises(pt.PartitionError, match=r"order\.csv: line 6 \(token 87, level 2\) contains line 4 "):
+        pt.read_partition_csv(
+            _write(tmp_path / "order.csv", hdr + "2,8747c,5,1,1\n0,365,5,1,1\n1,87,5,1,1\n")
+        )
     with pytest.raises(pt.PartitionError, match=r"token\.csv.*invalid S2 token"):
         pt.read_partition_csv(_write(tmp_path / "token.csv", hdr + "0,zz,5,1,1\n"))
 
