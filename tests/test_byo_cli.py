@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from _rva_world import make_world, write_inputs
 from geoens.apps.cli import main
 from geoens.data.predictions import PointPredictions, write_point_predictions
 from geoens.evaluation.testset import evaluate_testset, read_probs
+from geoens.geo.rasters import write_label_raster
 
 
 def _results(tmp_path: Path) -> tuple[Path, dict[str, Path], Path]:
@@ -93,3 +96,33 @@ def test_bad_commands_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFix
         assert err.count("\n") == 1 and err.startswith("geoens: error:"), err
         assert re.search(msg, err), (msg, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_points_are_binned_into_a_user_partition(tmp_path: Path) -> None:
+    res, paths, truth = _results(tmp_path)
+    world = make_world(seed=6, h=12)
+    (res / "masks").mkdir(exist_ok=True)
+    write_label_raster(res / "masks" / "ls.tif", world.labels["ls"].astype(np.int8), world.grid, ["a"] * 4)
+    write_label_raster(res / "masks" / "lc.tif", world.labels["lc"].astype(np.int8), world.grid, ["a"] * 7)
+    ring = [[[w, -90], [w + 180, -90], [w + 180, 90], [w, 90], [w, -90]] for w in (-180, 0)]
+    feats = [
+        {"type": "Feature", "properties": {"half": k}, "geometry": {"type": "Polygon", "coordinates": [r]}}
+        for k, r in enumerate(ring)
+    ]
+    halves = {"type": "FeatureCollection", "features": feats}
+    (tmp_path / "halves.geojson").write_text(json.dumps(halves))
+    lab = pd.read_csv(truth)
+    pts = tmp_path / "west.parquet"
+    n = len(lab)
+    cols = {"image_id": lab["IMG_ID"], "lat": [[10.0, -20.0]] * n, "lon": [[-100.0, -50.0]] * n}
+    pq.write_table(pa.table(cols | {"weight": [[0.5, 0.5]] * n}), pts)
+    out = tmp_path / "o"
+    argv = [str(pts), "--truth", str(truth), "--kind", "points", "--results", str(res), "--no-country"]
+    argv += ["--partition", str(tmp_path / "halves.geojson"), "--partition-label", "half"]
+    assert main(["rva", *argv, "--out", str(out)]) == 0
+    per = pd.read_parquet(out / "per_image.parquet").set_index("image_id")
+    per = per[per["method"] == "west"].loc[lab["IMG_ID"]]
+    west = (lab["LON"] < 0).to_numpy()
+    half = world.grid.total_area() / 2
+    np.testing.assert_allclose(per["area_km2"][west], half, rtol=1e-12)
+    assert per["zero_prob"][~west].all() and not per["zero_prob"][west].any()

@@ -223,7 +223,9 @@ def add_rva_parser(sub: Any) -> None:
     r.add_argument(
         "--testset", help="with --results: ensemble with results/predictions/TESTSET/{ls,lc}.parquet"
     )
-    r.add_argument("--partition", help="kind cells: the model's partition (S2 CSV, GeoPackage/GeoJSON)")
+    r.add_argument(
+        "--partition", help="the model's cells (S2 CSV, GeoPackage, GeoJSON); default: the run's fine"
+    )
     r.add_argument("--partition-label", default="label", help="label column of a polygons partition")
     r.add_argument("--kappa", type=float, help="kind point with --results: vMF concentration of its density")
     r.add_argument("--smooth-kappa", type=float, help="kinds points/samples: vMF smoothing (default: none)")

@@ -300,31 +300,31 @@ def cells_on_run(
 ) -> tuple[AtomTable, Lookup, ExternalPartition, list[str], F32Array]:
     """Any kind of predictions as cell probabilities on the run's grid, with the atoms to evaluate them on.
 
-    ``cells`` over ``spec.partition`` (rasterised, atoms with the run's LS/LC masks; default: the run's fine
-    cells); ``points``/``samples`` binned into the run's fine cells (vMF-smoothed with ``smooth_kappa``);
-    ``point`` as a vMF density of ``spec.kappa``.
+    The cells are ``spec.partition`` (rasterised; atoms with the run's LS/LC masks) or, by default, the run's
+    fine cells: ``cells`` are read over them, ``points``/``samples`` binned into them (vMF-smoothed with
+    ``smooth_kappa``), a ``point`` made a vMF density of ``spec.kappa``.
 
     Raises:
         PredictionsError: On a bad file; ValueError: a ``point`` model without ``kappa``.
     """
-    xyz, area = cell_directions(run.atoms, run.fine.n_cells)
-    if spec.kind == "cells" and spec.partition is not None:
+    if spec.partition is not None:
         grid = run.lookup.grid
         part = rasterize_external_partition(spec.partition, grid, spec.partition_label)
         ls, _ = read_label_raster(run.results / "masks/ls.tif", grid)
         lc, _ = read_label_raster(run.results / "masks/lc.tif", grid)
         atoms, index = external_atoms(part, ls, lc, grid)
-        ids, probs = read_cell_predictions(path, spec, part.n_cells)
-        return atoms, PixelLookup(index, grid), part, ids, probs
+        lookup: Lookup = PixelLookup(index, grid)
+    else:
+        part, atoms, lookup = run.fine, run.atoms, run.lookup
     if spec.kind == "cells":
-        ids, probs = read_cell_predictions(path, spec, run.fine.n_cells)
-    elif spec.kind == "point":
+        ids, probs = read_cell_predictions(path, spec, part.n_cells)
+        return atoms, lookup, part, ids, probs
+    xyz, area = cell_directions(atoms, part.n_cells)
+    if spec.kind == "point":
         if spec.kappa is None:
             raise ValueError(f"{path}: a 'point' model on the grid needs kappa (--kappa; fit it on val)")
         pts = read_point_predictions(path, spec)
-        ids, probs = pts.ids, vmf_cell_probs(pts.lat, pts.lon, spec.kappa, xyz, area)
-    else:
-        wp = read_weighted_points(path, spec)
-        cells = point_cells(wp.lat, wp.lon, run.atoms, run.lookup)
-        ids, probs = wp.ids, points_to_cells(wp, cells, run.fine.n_cells, spec.smooth_kappa, xyz, area)
-    return run.atoms, run.lookup, run.fine, ids, probs
+        return atoms, lookup, part, pts.ids, vmf_cell_probs(pts.lat, pts.lon, spec.kappa, xyz, area)
+    wp = read_weighted_points(path, spec)
+    cells = point_cells(wp.lat, wp.lon, atoms, lookup)
+    return atoms, lookup, part, wp.ids, points_to_cells(wp, cells, part.n_cells, spec.smooth_kappa, xyz, area)
