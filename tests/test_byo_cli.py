@@ -16,6 +16,7 @@ import pytest
 from _rva_world import make_world, write_inputs
 from geoens.apps.cli import main
 from geoens.data.predictions import PointPredictions, write_point_predictions
+from geoens.evaluation.external import sample_vmf
 from geoens.evaluation.testset import evaluate_testset, read_probs
 from geoens.geo.rasters import write_label_raster
 
@@ -126,3 +127,27 @@ def test_points_are_binned_into_a_user_partition(tmp_path: Path) -> None:
     half = world.grid.total_area() / 2
     np.testing.assert_allclose(per["area_km2"][west], half, rtol=1e-12)
     assert per["zero_prob"][~west].all() and not per["zero_prob"][west].any()
+
+
+def test_kappa_of_a_point_model_is_fitted_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res, paths, truth = _results(tmp_path)
+    rng = np.random.default_rng(8)
+    n = 600
+    vt = pd.DataFrame({"IMG_ID": [f"v{k}" for k in range(n)], "LAT": rng.uniform(-70, 70, n),
+                       "LON": rng.uniform(-180, 180, n)})  # fmt: skip
+    vt.to_csv(tmp_path / "val.csv", index=False)
+    plat, plon = sample_vmf(vt["LAT"], vt["LON"], 30.0, rng)
+    write_point_predictions(tmp_path / "val.parquet", PointPredictions(vt["IMG_ID"].tolist(), plat, plon))
+    lab = pd.read_csv(truth)
+    test = tmp_path / "test.parquet"
+    ids = lab["IMG_ID"].tolist()
+    write_point_predictions(test, PointPredictions(ids, lab["LAT"].to_numpy(), lab["LON"].to_numpy()))
+    out = tmp_path / "o"
+    argv = [str(test), "--truth", str(truth), "--results", str(res), "--testset", "t", "--no-country"]
+    argv += ["--val", str(tmp_path / "val.parquet"), str(tmp_path / "val.csv")]
+    assert main(["rva", *argv, "--out", str(out)]) == 0
+    kappa = json.loads((out / "summary.json").read_text())["kappa"]
+    assert kappa == pytest.approx(30.0, rel=0.15)
+    assert "vMF density (kappa" in (out / "table.md").read_text()
+    assert main(["rva", str(test), "--truth", str(truth), "--val", "a", "b", "--out", str(out)]) == 2
+    assert "--val fits kappa for --kind point with --results" in capsys.readouterr().err

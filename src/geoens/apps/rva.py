@@ -22,9 +22,9 @@ import pandas as pd
 from geoens.core.constants import GCD_RADIUS_KM
 from geoens.core.io import atomic_path, write_json
 from geoens.data.metadata import read_metadata
-from geoens.data.predictions import PredictionSpec, read_point_predictions
+from geoens.data.predictions import PredictionSpec, align_to_truth, read_point_predictions
 from geoens.evaluation.countries import COUNTRY_SOURCE, same_country
-from geoens.evaluation.external import point_per_image
+from geoens.evaluation.external import fit_vmf_kappa, point_per_image
 from geoens.evaluation.external_grid import RunContext, cells_on_run, evaluate_external, open_run
 from geoens.evaluation.methods import method_order
 from geoens.evaluation.pointmetrics import cap_budgets, point_summary
@@ -108,6 +108,27 @@ def score_on_grid(
     return per_image, rows
 
 
+def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Path) -> float:
+    """Maximum-likelihood vMF ``kappa`` of a ``point`` model from its val predictions and truth.
+
+    Raises:
+        ValueError: Unless the kind is ``point`` with ``--results``; or as :func:`fit_vmf_kappa`.
+    """
+    if args.kind != "point" or not args.results:
+        raise ValueError("--val fits kappa for --kind point with --results (its vMF density on the grid)")
+    if args.kappa is not None:
+        raise ValueError("--val fits kappa: do not also give --kappa")
+    pred = read_point_predictions(predictions, _spec(args, predictions))
+    vt, _ = read_metadata(truth_csv)
+    m = align_to_truth(pred.ids, vt["image_id"].astype(str).tolist(), predictions)
+    t = vt.iloc[m.truth_rows]
+    kappa = fit_vmf_kappa(pred.lat[m.pred_rows], pred.lon[m.pred_rows], t["lat"], t["lon"])
+    log.info(
+        "%s: kappa %.6g fitted on %d val images (maximum likelihood)", predictions, kappa, m.pred_rows.size
+    )
+    return kappa
+
+
 def cmd_rva(args: argparse.Namespace) -> int:
     """``geoens rva``: per-image Parquet, the scorecard table and the RvA figure of each predictions file."""
     t0 = time.perf_counter()
@@ -124,6 +145,8 @@ def cmd_rva(args: argparse.Namespace) -> int:
         raise ValueError("--testset names the LS/LC predictions of a results folder: give --results too")
     truth, _ = read_metadata(args.truth)
     run = open_run(args.results, args.testset) if args.results else None
+    if args.val:
+        args.kappa = fit_kappa_on_val(args, Path(args.val[0]), Path(args.val[1]))
     paths = [Path(p) for p in args.predictions]
     names = [_spec(args, p).name for p in paths]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -168,13 +191,15 @@ def _write_outputs(
             f"Accuracy counts d {op} r from each method's grid top-1 (haversine, R = {GCD_RADIUS_KM:g} km); "
             f"RvA by Alg. 3 on the grid of {args.results}"
             + (f"; each point is a vMF density (kappa {args.kappa:g})" if args.kind == "point" else "")
-            + f". Country: {COUNTRY_SOURCE}."
+            + "."
         )
     else:
         note = (
             f"Accuracy counts d {op} r; distances and cap areas on a sphere of R = {args.radius_km:g} km; "
-            f"RvA of a single point = its distance ranking (cap areas). Country: {COUNTRY_SOURCE}."
+            f"RvA of a single point = its distance ranking (cap areas)."
         )
+    if not args.no_country:
+        note += f" Country: {COUNTRY_SOURCE}."
     paths = {fmt: out / f"table.{fmt}" for fmt in ("csv", "md", "tex")}
     write_scorecard(table, paths, title, args.strict_less, note)
     areas = {
@@ -191,6 +216,7 @@ def _write_outputs(
         "units": args.units,
         "order": args.order,
         "radius_km": args.radius_km,
+        "kappa": args.kappa,
         "comparison": op,
         "country_source": None if args.no_country else COUNTRY_SOURCE,
         "models": [r["_match"] | {"model": r["model"]} for r in rows],
@@ -228,6 +254,12 @@ def add_rva_parser(sub: Any) -> None:
     )
     r.add_argument("--partition-label", default="label", help="label column of a polygons partition")
     r.add_argument("--kappa", type=float, help="kind point with --results: vMF concentration of its density")
+    r.add_argument(
+        "--val",
+        nargs=2,
+        metavar=("PREDICTIONS", "TRUTH"),
+        help="kind point: fit kappa on val (max. likelihood)",
+    )
     r.add_argument("--smooth-kappa", type=float, help="kinds points/samples: vMF smoothing (default: none)")
     r.add_argument("--threads", type=int, default=1, help="methods evaluated at a time")
     r.add_argument("--out", required=True, help="output folder")
