@@ -151,7 +151,7 @@ def test_clip_model_of_another_width_is_named(tmp_path: Path) -> None:
 
 
 def test_points_file_normalises_weights_and_rejects_bad_ones(tmp_path: Path) -> None:
-    from geoens.models.training.predictions import write_points
+    from geoens.data.predictions import write_points
 
     lat, lon = np.array([[10.0, 20.0], [30.0, 40.0]]), np.array([[1.0, 2.0], [3.0, 4.0]])
     path = tmp_path / "points.parquet"

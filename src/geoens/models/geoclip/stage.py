@@ -21,6 +21,7 @@ from geoens.core.constants import CHECKPOINT_EVERY_STEPS, PROGRESS_EVERY_S
 from geoens.core.io import atomic_path
 from geoens.core.types import F32Array
 from geoens.data.labeltable import read_label_table
+from geoens.data.predictions import write_points
 from geoens.models.checkpoint import Checkpointer, SkipSampler, StopSignals
 from geoens.models.datasets import (
     Batch,
@@ -49,7 +50,7 @@ from geoens.models.geoclip.training import (
 from geoens.models.imagecache import CachedLoader, ImageCache, SeededOrder, load_image_cache
 from geoens.models.nets import backbone_norm
 from geoens.models.predictors import prediction_dataset
-from geoens.models.training.predictions import with_progress, write_points, write_predictions, write_skipped
+from geoens.models.training.predictions import with_progress, write_predictions, write_skipped
 from geoens.models.training.runtime import load_or_build_index, resolve_device
 
 log = logging.getLogger("geoens.geoclip")
@@ -354,7 +355,7 @@ def run_predict_points(
     """Write GeoCLIP's gallery form: each image's ``top_k`` gallery points (``points`` Parquet).
 
     Same images, order and skipping as :func:`run_predict`; the rows hold ``lat``, ``lon`` and ``weight``
-    lists (:func:`geoens.models.training.predictions.write_points`, weights summing to 1).
+    lists (:func:`geoens.data.predictions.write_points`, weights summing to 1).
 
     Args:
         source: Image source (:func:`prediction_inputs`).
