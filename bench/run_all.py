@@ -21,6 +21,7 @@ BENCHES = (
     "bench_fingerprint.py",
     "bench_calibrate.py",
     "bench_explorer.py",
+    "bench_external.py",
 )
 
 

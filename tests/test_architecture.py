@@ -31,7 +31,17 @@ MAX_MODULE_LINES = 600
 MAX_STATEMENTS = 60
 #: Third-party packages heavy or optional enough that a module may import them inside a function.
 HEAVY = frozenset(
-    {"torch", "torchvision", "timm", "transformers", "huggingface_hub", "matplotlib", "netCDF4", "geopandas"}
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "huggingface_hub",
+        "matplotlib",
+        "netCDF4",
+        "geopandas",
+        "scipy",
+    }
 )
 
 
@@ -238,6 +248,7 @@ FORMAT_HOMES = {
     "msgpack shards": ("data.shards", r"^\s*(import msgpack|from msgpack)"),
     "GeoEstimation partition CSV": ("geo.partitions", r"min_concept_probability"),
     "label tables": ("data.labeltable", r"glob\(\"part-\*\.parquet\"\)|f\"part-\{"),
+    "external predictions": ("data.predictions", r"def read_geoestimation_summary|\"predicted_long\""),
 }
 #: Public names that several modules may define (entry points).
 SHARED_NAMES = frozenset({"main", "build_parser"})

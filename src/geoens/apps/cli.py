@@ -1,6 +1,7 @@
-"""Command line: ``geoens validate``, ``geoens search`` and ``geoens explore``.
+"""Command line: ``geoens validate``, ``geoens search``, ``geoens rva`` and ``geoens explore``.
 
-``geoens validate`` checks a config; ``geoens explore`` writes the offline map explorer of a finished run.
+``geoens validate`` checks a config; ``geoens rva`` scores any geolocator's predictions file
+(:mod:`geoens.apps.rva`); ``geoens explore`` writes the offline map explorer of a finished run.
 
 ``geoens search`` answers the downstream question for new photos with the models a workflow run trained:
 it predicts the photo's S2-cell probabilities with a base model (``geoest`` or ``geoclip``) and, optionally,
@@ -23,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geoens import __version__
+from geoens.apps.rva import add_rva_parser
 from geoens.apps.search import plan_coverage_search, plan_search
 from geoens.core.config import (
     ConfigError,
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the sample")
     e.set_defaults(func=cmd_explore)
+    add_rva_parser(sub)
     return parser
 
 

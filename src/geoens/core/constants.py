@@ -149,3 +149,12 @@ EXPLORER_LEVEL_MIN_KM2: Final[float] = 1.0
 EXPLORER_SAMPLE: Final[int] = 300
 #: Longer side (pixels) of the explorer's photo thumbnails.
 EXPLORER_THUMB_SIDE: Final[int] = 256
+
+# --- external predictions (bring your own geolocator, docs/byo.md) --------------------------------
+#: A probability row (or weight list) whose sum is off 1 by more than this is normalised with a warning.
+PROB_SUM_WARN_TOL: Final[float] = 1e-5
+#: A ``cells`` probability row off 1 by more than this is an error (a float32 softmax is off < 1e-5).
+PROB_SUM_ERROR_TOL: Final[float] = 1e-2
+#: GeoGuessr's score of a guess ``d`` km away: ``GEOGUESSR_MAX_SCORE * exp(-d / GEOGUESSR_SCALE_KM)``.
+GEOGUESSR_MAX_SCORE: Final[float] = 5000.0
+GEOGUESSR_SCALE_KM: Final[float] = 1492.7

@@ -2,7 +2,9 @@
 
 One schema (:func:`prediction_schema`), one streaming writer (:func:`write_predictions`) and one
 ``<model>.skipped.json`` summary (:func:`write_skipped`), used by :mod:`geoens.models.predictors` and
-:mod:`geoens.models.geoclip.stage`.
+:mod:`geoens.models.geoclip.stage`. The ``points`` form of a gallery model's predictions (its top-k gallery
+points with their weights) is the external-predictions contract's, written by
+:func:`geoens.data.predictions.write_points`.
 """
 
 from __future__ import annotations
