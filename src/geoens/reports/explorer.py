@@ -227,7 +227,7 @@ def _log_area(values: pd.Series) -> list[int | None]:
     return [int(v) if math.isfinite(x) else None for v, x in zip(lg, a, strict=True)]
 
 
-def write_points(
+def write_photo_points(
     data: Path, testset: str, summ: pd.DataFrame, keys: Sequence[str], detail: npt.NDArray[np.int64]
 ) -> None:
     """``data/summary_<testset>.js``: every photo as columns (the page's point layer)."""
@@ -437,7 +437,7 @@ def build_explorer(
             keys = [f"{b}|{m}" for b, m in pairs]
             worst = np.nan_to_num(summ[keys].to_numpy(np.float64), nan=0.0).max(axis=1)
             detail = pick_sample(worst, sample, seed)
-            write_points(data, ts, summ, keys, detail)
+            write_photo_points(data, ts, summ, keys, detail)
             ids = summ["image_id"].iloc[detail].tolist()
             by_base: dict[str, list[str]] = {}
             for b, m in pairs:
