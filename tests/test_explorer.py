@@ -199,6 +199,7 @@ def test_external_models_in_the_eval_folder_are_shown_too(tiny_explorer: Path, t
         per_image.to_parquet(mine / "eval" / ts / "per_image.parquet")
         ext = per_image[per_image["method"] == "GeoCLIP"].assign(base="mymodel", method="MyModel")
         ext["area_km2"] = ext["area_km2"] * 2
+        ext = ext.drop(columns=["top1_lat", "top1_lon", "ls_bucket"])  # filled: no top-1, the truth's bucket
         ext.to_parquet(mine / "eval" / ts / "external_mymodel.parquet")
     build_explorer(mine, tmp_path / "ex", sample=5)
     run = read_global(tmp_path / "ex" / "data" / "run.js")
@@ -211,7 +212,8 @@ def test_external_models_in_the_eval_folder_are_shown_too(tiny_explorer: Path, t
     pairs = [(a, b) for a, b in zip(got, ref, strict=True) if a is not None and b is not None]
     assert pairs and all(abs(a - b - 30) <= 1 for a, b in pairs), "twice the area: 100 log10 2 more"
     d = read_global(tmp_path / "ex" / "data" / "detail" / "im2gps3k" / "0.js")
-    assert any(r["base"] == "mymodel" for r in d["rows"])
+    mine_rows = [r for r in d["rows"] if r["base"] == "mymodel"]
+    assert len(mine_rows) == 1 and mine_rows[0]["top1"] == [None, None] and mine_rows[0]["gcd_km"] is not None
     assert "mymodel|MyModel" not in d["regions"], "no predictions of the external model: no region"
     bad = pd.DataFrame({"image_id": ["x"], "base": ["b"]})
     bad.to_parquet(mine / "eval" / "im2gps3k" / "external_bad.parquet")

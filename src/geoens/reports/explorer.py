@@ -75,6 +75,10 @@ def web_assets() -> Path:
 # --------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------
+#: Columns an ``external_<name>.parquet`` must have (the rest of the per-image columns are filled).
+EXTERNAL_REQUIRED: tuple[str, ...] = ("image_id", "base", "method", "area_km2")
+
+
 def read_eval_tables(results: str | Path) -> dict[str, pd.DataFrame]:
     """Per-image tables of every evaluated test set: ``per_image.parquet`` plus any ``external_*.parquet``.
 
@@ -86,12 +90,19 @@ def read_eval_tables(results: str | Path) -> dict[str, pd.DataFrame]:
     root = Path(results) / "eval"
     out: dict[str, pd.DataFrame] = {}
     for path in sorted(root.glob("*/per_image.parquet")):
-        frames = []
+        frames: list[pd.DataFrame] = []
         for p in [path, *sorted(path.parent.glob("external_*.parquet"))]:
             df = pd.read_parquet(p)
-            missing = [c for c in PER_IMAGE_COLUMNS if c not in df.columns]
+            # an external table may leave out what its model has no notion of (filled: no top-1, no GCD)
+            need = PER_IMAGE_COLUMNS if p == path else EXTERNAL_REQUIRED
+            missing = [c for c in need if c not in df.columns]
             if missing:
                 raise ValueError(f"{p}: missing per-image column(s) {missing}")
+            fill = {"zero_prob": False, "top1_lat": np.nan, "top1_lon": np.nan, "gcd_km": np.nan}
+            df = df.assign(**{k: v for k, v in fill.items() if k not in df.columns})
+            if "ls_bucket" not in df.columns:
+                bucket = frames[0].groupby("image_id")["ls_bucket"].first()
+                df["ls_bucket"] = df["image_id"].map(bucket).fillna(-1).astype(np.int8)
             frames.append(df[list(PER_IMAGE_COLUMNS)])
         out[path.parent.name] = pd.concat(frames, ignore_index=True)
     if not out:
