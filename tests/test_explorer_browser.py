@@ -2,13 +2,15 @@
 
 The explorer of a tiny run (fixture ``tiny_explorer``) is opened from ``file://`` with the network off; the
 tests read the page's state back (``window.GEOENS_APP``) and click it as a user would. CI installs Chromium
-with tests/browser/install_chromium.sh; without it these tests skip.
+with tests/browser/install_chromium.sh; without it these tests skip (they fail instead with
+``GEOENS_REQUIRE_BROWSER=1``, which CI sets).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ def browser() -> Iterator[Any]:
     """A headless Chromium with no network (tests/browser/chromium.py)."""
     reason = chromium.unavailable_reason()
     if reason is not None:
+        if os.environ.get("GEOENS_REQUIRE_BROWSER") == "1":  # set by .ci/run: CI must run these tests
+            pytest.fail(f"GEOENS_REQUIRE_BROWSER=1 but {reason}")
         pytest.skip(reason)
     driver = chromium.start()
     try:
