@@ -21,6 +21,8 @@ DATASETS = TESTSETS + ["val"]
 TRAIN_NAME = config["inputs"]["train"]["name"]
 LEVELS = ["coarse", "middle", "fine"]
 PRED_MODELS = ["ls", "lc", "geoest", "geoclip"]
+# External models (bring your own geolocator, rules/external.smk): name -> config node.
+EXTERNAL = config["models"]["external"]
 
 
 wildcard_constraints:
@@ -28,6 +30,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     level="|".join(LEVELS),
     model="|".join(["ls", "lc", "geoest", "geoclip", "geoclip_tower"]),
+    ext="|".join(sorted(EXTERNAL)) or "(?!)",
 
 
 def params_of(*keys):
@@ -53,6 +56,15 @@ def all_tables():
         kind=["original", "balanced"],
         ext=["csv", "md", "tex"],
     ) + ["results/tables/training.csv", "results/tables/training.md"]
+
+
+def external_evals(testset):
+    """External model name -> its per-image evaluation on ``testset`` (models with a file for it)."""
+    return {
+        n: f"results/eval/{testset}/external_{n}.parquet"
+        for n in sorted(EXTERNAL)
+        if testset in EXTERNAL[n]["predictions"]
+    }
 
 
 def upstream(output):

@@ -139,3 +139,11 @@ IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3
 #: pixel-order file) instead of an in-memory index: 5400 x 10800 (58 M) stays in memory, 21600 x 43200
 #: (933 M, 3.7 GB as int32) does not (DESIGN 10).
 INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000
+
+# --- external models (bring your own geolocator, DESIGN section 11; the workflow side) ---
+#: Where the workflow writes its own base models' predictions in the external-model contract
+#: (rule export_predictions); a config's external predictions files under it are produced by the run.
+EXPORT_DIR: Final[str] = "results/export"
+#: Points of the exported GeoCLIP gallery form: its top-k fine-cell locations per image with their softmax
+#: weights renormalised over the k (GeoCLIP's gallery here is the fine cells' mean locations).
+EXPORT_GEOCLIP_TOP_K: Final[int] = 16

@@ -8,7 +8,7 @@ cells receiving them. The LS urban prior replaces the LS predictor by a constant
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,12 @@ def method_name(base: str, suffix: str) -> str:
 def own_top1_name(base: str) -> str:
     """Name the method of a base model's own top-1 (its argmax cell's mean location): ``GeoEst. (cell)``."""
     return f"{DISPLAY_NAMES.get(base, base)} (cell)"
+
+
+def ordered_bases(present: Iterable[str]) -> list[str]:
+    """The base models among ``present`` in table order: the built-in ones first, then the others sorted."""
+    names = set(present)
+    return [b for b in BASE_MODELS if b in names] + sorted(names - set(BASE_MODELS))
 
 
 def all_methods(bases: Sequence[str] = BASE_MODELS) -> list[Method]:

@@ -152,6 +152,28 @@ def latex_table(summary: Summary, title: str, kind: str, n_boot: int) -> str:
     return "\n".join(lines)
 
 
+def with_external(per_image: pd.DataFrame, external: Mapping[str, str | Path]) -> pd.DataFrame:
+    """A test set's per-image table with the external models' rows appended, in name order.
+
+    Args:
+        per_image: The built-in models' per-image table (rule ``evaluate``).
+        external: External model name -> its per-image Parquet on the same test set (rule
+            ``evaluate_external``).
+
+    Raises:
+        ValueError: Naming the file if its rows belong to another base model.
+
+    """
+    frames = [per_image]
+    for name in sorted(external):
+        df = pd.read_parquet(external[name])
+        other = sorted(set(df["base"]) - {name})
+        if other:
+            raise ValueError(f"{external[name]}: rows of base model(s) {other}, expected only {name!r}")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else per_image
+
+
 def write_tables(
     per_image: pd.DataFrame,
     testset: str,
