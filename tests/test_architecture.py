@@ -238,6 +238,7 @@ FORMAT_HOMES = {
     "msgpack shards": ("data.shards", r"^\s*(import msgpack|from msgpack)"),
     "GeoEstimation partition CSV": ("geo.partitions", r"min_concept_probability"),
     "label tables": ("data.labeltable", r"glob\(\"part-\*\.parquet\"\)|f\"part-\{"),
+    "external predictions": ("data.predictions", r"def read_geoestimation_summary|\"predicted_long\""),
 }
 #: Public names that several modules may define (entry points).
 SHARED_NAMES = frozenset({"main", "build_parser"})

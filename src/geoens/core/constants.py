@@ -140,6 +140,12 @@ IMAGE_CACHE_MAX_BYTES: Final[int] = 2 * 1024**3
 #: (933 M, 3.7 GB as int32) does not (DESIGN 10).
 INDEX_IN_MEMORY_MAX_PIXELS: Final[int] = 100_000_000
 
+# --- external predictions (bring your own geolocator, docs/byo.md) --------------------------------
+#: A probability row (or weight list) whose sum is off 1 by more than this is normalised with a warning.
+PROB_SUM_WARN_TOL: Final[float] = 1e-5
+#: A ``cells`` probability row off 1 by more than this is an error (a float32 softmax is off < 1e-5).
+PROB_SUM_ERROR_TOL: Final[float] = 1e-2
+
 # --- external models (bring your own geolocator, DESIGN section 11; the workflow side) ---
 #: Where the workflow writes its own base models' predictions in the external-model contract
 #: (rule export_predictions); a config's external predictions files under it are produced by the run.
