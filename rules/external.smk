@@ -20,7 +20,10 @@ def ext_partition(name):
 
 def ext_kappa_fitted(name):
     """Whether the model is a point model whose vMF kappa is fitted on val."""
-    return EXTERNAL[name]["kind"] == "point" and EXTERNAL[name].get("kappa", "fit") == "fit"
+    return (
+        EXTERNAL[name]["kind"] == "point"
+        and EXTERNAL[name].get("kappa", "fit") == "fit"
+    )
 
 
 def ext_cells_inputs(wildcards):
