@@ -1,4 +1,6 @@
-"""Command line: ``geoens validate`` (check a config) and ``geoens search`` (regions to search for a photo).
+"""Command line: ``geoens validate`` (check a config), ``geoens search`` (regions to search), ``geoens rva``.
+
+``geoens rva`` scores any geolocator's predictions file (:mod:`geoens.apps.rva`).
 
 ``geoens search`` answers the downstream question for new photos with the models a workflow run trained:
 it predicts the photo's S2-cell probabilities with a base model (``geoest`` or ``geoclip``) and, optionally,
@@ -19,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geoens import __version__
+from geoens.apps.rva import add_rva_parser
 from geoens.apps.search import plan_coverage_search, plan_search
 from geoens.core.config import (
     ConfigError,
@@ -229,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="search", help="output folder (one GeoJSON and GeoTIFF per photo)")
     s.set_defaults(func=cmd_search)
+    add_rva_parser(sub)
     return parser
 
 
