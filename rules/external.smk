@@ -1,6 +1,7 @@
 # External models (bring your own geolocator, DESIGN section 11, docs/byo.md): each models.external.<name>
-# is read from its predictions files (one per test set, optionally val), made into cells over its partition
-# (points/samples binned, a point as a vMF density), and evaluated with every method next to the built-in
+# is read from its predictions files (one per test set, optionally val), made into cells over the run's fine
+# partition (points/samples binned into the S2 mask's cells, a point as a vMF density with kappa given or
+# fitted on val), and evaluated with every method next to the built-in
 # base models, with the run's own LS/LC predictions of the same images. Every job of a model reads only that
 # model's config node and files, so changing one model's predictions file reruns that model's jobs and the
 # tables and figures, nothing else. export_predictions writes the run's own GeoEst. and GeoCLIP predictions
@@ -13,11 +14,6 @@ def ext_node(wildcards):
     return params_of("models", "external", wildcards.ext)
 
 
-def ext_partition(name):
-    """The model's own partition file, or None for the run's fine partition."""
-    return EXTERNAL[name].get("partition")
-
-
 def ext_kappa_fitted(name):
     """Whether the model is a point model whose vMF kappa is fitted on val."""
     return (
@@ -27,13 +23,13 @@ def ext_kappa_fitted(name):
 
 
 def ext_cells_inputs(wildcards):
-    """The dataset's predictions file, the fine partition, the model's partition, its fitted kappa."""
+    """The dataset's predictions file, the fine partition, the S2 mask (points), the fitted kappa (point)."""
     inputs = {
         "predictions": EXTERNAL[wildcards.ext]["predictions"][wildcards.dataset],
         "fine": upstream(rules.partitions.output.fine),
     }
-    if ext_partition(wildcards.ext):
-        inputs["partition"] = ext_partition(wildcards.ext)
+    if EXTERNAL[wildcards.ext]["kind"] != "cells":
+        inputs["s2_mask"] = upstream(rules.mask_s2.output.tif)
     if ext_kappa_fitted(wildcards.ext):
         inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
     return inputs
@@ -49,12 +45,8 @@ def ext_eval_inputs(wildcards):
         "ls": f"results/predictions/{wildcards.testset}/ls.parquet",
         "lc": f"results/predictions/{wildcards.testset}/lc.parquet",
     }
-    if ext_partition(wildcards.ext):
-        inputs["atoms"] = f"results/external/{wildcards.ext}/atoms.parquet"
-        inputs["atom_index"] = f"results/external/{wildcards.ext}/atom_index.tif"
-    else:
-        inputs["atoms"] = upstream(rules.atoms.output.atoms)
-        inputs["atom_index"] = upstream(rules.atoms.output.index)
+    inputs["atoms"] = upstream(rules.atoms.output.atoms)
+    inputs["atom_index"] = upstream(rules.atoms.output.index)
     if EXTERNAL[wildcards.ext]["kind"] == "point":
         inputs["points"] = EXTERNAL[wildcards.ext]["predictions"][wildcards.testset]
     return inputs
@@ -127,31 +119,6 @@ rule external_cells:
         grid=params_of("grid"),
     script:
         "../workflow_scripts/external_cells.py"
-
-
-rule external_atoms:
-    input:
-        partition=lambda wc: ext_partition(wc.ext),
-        ls=upstream(rules.mask_ls.output.tif),
-        lc=upstream(rules.mask_lc.output.tif),
-    output:
-        atoms="results/external/{ext}/atoms.parquet",
-        index="results/external/{ext}/atom_index.tif",
-    log:
-        "logs/external/external_atoms_{ext}.log",
-    benchmark:
-        "benchmarks/external/external_atoms_{ext}.tsv"
-    conda:
-        "../envs/geo.yaml"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    params:
-        model=ext_node,
-        grid=params_of("grid"),
-    script:
-        "../workflow_scripts/external_atoms.py"
 
 
 rule evaluate_external:

@@ -1,7 +1,8 @@
-"""One external model's predictions of one dataset as cells over its partition (rule external_cells)."""
+"""One external model's predictions of one dataset as cells over the fine partition (rule external_cells)."""
 
 import json
 
+from geoens.core.io import read_json
 from geoens.core.logs import setup_logging
 from geoens.evaluation.external_workflow import external_cells, external_spec
 
@@ -9,5 +10,15 @@ snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 inp = snakemake.input
 spec = external_spec(snakemake.wildcards.ext, json.loads(snakemake.params.model))
-n = external_cells(spec, inp.predictions, snakemake.output.cells, inp.fine)
+grid_cfg = json.loads(snakemake.params.grid)
+kappa = float(read_json(inp.kappa)["kappa"]) if "kappa" in inp.keys() else None
+n = external_cells(
+    spec,
+    inp.predictions,
+    snakemake.output.cells,
+    inp.fine,
+    s2_mask=inp.get("s2_mask"),
+    kappa=kappa,
+    earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),
+)
 log.info("%s (%s): %d images -> %s", inp.predictions, spec.kind, n, snakemake.output.cells)

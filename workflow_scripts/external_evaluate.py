@@ -15,13 +15,14 @@ grid_cfg = json.loads(snakemake.params.grid)
 cfg = json.loads(snakemake.params.evaluate)
 run = {k: inp[k] for k in ("atoms", "atom_index", "absorption", "labels", "fine", "ls", "lc")}
 df = evaluate_external_cells(
-    name,
+    spec,
     inp.cells,
     run,
     earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),
     batch_size=int(cfg["batch_size"]),
     chunk_elements=int(cfg["chunk_elements"]),
     threads=int(snakemake.threads),
+    points=inp.get("points"),
 )
 with atomic_path(snakemake.output.per_image) as tmp:
     df.to_parquet(tmp, index=False)
