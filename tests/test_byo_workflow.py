@@ -7,6 +7,7 @@ only its model's jobs.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,8 +20,15 @@ import yaml
 
 from cluster.workflow import REPO, TINY_CONFIG, copy_workflow, file_mtimes, planned_jobs, run_snakemake
 from geoens.core.config import ConfigError, check_inputs_exist, validate_config
+from geoens.core.constants import EXPORT_DIR, GCD_RADIUS_KM, METHOD_VARIANTS
+from geoens.core.grid import Grid
+from geoens.data.predictions import read_weighted_points, write_point_predictions
+from geoens.data.predspec import PointPredictions
 from geoens.evaluation.external_workflow import external_spec, top_k_points
-from geoens.evaluation.methods import METHOD_VARIANTS, ordered_bases
+from geoens.evaluation.methods import ordered_bases
+from geoens.evaluation.testset import read_probs
+from geoens.geo.partitions import read_partition_csv
+from geoens.geo.rasters import read_label_raster
 from geoens.reports.tables import with_external
 
 TESTSETS = ("im2gps3k", "streetview")
@@ -164,11 +172,27 @@ class ByoRun:
         return pd.read_parquet(self.workdir / "results" / "eval" / testset / leaf)
 
 
+def _write_point_model(wd: Path) -> dict:
+    """A ``point`` model made from the exported GeoEst. cells: each image's most probable cell's mean
+    location, on both test sets and val (its kappa is fitted there)."""
+    fine = read_partition_csv(wd / "results" / "partitions" / "fine.csv")
+    files = {}
+    for ds in (*TESTSETS, "val"):
+        ids, probs = read_probs(wd / EXPORT_DIR / ds / "geoest.parquet")
+        top = probs.argmax(axis=1)
+        files[ds] = f"user/point_{ds}.parquet"
+        lat, lon = fine.lat_mean[top].astype(np.float64), fine.lon_mean[top].astype(np.float64)
+        write_point_predictions(wd / files[ds], PointPredictions(ids, lat, lon))
+    return {"kind": "point", "predictions": files}
+
+
 @pytest.fixture(scope="module")
 def byo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoRun]:
     if not (REPO / TINY_CONFIG).exists():
         pytest.skip(f"{TINY_CONFIG} not written yet")
     run = ByoRun(copy_workflow(tmp_path_factory.mktemp("byo") / "wf"))
+    run_snakemake(run.workdir, *run.args(), f"{EXPORT_DIR}/val/geoest.parquet", timeout=1800).check()
+    run.config["models"]["external"]["geoest_point"] = _write_point_model(run.workdir)
     run_snakemake(run.workdir, *run.args(), timeout=1800).check()
     yield run
 
@@ -202,7 +226,7 @@ def test_own_cells_fed_back_give_the_same_areas(byo_run: ByoRun, name: str) -> N
 def test_own_cells_fed_back_give_the_same_table_rows(byo_run: ByoRun) -> None:
     for ts in TESTSETS:
         table = pd.read_csv(byo_run.workdir / "results" / "tables" / f"{ts}_original.csv")
-        assert list(dict.fromkeys(table["base"])) == ["geoest", "geoclip", *sorted(SELF)]
+        assert list(dict.fromkeys(table["base"])) == ["geoest", "geoclip", *sorted([*SELF, "geoest_point"])]
         numbers = [c for c in table.columns if c not in ("base", "method", "label")]
         for name, built in (("geoest_cells", "geoest"), ("geoclip_cells", "geoclip")):
             a = table[table["base"] == built][numbers].reset_index(drop=True)
@@ -212,23 +236,83 @@ def test_own_cells_fed_back_give_the_same_table_rows(byo_run: ByoRun) -> None:
         assert "geoclip_points+LS+LC" in md
 
 
+def _points_brute_force(wd: Path, ts: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The exported top-k points binned by hand: each point's weight to the S2 mask label of its pixel.
+
+    Returns ``(ids, cells probabilities, whether each image's points all lie in their own cell's pixels)``.
+    """
+    fine = read_partition_csv(wd / "results" / "partitions" / "fine.csv")
+    labels, _ = read_label_raster(wd / "results" / "masks" / "s2_fine.tif")
+    grid = Grid(labels.shape[0], labels.shape[1])
+    pts = read_weighted_points(wd / "results" / "export" / ts / "geoclip_points.parquet", external_spec("p", {
+        "kind": "points", "predictions": {}}))  # fmt: skip
+    own = {(la, lo): c for c, (la, lo) in enumerate(zip(fine.lat_mean, fine.lon_mean, strict=True))}
+    probs = np.zeros((len(pts.ids), fine.lat_mean.size))
+    in_own = np.ones(len(pts.ids), bool)
+    for i in range(len(pts.ids)):
+        for j in range(pts.offsets[i], pts.offsets[i + 1]):
+            r, c = grid.pixel_of(pts.lat[j], pts.lon[j])
+            label = int(labels[int(r), int(c)])
+            in_own[i] &= label == own[(pts.lat[j], pts.lon[j])]
+            if label >= 0:
+                probs[i, label] += pts.weight[j]
+    return pts.ids, probs, in_own
+
+
 @pytest.mark.slow
 def test_geoclip_points_form_against_its_cells_form(byo_run: ByoRun) -> None:
-    """The top-k points put the k most probable cells' mass back: where the truth is among them the area of
-    the base model alone can only shrink (the other cells drop to 0); elsewhere it is a zero-probability miss.
-    The difference in recall is printed (`pytest -s`) for the report."""
+    """GeoCLIP's top-k gallery points are binned into the cells of the S2 mask pixels holding them (checked
+    point by point). Where each point lies in its own cell's pixels they are the k most probable cells with
+    the rest set to 0, so the area of the base model alone can only shrink, or the truth's cell was not among
+    them (a zero-probability miss). The recall of both forms is printed (`pytest -s`) for the report."""
+    wd = byo_run.workdir
     for ts in TESTSETS:
+        ids, expect, in_own = _points_brute_force(wd, ts)
+        got_ids, got = read_probs(wd / "results" / "external" / "geoclip_points" / f"{ts}.parquet")
+        assert got_ids == ids
+        np.testing.assert_allclose(got, expect, atol=1e-6)
         cells = _by_suffix(byo_run.per_image(ts, "geoclip_cells"), "geoclip_cells").loc[""]
         pts = _by_suffix(byo_run.per_image(ts, "geoclip_points"), "geoclip_points").loc[""]
-        assert list(pts.index) == list(cells.index)
-        hit = ~pts["zero_prob"].to_numpy()
+        assert list(pts.index) == list(cells.index) and not cells["zero_prob"].any()
+        own = pd.Series(in_own, index=ids).loc[pts.index].to_numpy()
+        hit = own & ~pts["zero_prob"].to_numpy()
+        assert hit.any()
         assert (pts["area_km2"].to_numpy()[hit] <= cells["area_km2"].to_numpy()[hit] * (1 + 1e-9)).all()
-        assert hit.any() and not cells["zero_prob"].any()
-        table = pd.read_csv(byo_run.workdir / "results" / "tables" / f"{ts}_original.csv")
+        table = pd.read_csv(wd / "results" / "tables" / f"{ts}_original.csv")
         rva = [c for c in table.columns if c.startswith("rva_") and c.endswith("km")]
         rows = table.set_index("method").loc[["geoclip_cells", "geoclip_points"], rva]
         print(f"\n{ts}: GeoCLIP cells vs top-k points (RvA %, base model alone)\n{(100 * rows).round(1)}")
-        print(f"{ts}: top-k misses (truth outside the k cells): {int((~hit).sum())} of {hit.size}")
+        print(
+            f"{ts}: zero-probability misses of the points form: {int(pts['zero_prob'].sum())} of {len(pts)}"
+        )
+
+
+@pytest.mark.slow
+def test_point_model_kappa_density_and_distance_rows(byo_run: ByoRun) -> None:
+    """kappa fitted on every val image; the vMF density is ensembled like any base (every method); the exact
+    distance-ranking row has the cap of radius its error as area, so its RvA at a cap area equals its GCD
+    accuracy at that radius in the table (DESIGN 11)."""
+    wd = byo_run.workdir
+    fit = json.loads((wd / "results" / "external" / "geoest_point" / "kappa.json").read_text())
+    assert fit["kappa"] > 0 and fit["n_fit"] == fit["n_val"] == fit["n_predicted"] > 0
+    for ts in TESTSETS:
+        df = byo_run.per_image(ts, "geoest_point")
+        methods = [f"geoest_point{s}" for s, _, _ in METHOD_VARIANTS]
+        assert list(dict.fromkeys(df["method"])) == [
+            *methods,
+            "geoest_point (cell)",
+            "geoest_point (distance)",
+        ]
+        dist = df[df["method"] == "geoest_point (distance)"]
+        cap = 2 * np.pi * GCD_RADIUS_KM**2 * (1 - np.cos(dist["gcd_km"].to_numpy() / GCD_RADIUS_KM))
+        np.testing.assert_allclose(dist["area_km2"], cap, rtol=1e-9)
+        own = byo_run.per_image(ts)
+        lsb = own.drop_duplicates("image_id").set_index("image_id")["ls_bucket"]
+        assert (dist.set_index("image_id")["ls_bucket"] == lsb.loc[dist["image_id"]]).all()
+        table = pd.read_csv(wd / "results" / "tables" / f"{ts}_original.csv").set_index("method")
+        row = table.loc["geoest_point (distance)"]
+        for r in ("1", "25", "200", "750", "2500"):
+            assert row[f"rva_{r}km"] == row[f"gcd_{r}km"], r
 
 
 @pytest.mark.slow
