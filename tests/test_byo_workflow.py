@@ -164,8 +164,9 @@ class ByoRun:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
-    def args(self, external: dict | None = None) -> list[str]:
-        return [*TARGETS, "--cores", "2", "--configfile", str(self.write_config(external))]
+    def args(self, external: dict | None = None, *targets: str) -> list[str]:
+        # targets first: --configfile takes several values
+        return [*TARGETS, *targets, "--cores", "2", "--configfile", str(self.write_config(external))]
 
     def per_image(self, testset: str, name: str | None = None) -> pd.DataFrame:
         leaf = "per_image.parquet" if name is None else f"external_{name}.parquet"
@@ -191,7 +192,7 @@ def byo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoRun]:
     if not (REPO / TINY_CONFIG).exists():
         pytest.skip(f"{TINY_CONFIG} not written yet")
     run = ByoRun(copy_workflow(tmp_path_factory.mktemp("byo") / "wf"))
-    run_snakemake(run.workdir, *run.args(), f"{EXPORT_DIR}/val/geoest.parquet", timeout=1800).check()
+    run_snakemake(run.workdir, *run.args(None, f"{EXPORT_DIR}/val/geoest.parquet"), timeout=1800).check()
     run.config["models"]["external"]["geoest_point"] = _write_point_model(run.workdir)
     run_snakemake(run.workdir, *run.args(), timeout=1800).check()
     yield run
