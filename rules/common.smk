@@ -135,6 +135,50 @@ def prediction_inputs(wildcards):
     return inputs
 
 
+# --- external models (rules/external.smk): each job reads only its model's config node and files ---
+def ext_node(wildcards):
+    """The model's config node as JSON (a param: a change reruns that model's jobs only)."""
+    return params_of("models", "external", wildcards.ext)
+
+
+def ext_kappa_fitted(name):
+    """Whether the model is a point model whose vMF kappa is fitted on val."""
+    return (
+        EXTERNAL[name]["kind"] == "point"
+        and EXTERNAL[name].get("kappa", "fit") == "fit"
+    )
+
+
+def ext_cells_inputs(wildcards):
+    """The dataset's predictions file, the fine partition, the S2 mask (points), the fitted kappa (point)."""
+    inputs = {
+        "predictions": EXTERNAL[wildcards.ext]["predictions"][wildcards.dataset],
+        "fine": upstream(rules.partitions.output.fine),
+    }
+    if EXTERNAL[wildcards.ext]["kind"] != "cells":
+        inputs["s2_mask"] = upstream(rules.mask_s2.output.tif)
+    if ext_kappa_fitted(wildcards.ext):
+        inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
+    return inputs
+
+
+def ext_eval_inputs(wildcards):
+    """The model's cells, the run's LS/LC predictions and labels, the atoms the evaluation runs on."""
+    inputs = {
+        "cells": f"results/external/{wildcards.ext}/{wildcards.testset}.parquet",
+        "labels": upstream(rules.relabel_testset.output.labels),
+        "fine": upstream(rules.partitions.output.fine),
+        "absorption": upstream(rules.mask_s2.output.absorption),
+        "ls": f"results/predictions/{wildcards.testset}/ls.parquet",
+        "lc": f"results/predictions/{wildcards.testset}/lc.parquet",
+    }
+    inputs["atoms"] = upstream(rules.atoms.output.atoms)
+    inputs["atom_index"] = upstream(rules.atoms.output.index)
+    if EXTERNAL[wildcards.ext]["kind"] == "point":
+        inputs["points"] = EXTERNAL[wildcards.ext]["predictions"][wildcards.testset]
+    return inputs
+
+
 # --- folder inputs: Snakemake sees only a folder's own mtime, so the rules that read an image or shard
 # folder carry its fingerprint (names, sizes, mtimes of the files inside) as a param; with the profiles'
 # rerun-triggers (params) a changed, added or removed file reruns them and everything downstream.

@@ -1,55 +1,12 @@
 # External models (bring your own geolocator, DESIGN section 11, docs/byo.md): each models.external.<name>
 # is read from its predictions files (one per test set, optionally val), made into cells over the run's fine
 # partition (points/samples binned into the S2 mask's cells, a point as a vMF density with kappa given or
-# fitted on val), and evaluated with every method next to the built-in
-# base models, with the run's own LS/LC predictions of the same images. Every job of a model reads only that
-# model's config node and files, so changing one model's predictions file reruns that model's jobs and the
+# fitted on val), and evaluated with every method next to the built-in base models, with the run's own LS/LC
+# predictions of the same images. Every job of a model reads only that model's config node and files (input
+# functions in rules/common.smk), so changing one model's predictions file reruns that model's jobs and the
 # tables and figures, nothing else. export_predictions writes the run's own GeoEst. and GeoCLIP predictions
 # in the same contract (the demo feeds them back as external models: tests/test_byo_workflow.py).
 from geoens.core.constants import EXPORT_DIR, EXPORT_GEOCLIP_TOP_K
-
-
-def ext_node(wildcards):
-    """The model's config node as JSON (a param: a change reruns that model's jobs only)."""
-    return params_of("models", "external", wildcards.ext)
-
-
-def ext_kappa_fitted(name):
-    """Whether the model is a point model whose vMF kappa is fitted on val."""
-    return (
-        EXTERNAL[name]["kind"] == "point"
-        and EXTERNAL[name].get("kappa", "fit") == "fit"
-    )
-
-
-def ext_cells_inputs(wildcards):
-    """The dataset's predictions file, the fine partition, the S2 mask (points), the fitted kappa (point)."""
-    inputs = {
-        "predictions": EXTERNAL[wildcards.ext]["predictions"][wildcards.dataset],
-        "fine": upstream(rules.partitions.output.fine),
-    }
-    if EXTERNAL[wildcards.ext]["kind"] != "cells":
-        inputs["s2_mask"] = upstream(rules.mask_s2.output.tif)
-    if ext_kappa_fitted(wildcards.ext):
-        inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
-    return inputs
-
-
-def ext_eval_inputs(wildcards):
-    """The model's cells, the run's LS/LC predictions and labels, the atoms the evaluation runs on."""
-    inputs = {
-        "cells": f"results/external/{wildcards.ext}/{wildcards.testset}.parquet",
-        "labels": upstream(rules.relabel_testset.output.labels),
-        "fine": upstream(rules.partitions.output.fine),
-        "absorption": upstream(rules.mask_s2.output.absorption),
-        "ls": f"results/predictions/{wildcards.testset}/ls.parquet",
-        "lc": f"results/predictions/{wildcards.testset}/lc.parquet",
-    }
-    inputs["atoms"] = upstream(rules.atoms.output.atoms)
-    inputs["atom_index"] = upstream(rules.atoms.output.index)
-    if EXTERNAL[wildcards.ext]["kind"] == "point":
-        inputs["points"] = EXTERNAL[wildcards.ext]["predictions"][wildcards.testset]
-    return inputs
 
 
 rule export_predictions:
