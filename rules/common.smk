@@ -58,6 +58,31 @@ def all_tables():
     ) + ["results/tables/training.csv", "results/tables/training.md"]
 
 
+def external_calibrated(testset=None):
+    """External models with a val predictions file (calibrated, tempered), those with ``testset`` if given."""
+    return [
+        n
+        for n in sorted(EXTERNAL)
+        if "val" in EXTERNAL[n]["predictions"]
+        and (testset is None or testset in EXTERNAL[n]["predictions"])
+    ]
+
+
+def external_coverage(kind):
+    """Input function: the calibrated external models' coverage ``kind`` (scores, regions, tempered)."""
+
+    def files(wildcards):
+        names = external_calibrated(wildcards.testset)
+        if kind == "tempered":
+            return [f"results/calibration/external/{n}/tempered.json" for n in names]
+        return [
+            f"results/calibration/external/{n}/{wildcards.testset}/{kind}.parquet"
+            for n in names
+        ]
+
+    return files
+
+
 def external_evals(testset):
     """External model name -> its per-image evaluation on ``testset`` (models with a file for it)."""
     return {
