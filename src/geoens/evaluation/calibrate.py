@@ -366,9 +366,8 @@ def open_dataset(
         chunk_elements,
     )
     lab = labels.assign(image_id=labels["image_id"].astype(str)).drop_duplicates("image_id")
-    return Dataset(
-        ev, lab.set_index("image_id"), {k: Path(v) for k, v in predictions.items()}, attr, centres, list(bases)
-    )
+    paths = {k: Path(v) for k, v in predictions.items()}
+    return Dataset(ev, lab.set_index("image_id"), paths, attr, centres, list(bases))
 
 
 def iter_batches(ds: Dataset, base: str, batch_size: int) -> Iterator[ScoreBatch]:
