@@ -24,6 +24,7 @@ from geoens.core.constants import EXPORT_DIR, GCD_RADIUS_KM, METHOD_VARIANTS
 from geoens.core.grid import Grid
 from geoens.data.predictions import read_weighted_points, write_point_predictions
 from geoens.data.predspec import PointPredictions
+from geoens.evaluation.calibrate import method_slugs
 from geoens.evaluation.external_workflow import external_spec, top_k_points
 from geoens.evaluation.methods import ordered_bases
 from geoens.evaluation.testset import read_probs
@@ -132,7 +133,11 @@ def test_with_external_rejects_rows_of_another_model(tmp_path: Path) -> None:
 
 
 # --- a real run: the run's own predictions fed back as external models ----------------------------------
-TARGETS = [*(f"results/tables/{ts}_original.csv" for ts in TESTSETS), "results/figures/rva.pdf"]
+TARGETS = [
+    *(f"results/tables/{ts}_original.csv" for ts in TESTSETS),
+    "results/figures/rva.pdf",
+    "results/tables/im2gps3k_coverage.csv",
+]
 #: The run's own predictions in the contract (rule export_predictions), fed back under these names.
 SELF = {
     "geoest_cells": ("cells", "geoest.parquet"),
@@ -314,6 +319,19 @@ def test_point_model_kappa_density_and_distance_rows(byo_run: ByoRun) -> None:
         row = table.loc["geoest_point (distance)"]
         for r in ("1", "25", "200", "750", "2500"):
             assert row[f"rva_{r}km"] == row[f"gcd_{r}km"], r
+
+
+@pytest.mark.slow
+def test_a_model_with_val_is_calibrated_like_the_built_in_ones(byo_run: ByoRun) -> None:
+    wd = byo_run.workdir
+    for slug in method_slugs(["geoest_point"]):
+        rec = json.loads((wd / "results" / "calibration" / f"{slug}.json").read_text())
+        assert rec["base"] == "geoest_point" and rec["slug"] == slug and rec["n"] > 0
+    cov = pd.read_csv(wd / "results" / "tables" / "im2gps3k_coverage.csv")
+    # only the model with a val file is calibrated
+    assert list(dict.fromkeys(cov["base"])) == ["geoest", "geoclip", "geoest_point"]
+    tempered = cov[cov["method"] == "geoest_point+LS+LC (tempered)"]
+    assert set(tempered["mode"]) == {"fixed", "adaptive", "fixed per bucket", "adaptive per bucket"}
 
 
 @pytest.mark.slow
