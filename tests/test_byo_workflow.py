@@ -239,7 +239,7 @@ def test_own_cells_fed_back_give_the_same_table_rows(byo_run: ByoRun) -> None:
             b = table[table["base"] == name][numbers].reset_index(drop=True)
             pd.testing.assert_frame_equal(a, b, rtol=1e-9)
         md = (byo_run.workdir / "results" / "tables" / f"{ts}_original.md").read_text()
-        assert "geoclip_points+LS+LC" in md
+        assert "| geoclip_points |" in md and "| geoest_point (distance) |" in md
 
 
 def _points_brute_force(wd: Path, ts: str) -> tuple[list[str], np.ndarray, np.ndarray]:
