@@ -366,3 +366,14 @@ def test_changing_one_predictions_file_reruns_only_that_model(byo_run: ByoRun) -
     }
     # the model removed again: its jobs go, nothing else reruns but the tables and figure that listed it
     assert planned_jobs(wd, *byo_run.args()) == {"tables": 2, "figure_rva": 1}
+
+
+def test_with_external_needs_every_image_and_leaves_out_extra_ones(tmp_path: Path) -> None:
+    own = pd.DataFrame({"image_id": ["a", "b"], "base": "geoest", "method": "GeoEst."})
+    path = tmp_path / "external_mine.parquet"
+    pd.DataFrame({"image_id": ["a", "z"], "base": "mine", "method": "mine"}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"1 of 2 test images have no prediction of 'mine' \(e\.g\. \['b'\]\)"):
+        with_external(own, {"mine": path})
+    pd.DataFrame({"image_id": ["b", "a", "z"], "base": "mine", "method": "mine"}).to_parquet(path)
+    out = with_external(own, {"mine": path})
+    assert list(out["image_id"]) == ["a", "b", "b", "a"] and list(out["base"]) == ["geoest"] * 2 + ["mine"] * 2
