@@ -372,8 +372,9 @@ def test_with_external_needs_every_image_and_leaves_out_extra_ones(tmp_path: Pat
     own = pd.DataFrame({"image_id": ["a", "b"], "base": "geoest", "method": "GeoEst."})
     path = tmp_path / "external_mine.parquet"
     pd.DataFrame({"image_id": ["a", "z"], "base": "mine", "method": "mine"}).to_parquet(path)
-    with pytest.raises(ValueError, match=r"1 of 2 test images have no prediction of 'mine' \(e\.g\. \['b'\]\)"):
+    with pytest.raises(ValueError, match=r"1 of 2 test images have no prediction of 'mine' \(e\.g\. \['b'\]"):
         with_external(own, {"mine": path})
     pd.DataFrame({"image_id": ["b", "a", "z"], "base": "mine", "method": "mine"}).to_parquet(path)
     out = with_external(own, {"mine": path})
-    assert list(out["image_id"]) == ["a", "b", "b", "a"] and list(out["base"]) == ["geoest"] * 2 + ["mine"] * 2
+    assert list(out["image_id"]) == ["a", "b", "b", "a"]
+    assert list(out["base"]) == ["geoest", "geoest", "mine", "mine"]
