@@ -20,6 +20,7 @@ BENCHES = (
     "bench_train.py",
     "bench_fingerprint.py",
     "bench_calibrate.py",
+    "bench_external.py",
 )
 
 

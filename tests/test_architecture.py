@@ -31,7 +31,17 @@ MAX_MODULE_LINES = 600
 MAX_STATEMENTS = 60
 #: Third-party packages heavy or optional enough that a module may import them inside a function.
 HEAVY = frozenset(
-    {"torch", "torchvision", "timm", "transformers", "huggingface_hub", "matplotlib", "netCDF4", "geopandas"}
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "huggingface_hub",
+        "matplotlib",
+        "netCDF4",
+        "geopandas",
+        "scipy",
+    }
 )
 
 

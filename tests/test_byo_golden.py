@@ -69,7 +69,9 @@ def test_the_docs_show_the_table_the_command_writes(golden_run: Path) -> None:
         table = (golden_run / testset / "table.md").read_text(encoding="utf-8").strip()
         assert table in docs, f"docs/byo.md does not show the current {testset} table:\n{table}"
     per_image = pd.read_parquet(golden_run / "im2gps3k" / "per_image.parquet")
-    assert len(per_image) == 6 * 2997 and set(per_image["base"]) == {f.stem for f in (GEOEST / "results" / "im2gps3k").glob("*.csv")}
+    assert len(per_image) == 6 * 2997 and set(per_image["base"]) == {
+        f.stem for f in (GEOEST / "results" / "im2gps3k").glob("*.csv")
+    }
     assert (golden_run / "im2gps3k" / "rva.pdf").stat().st_size > 0
 
 

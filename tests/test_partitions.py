@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -159,8 +160,22 @@ def test_bad_partition_csvs(tmp_path: Path) -> None:
         )
     with pytest.raises(pt.PartitionError, match=r"labels\.csv: class_label 1 is missing.*line 5 has 2"):
         pt.read_partition_csv(_write(tmp_path / "labels.csv", hdr + "0,8747c,5,1,1\n2,365,5,1,1\n"))
-    with pytest.raises(pt.PartitionError, match=r"overlap\.csv.*cells 87 and 8747c overlap"):
+    # lines: 1-2 comments, 3 header, 4.. rows
+    with pytest.raises(
+        pt.PartitionError,
+        match=r"overlap\.csv: line 5 \(token 87, level 2\) contains line 4 \(token 8747c, level 7\): "
+        r"the cells of a partition must not overlap",
+    ):
         pt.read_partition_csv(_write(tmp_path / "overlap.csv", hdr + "0,8747c,5,1,1\n1,87,5,1,1\n"))
+    with pytest.raises(pt.PartitionError, match=r"dup\.csv: line 6 duplicates line 4: token 8747c \("):
+        pt.read_partition_csv(
+            _write(tmp_path / "dup.csv", hdr + "0,8747c,5,1,1\n1,365,5,1,1\n2,8747c,5,1,1\n")
+        )
+    # rows out of class_label order: the lines are still those of the file
+    with pytest.raises(pt.PartitionError, match=r"order\.csv: line 6 \(token 87, level 2\) contains line 4 "):
+        pt.read_partition_csv(
+            _write(tmp_path / "order.csv", hdr + "2,8747c,5,1,1\n0,365,5,1,1\n1,87,5,1,1\n")
+        )
     with pytest.raises(pt.PartitionError, match=r"token\.csv.*invalid S2 token"):
         pt.read_partition_csv(_write(tmp_path / "token.csv", hdr + "0,zz,5,1,1\n"))
 
@@ -239,3 +254,77 @@ def test_real_geoestimation_partitions() -> None:
     # class label i is the row with class_label == i, tokens unchanged
     df = pd.read_csv(GEOCELLS / files["fine"], skiprows=2, dtype={"hex_id": str}).sort_values("class_label")
     assert parts["fine"].tokens() == df["hex_id"].tolist()
+
+
+def _first_inside(part: pt.Partition, parent: int) -> int:
+    """Class label of the cell of ``part`` that S2 order puts first inside the cell id ``parent``."""
+    lo = s2.range_min(part.cells)
+    inside = (lo >= s2.range_min(np.array([parent], np.uint64))[0]) & (
+        lo <= s2.range_max(np.array([parent], np.uint64))[0]
+    )
+    return int(np.flatnonzero(inside)[np.argmin(lo[inside])])
+
+
+def _append_row(path: Path, label: int, token: str) -> int:
+    """Append a data row with ``token`` to a partition CSV; return its (1-based) line number."""
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, f"{label},{token},60,1.0,2.0"]) + "\n")
+    return len(lines) + 1
+
+
+def _overlap_and_duplicate_are_named(path: Path, tmp_path: Path, name: str = "") -> None:
+    """Append a repeated cell, then a parent cell, to copies of ``path``: the errors name file and lines."""
+    part = pt.read_partition_csv(path)
+    n, tokens = len(part), part.tokens()
+    k = n // 2
+    dup = tmp_path / f"dup_{path.name}"
+    dup.write_text(path.read_text())
+    line = _append_row(dup, n, tokens[k])
+    assert part.lines is not None
+    first = int(part.lines[k])
+    with pytest.raises(
+        pt.PartitionError,
+        match=rf"{re.escape(str(dup))}: line {line} duplicates line {first}: token {tokens[k]} ",
+    ):
+        pt.read_partition_csv(dup, name=name)
+    parent = s2.parent(part.cells[[k]], int(s2.level(part.cells[[k]])[0]) - 1)
+    over = tmp_path / f"over_{path.name}"
+    over.write_text(path.read_text())
+    line = _append_row(over, n, s2.id_to_token(parent)[0])
+    inner = _first_inside(part, int(parent[0]))
+    want = rf"{re.escape(str(over))}: line {line} \(token {s2.id_to_token(parent)[0]}, level \d+\) contains "
+    want += (
+        rf"line {part.lines[inner]} \(token {tokens[inner]}, level \d+\): the cells of a partition must not"
+    )
+    with pytest.raises(pt.PartitionError, match=want):
+        pt.read_partition_csv(over, name=name)
+
+
+def test_overlapping_or_repeated_cells_of_the_runs_partition_name_the_file_and_both_lines(
+    tmp_path: Path,
+) -> None:
+    lat, lon = clustered_points(seed=2)
+    part = pt.build_partition(s2.latlng_to_leaf(lat, lon), lat, lon, 5, 50, name="fine")
+    path = tmp_path / "fine.csv"
+    pt.write_partition_csv(part, path)
+    assert pt.read_partition_csv(path).lines.tolist() == list(range(4, 4 + len(part)))  # type: ignore[union-attr]
+    # read as the workflow reads it (a level name, not the file, as the partition's name)
+    _overlap_and_duplicate_are_named(path, tmp_path, name="fine")
+
+
+@pytest.mark.skipif(not GEOCELLS.is_dir(), reason="peers' reference data not available")
+def test_overlapping_or_repeated_cells_of_a_geoestimation_csv_name_the_file_and_both_lines(
+    tmp_path: Path,
+) -> None:
+    head = tmp_path / "cells_50_5000.csv"
+    head.write_text("".join((GEOCELLS / "cells_50_5000.csv").open().readlines()[: 3 + 200]))
+    _overlap_and_duplicate_are_named(head, tmp_path)
+    # a partition held in memory (no file) names the class labels instead
+    part = pt.read_partition_csv(head)
+    twice = pt.Partition(part.cells[[0, 1, 0]], part.imgs_per_cell[[0, 1, 0]], part.lat_mean[[0, 1, 0]],
+                         part.lon_mean[[0, 1, 0]], 10, "mem")  # fmt: skip
+    with pytest.raises(
+        pt.PartitionError,
+        match=rf"partition mem: class_label 2 duplicates class_label 0: token {part.tokens()[0]} ",
+    ):
+        twice.sorted_ranges()

@@ -22,9 +22,11 @@ import pandas as pd
 from geoens.core.constants import GCD_RADIUS_KM
 from geoens.core.io import atomic_path, write_json
 from geoens.data.metadata import read_metadata
-from geoens.data.predictions import PredictionSpec, read_point_predictions
+from geoens.data.predictions import PredictionSpec, align_to_truth, read_point_predictions
 from geoens.evaluation.countries import COUNTRY_SOURCE, same_country
-from geoens.evaluation.external import point_per_image
+from geoens.evaluation.external import fit_vmf_kappa, point_per_image
+from geoens.evaluation.external_grid import RunContext, cells_on_run, evaluate_external, open_run
+from geoens.evaluation.methods import method_order
 from geoens.evaluation.pointmetrics import cap_budgets, point_summary
 from geoens.reports.scorecard import scorecard_figure, write_scorecard
 
@@ -46,7 +48,15 @@ def _columns(text: str | None) -> dict[str, str]:
 def _spec(args: argparse.Namespace, path: Path) -> PredictionSpec:
     name = args.name if args.name else path.stem
     return PredictionSpec(
-        name=name, kind=args.kind, units=args.units, order=args.order, columns=_columns(args.columns)
+        name=name,
+        kind=args.kind,
+        units=args.units,
+        order=args.order,
+        columns=_columns(args.columns),
+        partition=Path(args.partition) if args.partition else None,
+        partition_label=args.partition_label,
+        kappa=args.kappa,
+        smooth_kappa=args.smooth_kappa,
     )
 
 
@@ -66,6 +76,59 @@ def score_point_file(
     return per_image, {"model": spec.name, **row, "_match": {"file": str(path), **match.summary()}}
 
 
+def score_on_grid(
+    run: RunContext, path: Path, spec: PredictionSpec, truth: pd.DataFrame, args: argparse.Namespace
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Every method of one predictions file on the run's grid: per-image rows and a summary row per method."""
+    atoms, lookup, part, ids, probs = cells_on_run(run, path, spec)
+    per_image, match = evaluate_external(
+        spec.name,
+        atoms,
+        lookup,
+        part,
+        truth,
+        ids,
+        probs,
+        run.attributes,
+        threads=args.threads,
+        source=str(path),
+    )
+    budgets = cap_budgets(lookup.grid.earth_radius_km)
+    rows = []
+    for method in method_order([spec.name])[:-1]:  # the last is the model's own top-1: no area
+        m = per_image[per_image["method"] == method]
+        if m.empty:
+            continue
+        t = truth.set_index("image_id").loc[m["image_id"]]
+        same = None
+        if not args.no_country:
+            same = same_country(m["top1_lat"], m["top1_lon"], t["lat"], t["lon"])
+        row = point_summary(m["gcd_km"], m["area_km2"], budgets, args.strict_less, same)
+        rows.append({"model": method, **row, "_match": {"file": str(path), **match.summary()}})
+    return per_image, rows
+
+
+def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Path) -> float:
+    """Maximum-likelihood vMF ``kappa`` of a ``point`` model from its val predictions and truth.
+
+    Raises:
+        ValueError: Unless the kind is ``point`` with ``--results``; or as :func:`fit_vmf_kappa`.
+    """
+    if args.kind != "point" or not args.results:
+        raise ValueError("--val fits kappa for --kind point with --results (its vMF density on the grid)")
+    if args.kappa is not None:
+        raise ValueError("--val fits kappa: do not also give --kappa")
+    pred = read_point_predictions(predictions, _spec(args, predictions))
+    vt, _ = read_metadata(truth_csv)
+    m = align_to_truth(pred.ids, vt["image_id"].astype(str).tolist(), predictions)
+    t = vt.iloc[m.truth_rows]
+    kappa = fit_vmf_kappa(pred.lat[m.pred_rows], pred.lon[m.pred_rows], t["lat"], t["lon"])
+    log.info(
+        "%s: kappa %.6g fitted on %d val images (maximum likelihood)", predictions, kappa, m.pred_rows.size
+    )
+    return kappa
+
+
 def cmd_rva(args: argparse.Namespace) -> int:
     """``geoens rva``: per-image Parquet, the scorecard table and the RvA figure of each predictions file."""
     t0 = time.perf_counter()
@@ -73,13 +136,17 @@ def cmd_rva(args: argparse.Namespace) -> int:
         raise ValueError("--name names one predictions file; with several, each is named by its file stem")
     if args.radius_km <= 0:
         raise ValueError(f"--radius-km must be positive, got {args.radius_km}")
-    if args.kind != "point" or args.results:
+    if args.kind != "point" and not args.results:
         raise ValueError(
-            f"--kind {args.kind}{' with --results' if args.results else ''}: this command scores kind "
-            "'point' files by distance ranking; the other kinds and the LS/LC ensembles run in the workflow "
-            "(models.external in the config, docs/byo.md)"
+            f"--kind {args.kind} needs --results (a workflow results folder: its grid, masks and atoms); "
+            "only kind 'point' is scored without one, by distance ranking"
         )
+    if args.testset and not args.results:
+        raise ValueError("--testset names the LS/LC predictions of a results folder: give --results too")
     truth, _ = read_metadata(args.truth)
+    run = open_run(args.results, args.testset) if args.results else None
+    if args.val:
+        args.kappa = fit_kappa_on_val(args, Path(args.val[0]), Path(args.val[1]))
     paths = [Path(p) for p in args.predictions]
     names = [_spec(args, p).name for p in paths]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -87,11 +154,16 @@ def cmd_rva(args: argparse.Namespace) -> int:
         raise ValueError(f"two predictions files would give the model name(s) {dup}: rename one")
     frames, rows = [], []
     for k, path in enumerate(paths, 1):
-        per_image, row = score_point_file(
-            path, _spec(args, path), truth, args.radius_km, args.strict_less, not args.no_country
-        )
-        frames.append(per_image)
-        rows.append(row)
+        if run is None:
+            per_image, row = score_point_file(
+                path, _spec(args, path), truth, args.radius_km, args.strict_less, not args.no_country
+            )
+            frames.append(per_image)
+            rows.append(row)
+        else:
+            per_image, more = score_on_grid(run, path, _spec(args, path), truth, args)
+            frames.append(per_image)
+            rows += more
         log.info("[%d/%d] %s: %d images scored (%.1f s)", k, len(paths), path, len(per_image),
                  time.perf_counter() - t0)  # fmt: skip
     _write_outputs(Path(args.out), args, truth, frames, rows)
@@ -114,13 +186,28 @@ def _write_outputs(
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_match"} for r in rows])
     op = "<" if args.strict_less else "<="
     title = f"{Path(args.truth).stem}: {len(truth)} images"
-    note = (
-        f"Accuracy counts d {op} r; distances and cap areas on a sphere of R = {args.radius_km:g} km; "
-        f"RvA of a single point = its distance ranking (cap areas). Country: {COUNTRY_SOURCE}."
-    )
+    if args.results:
+        note = (
+            f"Accuracy counts d {op} r from each method's grid top-1 (haversine, R = {GCD_RADIUS_KM:g} km); "
+            f"RvA by Alg. 3 on the grid of {args.results}"
+            + (f"; each point is a vMF density (kappa {args.kappa:g})" if args.kind == "point" else "")
+            + "."
+        )
+    else:
+        note = (
+            f"Accuracy counts d {op} r; distances and cap areas on a sphere of R = {args.radius_km:g} km; "
+            f"RvA of a single point = its distance ranking (cap areas)."
+        )
+    if not args.no_country:
+        note += f" Country: {COUNTRY_SOURCE}."
     paths = {fmt: out / f"table.{fmt}" for fmt in ("csv", "md", "tex")}
     write_scorecard(table, paths, title, args.strict_less, note)
-    areas = {str(f["base"].iloc[0]): f["area_km2"].to_numpy() for f in frames}
+    areas = {
+        str(method): g["area_km2"].to_numpy()
+        for f in frames
+        for method, g in f.groupby("method", sort=False)
+        if g["area_km2"].notna().any()  # not a model's own top-1 (no area)
+    }
     scorecard_figure(areas, cap_budgets(args.radius_km), out / "rva.pdf", out / "rva.png", title)
     summary = {
         "truth": str(args.truth),
@@ -129,6 +216,7 @@ def _write_outputs(
         "units": args.units,
         "order": args.order,
         "radius_km": args.radius_km,
+        "kappa": args.kappa,
         "comparison": op,
         "country_source": None if args.no_country else COUNTRY_SOURCE,
         "models": [r["_match"] | {"model": r["model"]} for r in rows],
@@ -157,6 +245,22 @@ def add_rva_parser(sub: Any) -> None:
         "--strict-less", action="store_true", help="count d < r (OSV-5M, PIGEON, G3) instead of <="
     )
     r.add_argument("--no-country", action="store_true", help="skip country accuracy")
-    r.add_argument("--results", help="a workflow results folder (masks, atoms, LS/LC predictions)")
+    r.add_argument("--results", help="a workflow results folder: its grid, masks and atoms (any kind)")
+    r.add_argument(
+        "--testset", help="with --results: ensemble with results/predictions/TESTSET/{ls,lc}.parquet"
+    )
+    r.add_argument(
+        "--partition", help="the model's cells (S2 CSV, GeoPackage, GeoJSON); default: the run's fine"
+    )
+    r.add_argument("--partition-label", default="label", help="label column of a polygons partition")
+    r.add_argument("--kappa", type=float, help="kind point with --results: vMF concentration of its density")
+    r.add_argument(
+        "--val",
+        nargs=2,
+        metavar=("PREDICTIONS", "TRUTH"),
+        help="kind point: fit kappa on val (max. likelihood)",
+    )
+    r.add_argument("--smooth-kappa", type=float, help="kinds points/samples: vMF smoothing (default: none)")
+    r.add_argument("--threads", type=int, default=1, help="methods evaluated at a time")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(func=cmd_rva)

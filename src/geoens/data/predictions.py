@@ -302,6 +302,18 @@ def _open(path: str | Path, spec: PredictionSpec) -> tuple[Path, pa.Table, int |
         raise PredictionsError(f"{p}: not a readable Parquet file: {exc}") from exc
 
 
+def _use_coords(path: Path, spec: PredictionSpec, table: pa.Table) -> str | None:
+    """The ``coords`` pair column, when mapped, or present with no ``lat``/``lon`` columns."""
+    if "coords" in spec.columns:
+        return _column_name(path, spec, table.column_names, "coords", True)
+    if {"lat", "lon"} & set(spec.columns):
+        return None
+    names = table.column_names
+    if _column_name(path, spec, names, "lat", False) and _column_name(path, spec, names, "lon", False):
+        return None
+    return _column_name(path, spec, names, "coords", False)
+
+
 def read_point_predictions(path: str | Path, spec: PredictionSpec) -> PointPredictions:
     """Read a ``point`` file (Parquet or CSV): one point per image, in degrees.
 
@@ -311,8 +323,8 @@ def read_point_predictions(path: str | Path, spec: PredictionSpec) -> PointPredi
     """
     p, table, line_offset = _open(path, spec)
     ids = _ids_of(p, table, spec, line_offset)
-    coords = _column_name(p, spec, table.column_names, "coords", False)
-    if coords is not None and not ({"lat", "lon"} & set(spec.columns)):
+    coords = _use_coords(p, spec, table)
+    if coords is not None:
         lat, lon = _pair_column(p, spec, table, coords, ids)
     else:
         lat_col = _column_name(p, spec, table.column_names, "lat", True)
@@ -336,8 +348,8 @@ def read_weighted_points(path: str | Path, spec: PredictionSpec) -> WeightedPoin
     """
     p, table, _ = _open(path, spec)
     ids = _ids_of(p, table, spec, None)
-    coords = _column_name(p, spec, table.column_names, "coords", False)
-    if coords is not None and not ({"lat", "lon"} & set(spec.columns)):
+    coords = _use_coords(p, spec, table)
+    if coords is not None:
         (lengths, lat), lon = _pair_column(p, spec, table, coords, ids)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     else:

@@ -271,22 +271,20 @@ def gallery_to_cells(weights: npt.ArrayLike, gallery_cell: npt.ArrayLike, n_cell
         n_cells: Cells of the partition.
 
     Returns:
-        ``images x cells`` float32. The gallery is sorted by cell once; each chunk of images is then summed
-        per cell with one ``reduceat``.
+        ``images x cells`` float32: the weights times the sparse ``gallery x cells`` one-hot matrix, by chunks
+        of images (bench/bench_external.py: ~20x faster than a ``bincount`` per image).
     """
+    import scipy.sparse  # deferred: scipy is needed only for gallery binning (it comes with reverse_geocoder)
+
     w = np.asarray(weights, np.float32)
     cell = np.asarray(gallery_cell, np.int64)
     keep = np.flatnonzero(cell >= 0)
-    order = keep[np.argsort(cell[keep], kind="stable")]
-    sorted_cells = cell[order]
-    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]]) if order.size else order
-    targets = sorted_cells[starts]
-    out = np.zeros((w.shape[0], n_cells), np.float32)
-    if order.size == 0:
-        return out
-    for a in range(0, w.shape[0], 256):
-        sums = np.add.reduceat(w[a : a + 256][:, order], starts, axis=1)
-        out[a : a + 256, targets] = sums
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(keep.size, np.float32), (cell[keep], keep)), shape=(n_cells, cell.size)
+    )
+    out = np.empty((w.shape[0], n_cells), np.float32)
+    for a in range(0, w.shape[0], CHUNK_IMAGES):
+        out[a : a + CHUNK_IMAGES] = (onehot @ w[a : a + CHUNK_IMAGES].T).T
     tot = out.sum(axis=1, keepdims=True)
     np.divide(out, tot, out=out, where=tot > 0)
     return out

@@ -30,7 +30,7 @@ from geoens.core.grid import haversine_km
 from geoens.core.types import BoolArray, F32Array, FloatArray, IntArray
 from geoens.data.labeltable import read_label_points
 from geoens.evaluation.evaluator import Evaluator
-from geoens.evaluation.methods import all_methods, method_order, own_top1_name
+from geoens.evaluation.methods import Method, all_methods, method_order, own_top1_name
 from geoens.evaluation.rva import DEFAULT_CHUNK_ELEMENTS
 from geoens.geo.atoms import read_atoms
 from geoens.geo.lookup import open_pixel_lookup
@@ -233,7 +233,11 @@ def iter_score_batches(
 # The test set
 # --------------------------------------------------------------------------------------------------
 def evaluate_batch(
-    ev: Evaluator, b: ScoreBatch, centres: tuple[FloatArray, FloatArray], threads: int = 1
+    ev: Evaluator,
+    b: ScoreBatch,
+    centres: tuple[FloatArray, FloatArray],
+    threads: int = 1,
+    methods: Sequence[Method] | None = None,
 ) -> list[pd.DataFrame]:
     """Per-image rows of one batch: every method of its base model, then the base model's own top-1.
 
@@ -242,11 +246,12 @@ def evaluate_batch(
         b: The batch.
         centres: ``(lat, lon)`` of each fine cell (the own top-1 is its argmax cell's mean location).
         threads: Methods evaluated at a time (:meth:`Evaluator.evaluate_many`).
+        methods: The methods to run (default: every method of the base model).
 
     """
     ls_bucket = ev.atoms.labels["ls"][b.gt_atom].astype(np.int8)
     frames = []
-    methods = all_methods([b.base])
+    methods = all_methods([b.base]) if methods is None else list(methods)
     for m, r in zip(methods, ev.evaluate_many(methods, b.scores, b.gt_atom, threads=threads), strict=True):
         gcd = haversine_km(b.lat, b.lon, r.top1_lat, r.top1_lon, GCD_RADIUS_KM)
         frames.append(

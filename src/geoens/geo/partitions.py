@@ -62,6 +62,9 @@ class Partition:
         lon_mean: Mean longitude of each cell's images.
         num_images: Images the partition was built from (GeoEstimation's ``num_images`` comment line).
         name: Level name or file, for messages.
+        source: The CSV file it was read from ("" if built in memory), for messages.
+        lines: For a partition read from a CSV, the file line (1-based, comment and header lines counted)
+            of each cell, indexed by class label; ``None`` otherwise.
 
     """
 
@@ -71,6 +74,8 @@ class Partition:
     lon_mean: FloatArray
     num_images: int
     name: str = ""
+    source: str = ""
+    lines: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.cells.size)
@@ -95,7 +100,8 @@ class Partition:
         """``(range_min, range_max, class label)`` sorted by ``range_min``, for interval look-ups.
 
         Raises:
-            PartitionError: If two cells overlap (one contains the other).
+            PartitionError: If two cells overlap (one contains the other) or a cell appears twice, naming
+                the file and both lines for a partition read from a CSV.
 
         """
         lo = s2.range_min(self.cells)
@@ -104,10 +110,31 @@ class Partition:
         lo, hi = lo[order], hi[order]
         bad = np.flatnonzero(lo[1:] <= hi[:-1])
         if bad.size:
-            a, b = self.cells[order[bad[0]]], self.cells[order[bad[0] + 1]]
-            tok = s2.id_to_token(np.array([a, b], dtype=np.uint64))
-            raise PartitionError(f"partition {self.name}: cells {tok[0]} and {tok[1]} overlap")
+            raise self._overlap_error(int(order[bad[0]]), int(order[bad[0] + 1]))
         return lo, hi, order.astype(np.int64)
+
+    def _overlap_error(self, i: int, j: int) -> PartitionError:
+        """The error for cells ``i`` and ``j`` (class labels) that overlap: one contains the other, or equal.
+
+        S2 cells are nested or disjoint, so the coarser cell of an overlapping pair contains the finer one.
+        """
+        levels = s2.level(self.cells[[i, j]])
+        if levels[1] < levels[0] or (levels[0] == levels[1] and i > j):
+            i, j = j, i  # i: the container (or the first of two equal cells)
+        tok_i, tok_j = s2.id_to_token(self.cells[[i, j]])
+        if self.lines is not None:
+            where, at_i, at_j = self.source or self.name, f"line {self.lines[i]}", f"line {self.lines[j]}"
+        else:
+            where, at_i, at_j = f"partition {self.name}", f"class_label {i}", f"class_label {j}"
+        if self.cells[i] == self.cells[j]:
+            first, second = sorted((at_i, at_j), key=lambda at: int(at.rsplit(" ", 1)[1]))
+            return PartitionError(
+                f"{where}: {second} duplicates {first}: token {tok_i} (each S2 cell may appear once)"
+            )
+        return PartitionError(
+            f"{where}: {at_i} (token {tok_i}, level {levels.min()}) contains {at_j} (token {tok_j}, level "
+            f"{levels.max()}): the cells of a partition must not overlap"
+        )
 
 
 def cell_of(leaf_ids: npt.ArrayLike, partition: Partition) -> I32Array:
@@ -339,6 +366,7 @@ def read_partition_csv(path: str | Path, name: str = "") -> Partition:
     if missing:
         raise PartitionError(f"{p}: missing column(s) {missing} (columns: {list(df.columns)})")
     _check_partition_rows(p, df, first_line=skip + 2)
+    df["line"] = np.arange(len(df), dtype=np.int64) + skip + 2  # file line of each row (1-based)
     df = df.sort_values("class_label", kind="stable").reset_index(drop=True)
     df["class_label"] = df["class_label"].astype(np.int64)
     try:
@@ -354,8 +382,10 @@ def read_partition_csv(path: str | Path, name: str = "") -> Partition:
         lon_mean=df["longitude_mean"].to_numpy(dtype=np.float64),
         num_images=int(num_images if num_images is not None else counts.sum()),
         name=name or str(p),
+        source=str(p),
+        lines=df["line"].to_numpy(dtype=np.int64),
     )
-    part.sorted_ranges()  # raises on overlapping cells
+    part.sorted_ranges()  # raises on overlapping or repeated cells, naming the file and both lines
     return part
 
 

@@ -106,11 +106,23 @@ def absorption_table(part: Partition, labels: npt.NDArray[np.int32], grid: Grid)
             f"{part.name}: no cell owns any pixel centre of the {grid.height} x {grid.width} grid"
         )
     clat, clon = cell_center_latlng(part.cells[cells])
-    r, c = grid.pixel_of(clat, clon)
+    return pd.DataFrame({"cell": cells, "target": absorption_targets(labels, grid, clat, clon)})
+
+
+def absorption_targets(
+    labels: npt.NDArray[np.int32], grid: Grid, lat: npt.ArrayLike, lon: npt.ArrayLike
+) -> npt.NDArray[np.int32]:
+    """Cell receiving each absorbed cell, from the absorbed cells' centres (any partition's labels).
+
+    The label of the pixel containing the centre; if that pixel is in no cell, the label of the labelled
+    pixel whose centre is nearest (great circle).
+    """
+    la, lo = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    r, c = grid.pixel_of(la, lo)
     target = labels[r, c].astype(np.int32)
     for k in np.flatnonzero(target < 0):
-        target[k] = _nearest_labelled_pixel(labels, grid, float(clat[k]), float(clon[k]))
-    return pd.DataFrame({"cell": cells, "target": target})
+        target[k] = _nearest_labelled_pixel(labels, grid, float(la[k]), float(lo[k]))
+    return target
 
 
 def apply_absorption(probs: npt.ArrayLike, table: pd.DataFrame) -> FloatArray:

@@ -31,7 +31,13 @@ from geoens.models.datasets import (
     make_transforms,
 )
 from geoens.models.geoclip.location import GeoClipError, load_logit_scale
-from geoens.models.geoclip.towers import DEFAULT_CLIP_MODEL, ClipImageTower, clip_transform, iter_probs
+from geoens.models.geoclip.towers import (
+    DEFAULT_CLIP_MODEL,
+    ClipImageTower,
+    clip_transform,
+    iter_probs,
+    iter_top_points,
+)
 from geoens.models.geoclip.training import (
     TOWER_CHECKPOINT_VERSION,
     GpsBatch,
@@ -43,7 +49,7 @@ from geoens.models.geoclip.training import (
 from geoens.models.imagecache import CachedLoader, ImageCache, SeededOrder, load_image_cache
 from geoens.models.nets import backbone_norm
 from geoens.models.predictors import prediction_dataset
-from geoens.models.training.predictions import with_progress, write_predictions, write_skipped
+from geoens.models.training.predictions import with_progress, write_points, write_predictions, write_skipped
 from geoens.models.training.runtime import load_or_build_index, resolve_device
 
 log = logging.getLogger("geoens.geoclip")
@@ -329,6 +335,52 @@ def run_predict(
     if skipped:
         log.warning("geoclip predict: %d images missing or undecodable, e.g. %s", len(skipped), skipped[:3])
     return write_skipped(len(image_ids), n, skipped, skipped_json)
+
+
+def run_predict_points(
+    source: ImageSource,
+    image_ids: Sequence[str],
+    gallery: F32Array,
+    gallery_embeddings: F32Array,
+    tower: nn.Module,
+    logit_scale: float,
+    transform: Any,
+    out: str | Path,
+    top_k: int,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Write GeoCLIP's gallery form: each image's ``top_k`` gallery points (``points`` Parquet).
+
+    Same images, order and skipping as :func:`run_predict`; the rows hold ``lat``, ``lon`` and ``weight``
+    lists (:func:`geoens.models.training.predictions.write_points`, weights summing to 1).
+
+    Args:
+        source: Image source (:func:`prediction_inputs`).
+        image_ids: Images to score.
+        gallery: ``(n, 2)`` ``(lat, lon)`` of the gallery (GeoCLIP's: ``location.load_gps_gallery``).
+        gallery_embeddings: Their location embeddings (``location.embed_locations``).
+        tower: Image tower (:func:`load_image_tower`).
+        logit_scale: Multiplicative logit scale.
+        transform: PIL -> tensor transform of the tower.
+        out: Output Parquet.
+        top_k: Points per image.
+        batch_size: Images per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        num_workers: DataLoader workers.
+
+    Returns:
+        ``{"n_requested", "n_predicted", "n_skipped", "skipped_ids"}``.
+
+    """
+    skipped: list[str] = []
+    batches = id_batches(source, image_ids, transform, batch_size, num_workers, skipped)
+    chunks = iter_top_points(
+        tower, batches, gallery_embeddings, gallery, logit_scale, top_k, resolve_device(device)
+    )
+    n = write_points(out, chunks)
+    return write_skipped(len(image_ids), n, skipped, None)
 
 
 def prediction_inputs(

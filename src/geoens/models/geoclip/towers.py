@@ -16,7 +16,7 @@ from torchvision import transforms as T  # noqa: N812 (torchvision convention)
 
 from geoens.core.types import F32Array
 from geoens.models.geoclip.cells import score_cells
-from geoens.models.geoclip.location import EMBED_DIM, weights_dir
+from geoens.models.geoclip.location import EMBED_DIM, GeoClipError, weights_dir
 from geoens.models.nets import build_backbone
 
 log = logging.getLogger("geoens.geoclip")
@@ -113,7 +113,13 @@ def resolve_clip_model(model_id: str = DEFAULT_CLIP_MODEL, cache_dir: str | Path
 
 
 class ClipImageTower(nn.Module):
-    """GeoCLIP's own image tower: frozen CLIP ViT-L/14 image features + the shipped 768->768->512 MLP."""
+    """GeoCLIP's own image tower: frozen CLIP ViT-L/14 image features + the shipped 768->768->512 MLP.
+
+    Raises:
+        ClipNotCachedError: When the CLIP model is neither a folder nor in the local cache.
+        GeoClipError: When the CLIP model's image projection is not the 768-d the image MLP reads.
+
+    """
 
     def __init__(
         self,
@@ -127,6 +133,13 @@ class ClipImageTower(nn.Module):
 
         self.clip = CLIPModel.from_pretrained(str(local), local_files_only=True)
         self.clip.requires_grad_(False)
+        width = self.clip.config.projection_dim
+        if width != CLIP_FEATURE_DIM:
+            raise GeoClipError(
+                f"{local}: the CLIP model '{model_id}' (config key geoclip.clip_model) projects images to "
+                f"{width}-d features, but GeoCLIP's image MLP reads {CLIP_FEATURE_DIM}-d ones (CLIP "
+                f"ViT-L/14, projection_dim {CLIP_FEATURE_DIM}); use {DEFAULT_CLIP_MODEL}"
+            )
         self.mlp = nn.Sequential(
             nn.Linear(CLIP_FEATURE_DIM, CLIP_FEATURE_DIM), nn.ReLU(), nn.Linear(CLIP_FEATURE_DIM, EMBED_DIM)
         )
@@ -206,3 +219,42 @@ def predict_probs(
         parts.append(probs)
     out = np.concatenate(parts, axis=0) if parts else np.zeros((0, cells.shape[0]), np.float32)
     return ids, out
+
+
+def iter_top_points(
+    tower: nn.Module,
+    batches: Iterable[tuple[Tensor, Sequence[str]]],
+    gallery_embeddings: F32Array,
+    gallery: F32Array,
+    logit_scale: float,
+    top_k: int,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[list[str], F32Array, F32Array, F32Array]]:
+    """Yield ``(image_ids, lat, lon, weight)``, each ``(B, top_k)``: GeoCLIP's top-k gallery points.
+
+    As GeoCLIP's ``predict(image, top_k)``: the softmax over the whole gallery, then its ``top_k`` largest
+    entries, best first (the weights are those probabilities; :func:`~geoens.models.training.predictions.
+    write_points` renormalises them to sum to 1).
+
+    Args:
+        tower: Image tower.
+        batches: ``(images, ids)`` batches.
+        gallery_embeddings: ``(n, 512)`` location embeddings of the gallery points.
+        gallery: ``(n, 2)`` ``(lat, lon)`` degrees of the gallery points.
+        logit_scale: Multiplicative logit scale.
+        top_k: Points kept per image, ``1 <= top_k <= n``.
+        device: Device of the tower.
+
+    Raises:
+        ValueError: If ``top_k`` is out of range or the gallery arrays differ in length.
+
+    """
+    if gallery.shape[0] != gallery_embeddings.shape[0] or not 1 <= top_k <= gallery.shape[0]:
+        raise ValueError(
+            f"top_k must be in 1..{gallery.shape[0]} (gallery of {gallery.shape[0]} points, "
+            f"{gallery_embeddings.shape[0]} embeddings), got {top_k}"
+        )
+    for batch_ids, probs in iter_probs(tower, batches, gallery_embeddings, logit_scale, device):
+        top = torch.topk(torch.from_numpy(probs), top_k, dim=1)
+        idx = top.indices.numpy()
+        yield batch_ids, gallery[idx, 0], gallery[idx, 1], top.values.numpy()

@@ -2,7 +2,8 @@
 
 One schema (:func:`prediction_schema`), one streaming writer (:func:`write_predictions`) and one
 ``<model>.skipped.json`` summary (:func:`write_skipped`), used by :mod:`geoens.models.predictors` and
-:mod:`geoens.models.geoclip.stage`.
+:mod:`geoens.models.geoclip.stage`; and the ``points`` form of a gallery model's predictions (its top-k
+gallery points with their weights, :func:`write_points`), which GeoCLIP also writes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,63 @@ def write_predictions(
     with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for ids, probs in chunks:
             writer.write_table(prediction_table(ids, probs))
+            n += len(ids)
+    return n
+
+
+def points_schema() -> pa.Schema:
+    """Return the points schema: ``image_id``, equal-length ``lat``, ``lon``, ``weight`` lists (degrees)."""
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("lat", pa.list_(pa.float64())),
+            ("lon", pa.list_(pa.float64())),
+            ("weight", pa.list_(pa.float64())),
+        ]
+    )
+
+
+def points_table(
+    image_ids: Sequence[str], lat: npt.ArrayLike, lon: npt.ArrayLike, weight: npt.ArrayLike
+) -> pa.Table:
+    """One batch of ``(N, k)`` points as a table of :func:`points_schema`, each row's weights summing to 1.
+
+    Raises:
+        ValueError: If the arrays differ in shape from ``(len(image_ids), k)``, or a row's weights are
+            negative, not finite or sum to zero.
+
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in (lat, lon, weight)]
+    shape = (len(image_ids), arrays[0].shape[1] if arrays[0].ndim == 2 else -1)
+    if any(a.shape != shape for a in arrays):
+        raise ValueError(f"{len(image_ids)} image ids but points of shapes {[a.shape for a in arrays]}")
+    w = arrays[2]
+    total = w.sum(axis=1)
+    bad = ~np.isfinite(w).all(axis=1) | (w < 0).any(axis=1) | ~(total > 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"image {image_ids[i]!r}: weights must be finite, >= 0 and not all 0: {w[i]}")
+    cols = [*arrays[:2], w / total[:, None]]
+    return pa.table(
+        {"image_id": pa.array([str(i) for i in image_ids], type=pa.string())}
+        | {name: pa.array(list(a)) for name, a in zip(("lat", "lon", "weight"), cols, strict=True)},
+        schema=points_schema(),
+    )
+
+
+def write_points(
+    path: str | Path, chunks: Iterable[tuple[Sequence[str], npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]]
+) -> int:
+    """Stream ``(ids, lat, lon, weight)`` batches to a Parquet file of :func:`points_schema`, atomically.
+
+    Returns:
+        The number of rows written.
+
+    """
+    n = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), points_schema()) as writer:
+        for ids, lat, lon, weight in chunks:
+            writer.write_table(points_table(ids, lat, lon, weight))
             n += len(ids)
     return n
 

@@ -1,0 +1,153 @@
+"""`geoens rva`: the command on a tiny generated results folder, its outputs, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from _rva_world import make_world, write_inputs
+from geoens.apps.cli import main
+from geoens.data.predictions import PointPredictions, write_point_predictions
+from geoens.evaluation.external import sample_vmf
+from geoens.evaluation.testset import evaluate_testset, read_probs
+from geoens.geo.rasters import write_label_raster
+
+
+def _results(tmp_path: Path) -> tuple[Path, dict[str, Path], Path]:
+    """A results folder in the workflow's layout for a random world, and a truth CSV of its test images."""
+    world = make_world(seed=6, h=12)
+    paths = write_inputs(world, tmp_path / "inputs", n_images=15)
+    res = tmp_path / "results"
+    for src, dst in [("atoms", "atoms/atoms.parquet"), ("atom_index", "atoms/atom_index.tif"),
+                     ("absorption", "masks/s2_absorption.parquet"), ("fine", "partitions/fine.csv"),
+                     ("ls", "predictions/t/ls.parquet"), ("lc", "predictions/t/lc.parquet")]:  # fmt: skip
+        (res / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(paths[src], res / dst)
+    lab = pd.read_parquet(paths["labels"])
+    truth = tmp_path / "truth.csv"
+    lab.rename(columns={"image_id": "IMG_ID", "lat": "LAT", "lon": "LON"}).to_csv(truth, index=False)
+    return res, paths, truth
+
+
+def test_cells_scored_by_the_command_equal_the_built_in_evaluation(tmp_path: Path) -> None:
+    res, paths, truth = _results(tmp_path)
+    mine = tmp_path / "MyNet.parquet"
+    shutil.copy(paths["geoclip"], mine)
+    out = tmp_path / "out"
+    argv = [str(mine), "--truth", str(truth), "--kind", "cells", "--results", str(res), "--testset", "t"]
+    assert main(["rva", *argv, "--no-country", "--out", str(out)]) == 0
+    got = pd.read_parquet(out / "per_image.parquet")
+    ref = evaluate_testset(paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"],
+                           paths["fine"], {m: paths[m] for m in ("ls", "lc", "geoclip")})  # fmt: skip
+    ref = ref[ref["base"] == "geoclip"]
+    for suffix in ("", "+LS", "+LS urban prior", "+LC", "+LS+LC", " (cell)"):
+        a = got[got["method"] == "MyNet" + suffix].set_index("image_id")
+        b = ref[ref["method"] == "GeoCLIP" + suffix].set_index("image_id").loc[a.index]
+        assert len(a) == 15
+        np.testing.assert_allclose(a["area_km2"], b["area_km2"], rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(a["gcd_km"], b["gcd_km"], rtol=1e-12, equal_nan=True)
+    table = pd.read_csv(out / "table.csv")
+    assert table["model"].tolist() == ["MyNet", "MyNet+LS", "MyNet+LS urban prior", "MyNet+LC", "MyNet+LS+LC"]
+    assert (out / "rva.pdf").stat().st_size > 0 and (out / "table.tex").read_text().count(r"\\") >= 6
+
+
+def test_points_without_a_prediction_are_counted_in_the_summary(tmp_path: Path) -> None:
+    res, paths, truth = _results(tmp_path)
+    ids, _ = read_probs(paths["geoclip"])
+    f = tmp_path / "llm.parquet"
+    write_point_predictions(f, PointPredictions(ids[:10] + ["ghost"], np.zeros(11), np.zeros(11)))
+    out = tmp_path / "o"
+    assert main(["rva", str(f), "--truth", str(truth), "--no-country", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())["models"][0]
+    assert (s["n_matched"], s["n_missing_predictions"], s["n_not_in_truth"]) == (10, 5, 1)
+    assert s["not_in_truth_examples"] == ["ghost"]
+    per = pd.read_parquet(out / "per_image.parquet")
+    assert len(per) == 15 and int(per["zero_prob"].sum()) == 5
+    assert pd.read_csv(out / "table.csv")["n_missing"].iloc[0] == 5
+
+
+def test_bad_commands_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res, paths, truth = _results(tmp_path)
+    gc = str(paths["geoclip"])
+    bad = tmp_path / "bad.parquet"
+    write_point_predictions(bad, PointPredictions(["a"], np.array([95.0]), np.array([0.0])))
+    cases = [
+        ([str(bad), "--truth", str(truth), "--kind", "points"], r"--kind points needs --results"),
+        ([str(bad), "--truth", str(truth)], r"bad.parquet: 1 latitude\(s\) impossible in degrees"),
+        ([str(bad), str(bad), "--truth", str(truth), "--name", "x"], r"--name names one predictions file"),
+        ([str(bad), "--truth", str(truth), "--testset", "t"], r"--testset names the LS/LC predictions"),
+        ([str(bad), "--truth", str(truth), "--kind", "cells", "--results", str(tmp_path / "nowhere")],
+         r"nowhere/atoms/atoms.parquet is missing"),
+        ([gc, "--truth", str(truth), "--kind", "point", "--results", str(res)],
+         r"geoclip.parquet: a 'point' model on the grid needs kappa"),
+        ([gc, "--truth", str(truth), "--kind", "point", "--results", str(res), "--kappa", "5"],
+         r"geoclip.parquet: no column for 'lat'"),
+    ]  # fmt: skip
+    for argv, msg in cases:
+        assert main(["rva", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("geoens: error:"), err
+        assert re.search(msg, err), (msg, err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_points_are_binned_into_a_user_partition(tmp_path: Path) -> None:
+    res, paths, truth = _results(tmp_path)
+    world = make_world(seed=6, h=12)
+    (res / "masks").mkdir(exist_ok=True)
+    write_label_raster(res / "masks" / "ls.tif", world.labels["ls"].astype(np.int8), world.grid, ["a"] * 4)
+    write_label_raster(res / "masks" / "lc.tif", world.labels["lc"].astype(np.int8), world.grid, ["a"] * 7)
+    ring = [[[w, -90], [w + 180, -90], [w + 180, 90], [w, 90], [w, -90]] for w in (-180, 0)]
+    feats = [
+        {"type": "Feature", "properties": {"half": k}, "geometry": {"type": "Polygon", "coordinates": [r]}}
+        for k, r in enumerate(ring)
+    ]
+    halves = {"type": "FeatureCollection", "features": feats}
+    (tmp_path / "halves.geojson").write_text(json.dumps(halves))
+    lab = pd.read_csv(truth)
+    pts = tmp_path / "west.parquet"
+    n = len(lab)
+    cols = {"image_id": lab["IMG_ID"], "lat": [[10.0, -20.0]] * n, "lon": [[-100.0, -50.0]] * n}
+    pq.write_table(pa.table(cols | {"weight": [[0.5, 0.5]] * n}), pts)
+    out = tmp_path / "o"
+    argv = [str(pts), "--truth", str(truth), "--kind", "points", "--results", str(res), "--no-country"]
+    argv += ["--partition", str(tmp_path / "halves.geojson"), "--partition-label", "half"]
+    assert main(["rva", *argv, "--out", str(out)]) == 0
+    per = pd.read_parquet(out / "per_image.parquet").set_index("image_id")
+    per = per[per["method"] == "west"].loc[lab["IMG_ID"]]
+    west = (lab["LON"] < 0).to_numpy()
+    half = world.grid.total_area() / 2
+    np.testing.assert_allclose(per["area_km2"][west], half, rtol=1e-12)
+    assert per["zero_prob"][~west].all() and not per["zero_prob"][west].any()
+
+
+def test_kappa_of_a_point_model_is_fitted_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res, paths, truth = _results(tmp_path)
+    rng = np.random.default_rng(8)
+    n = 600
+    vt = pd.DataFrame({"IMG_ID": [f"v{k}" for k in range(n)], "LAT": rng.uniform(-70, 70, n),
+                       "LON": rng.uniform(-180, 180, n)})  # fmt: skip
+    vt.to_csv(tmp_path / "val.csv", index=False)
+    plat, plon = sample_vmf(vt["LAT"], vt["LON"], 30.0, rng)
+    write_point_predictions(tmp_path / "val.parquet", PointPredictions(vt["IMG_ID"].tolist(), plat, plon))
+    lab = pd.read_csv(truth)
+    test = tmp_path / "test.parquet"
+    ids = lab["IMG_ID"].tolist()
+    write_point_predictions(test, PointPredictions(ids, lab["LAT"].to_numpy(), lab["LON"].to_numpy()))
+    out = tmp_path / "o"
+    argv = [str(test), "--truth", str(truth), "--results", str(res), "--testset", "t", "--no-country"]
+    argv += ["--val", str(tmp_path / "val.parquet"), str(tmp_path / "val.csv")]
+    assert main(["rva", *argv, "--out", str(out)]) == 0
+    kappa = json.loads((out / "summary.json").read_text())["kappa"]
+    assert kappa == pytest.approx(30.0, rel=0.15)
+    assert "vMF density (kappa" in (out / "table.md").read_text()
+    assert main(["rva", str(test), "--truth", str(truth), "--val", "a", "b", "--out", str(out)]) == 2
+    assert "--val fits kappa for --kind point with --results" in capsys.readouterr().err
