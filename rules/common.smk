@@ -175,13 +175,16 @@ def ext_kappa_fitted(name):
 
 
 def ext_cells_inputs(wildcards):
-    """The dataset's predictions file, the fine partition, the S2 mask (points), the fitted kappa (point)."""
+    """The dataset's predictions file, the run's atoms and fine partition, the fitted kappa (point)."""
     inputs = {
         "predictions": EXTERNAL[wildcards.ext]["predictions"][wildcards.dataset],
         "fine": upstream(rules.partitions.output.fine),
     }
-    if EXTERNAL[wildcards.ext]["kind"] != "cells":
-        inputs["s2_mask"] = upstream(rules.mask_s2.output.tif)
+    inputs.update(
+        atoms=upstream(rules.atoms.output.atoms),
+        atom_index=upstream(rules.atoms.output.index),
+        absorption=upstream(rules.mask_s2.output.absorption),
+    )
     if ext_kappa_fitted(wildcards.ext):
         inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
     return inputs

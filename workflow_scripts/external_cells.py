@@ -4,21 +4,17 @@ import json
 
 from geoens.core.io import read_json
 from geoens.core.logs import setup_logging
-from geoens.evaluation.external_workflow import external_cells, external_spec
+from geoens.evaluation.external_workflow import RunFiles, external_cells, external_spec
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 inp = snakemake.input
 spec = external_spec(snakemake.wildcards.ext, json.loads(snakemake.params.model))
 grid_cfg = json.loads(snakemake.params.grid)
-kappa = float(read_json(inp.kappa)["kappa"]) if "kappa" in inp.keys() else None
-n = external_cells(
-    spec,
-    inp.predictions,
-    snakemake.output.cells,
-    inp.fine,
-    s2_mask=inp.get("s2_mask"),
-    kappa=kappa,
-    earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),
+run = RunFiles(
+    inp.atoms, inp.atom_index, inp.absorption, inp.fine, float(grid_cfg.get("earth_radius_km", 6371.0088))
 )
+kappa_file = inp.get("kappa")
+kappa = float(read_json(kappa_file)["kappa"]) if kappa_file else None
+n = external_cells(spec, inp.predictions, snakemake.output.cells, run, kappa=kappa)
 log.info("%s (%s): %d images -> %s", inp.predictions, spec.kind, n, snakemake.output.cells)

@@ -18,6 +18,7 @@ they check that the external path reproduces the built-in evaluation (tests/test
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from geoens.core.constants import EARTH_RADIUS_KM, GCD_RADIUS_KM
-from geoens.core.grid import Grid, latlon_to_xyz
-from geoens.core.types import F32Array, FloatArray, IntArray
+from geoens.core.types import F32Array, FloatArray
 from geoens.data.labeltable import read_label_points
 from geoens.data.predictions import (
     read_cell_predictions,
@@ -37,10 +37,12 @@ from geoens.data.predictions import (
 )
 from geoens.data.predspec import PredictionSpec, WeightedPoints, align_to_truth, prediction_spec_from_config
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image, points_to_cells, vmf_cell_probs
+from geoens.evaluation.external_grid import ExternalPartition, cell_directions, evaluate_external, point_cells
 from geoens.evaluation.methods import distance_name
-from geoens.evaluation.testset import evaluate_testset, read_probs
+from geoens.evaluation.testset import read_absorption, read_attribute_probs, read_probs
+from geoens.geo.atoms import AtomTable, read_atoms
+from geoens.geo.lookup import Lookup, open_pixel_lookup
 from geoens.geo.partitions import read_partition_csv
-from geoens.geo.rasters import read_label_raster
 
 
 def external_spec(name: str, node: Mapping[str, Any]) -> PredictionSpec:
@@ -56,96 +58,85 @@ def external_spec(name: str, node: Mapping[str, Any]) -> PredictionSpec:
     return prediction_spec_from_config(name, spec_node)
 
 
-def cell_geometry(labels: IntArray, grid: Grid, n_cells: int) -> tuple[FloatArray, FloatArray]:
-    """Area and area-weighted mean direction of each cell's pixels on the grid (the vMF kernel's cells).
+@dataclass
+class RunFiles:
+    """The run's files an external model is evaluated with (rules/external.smk inputs).
 
-    Args:
-        labels: ``H x W`` cell label of each pixel (the S2 mask; -1 none).
-        grid: The grid.
-        n_cells: Cells of the partition (a cell without a pixel gets area 0 and the direction of the pole).
-
-    Returns:
-        ``(cells x 3 unit directions, cell areas in km^2)``.
+    Attributes:
+        atoms: ``results/atoms/atoms.parquet``.
+        atom_index: ``results/atoms/atom_index.tif``.
+        absorption: ``results/masks/s2_absorption.parquet``.
+        fine: The fine partition CSV.
+        earth_radius_km: Sphere radius of the grid.
 
     """
-    area = np.zeros(n_cells, np.float64)
-    xyz = np.zeros((n_cells, 3), np.float64)
-    lon = grid.lon_centers()
-    for r, (lat, a) in enumerate(zip(grid.lat_centers(), grid.row_areas(), strict=True)):
-        row = np.asarray(labels[r], np.int64)
-        ok = row >= 0
-        if not ok.any():
-            continue
-        pix = latlon_to_xyz(np.full(int(ok.sum()), lat), lon[ok])
-        area += np.bincount(row[ok], minlength=n_cells)[:n_cells] * a
-        for d in range(3):
-            xyz[:, d] += np.bincount(row[ok], weights=pix[:, d] * a, minlength=n_cells)[:n_cells]
-    norm = np.linalg.norm(xyz, axis=1, keepdims=True)
-    xyz = np.where(norm > 0, xyz / np.where(norm > 0, norm, 1.0), np.array([0.0, 0.0, 1.0]))
-    return xyz, area
+
+    atoms: str | Path
+    atom_index: str | Path
+    absorption: str | Path
+    fine: str | Path
+    earth_radius_km: float = EARTH_RADIUS_KM
+
+    def open(self) -> tuple[AtomTable, Lookup, ExternalPartition]:
+        """The run's atoms, their pixel lookup and the fine partition (absorption, cell centres)."""
+        atoms = read_atoms(self.atoms)
+        lookup = open_pixel_lookup(self.atom_index, self.atoms, atoms.n, self.earth_radius_km)
+        fine = read_partition_csv(self.fine)
+        part = ExternalPartition(
+            None, read_absorption(self.absorption), fine.lat_mean.size, fine.lat_mean, fine.lon_mean
+        )
+        return atoms, lookup, part
 
 
 def external_cells(
-    spec: PredictionSpec,
-    source: str | Path,
-    out: str | Path,
-    fine_csv: str | Path,
-    s2_mask: str | Path | None = None,
-    kappa: float | None = None,
-    earth_radius_km: float = EARTH_RADIUS_KM,
+    spec: PredictionSpec, source: str | Path, out: str | Path, run: RunFiles, kappa: float | None = None
 ) -> int:
     """Write one dataset's predictions of an external model as ``cells`` over the run's fine partition.
 
     ``cells``: read and checked against the partition, written in the contract's canonical columns.
-    ``points``/``samples``: each point's weight goes to the cell of the S2 mask pixel holding it (so an
-    absorbed cell's points land where its area went), optionally vMF-smoothed (``smooth_kappa``).
-    ``point``: the vMF density around the point with concentration ``kappa`` (the spec's or the one fitted on
-    val, :func:`fit_point_kappa`).
+    ``points``/``samples``: each point's weight goes to the fine cell of the pixel holding it (an absorbed
+    cell's points land where its area went), optionally vMF-smoothed (``smooth_kappa``). ``point``: the vMF
+    density around the point with concentration ``kappa`` (the spec's or the one fitted on val,
+    :func:`fit_point_kappa`). The conversions are :mod:`geoens.evaluation.external`'s.
 
     Args:
         spec: The model's spec (:func:`external_spec`).
         source: Its predictions file of the dataset.
         out: The cells Parquet to write (``results/external/<name>/<dataset>.parquet``).
-        fine_csv: The run's fine partition CSV.
-        s2_mask: The S2 mask GeoTIFF (``results/masks/s2_fine.tif``; points kinds).
+        run: The run's atoms and fine partition.
         kappa: The fitted concentration (``point`` kind when the spec has none).
-        earth_radius_km: Sphere radius of the grid.
 
     Returns:
         The rows written.
 
     Raises:
         ValueError: Naming the model on a partition of its own (not supported by the workflow yet) or a
-            missing mask or ``kappa``.
+            point model without ``kappa``.
 
     """
     if spec.partition is not None:
         raise ValueError(
             f"models.external.{spec.name}.partition: the workflow evaluates external models on the run's "
-            f"fine partition only; {spec.partition} is not supported yet (use `geoens rva`)"
+            f"fine partition only; {spec.partition} is not supported there yet"
         )
-    n_cells = read_partition_csv(fine_csv).lat_mean.size
-    if spec.kind == "cells":
-        ids, probs = read_cell_predictions(source, spec, n_cells)
-        write_cell_predictions(out, ids, probs)
-        return len(ids)
-    if s2_mask is None:
-        raise ValueError(f"models.external.{spec.name}: kind {spec.kind} needs the S2 mask")
-    labels, _ = read_label_raster(s2_mask)
-    grid = Grid(int(labels.shape[0]), int(labels.shape[1]), earth_radius_km)
-    xyz, area = cell_geometry(labels, grid, n_cells)
-    if spec.kind == "point":
-        k = spec.kappa if spec.kappa is not None else kappa
-        if k is None:
+    if spec.kind == "point" and spec.kappa is None:
+        if kappa is None:
             raise ValueError(f"models.external.{spec.name}: kind point needs kappa (given or fitted on val)")
+        spec = replace(spec, kappa=kappa)
+    atoms, lookup, part = run.open()
+    if spec.kind == "cells":
+        ids, probs = read_cell_predictions(source, spec, part.n_cells)
+    elif spec.kind == "point":
+        xyz, area = cell_directions(atoms, part.n_cells)
         pts = read_point_predictions(source, spec)
-        write_cell_predictions(out, pts.ids, vmf_cell_probs(pts.lat, pts.lon, k, xyz, area))
-        return len(pts.ids)
-    wp = read_weighted_points(source, spec)
-    rows, cols = grid.pixel_of(wp.lat, wp.lon)
-    cell = np.asarray(labels[rows, cols], np.int64)
-    write_cell_predictions(out, wp.ids, points_to_cells(wp, cell, n_cells, spec.smooth_kappa, xyz, area))
-    return len(wp.ids)
+        ids, probs = pts.ids, vmf_cell_probs(pts.lat, pts.lon, float(spec.kappa or 0.0), xyz, area)
+    else:
+        xyz, area = cell_directions(atoms, part.n_cells)
+        wp = read_weighted_points(source, spec)
+        cells = point_cells(wp.lat, wp.lon, atoms, lookup)
+        ids, probs = wp.ids, points_to_cells(wp, cells, part.n_cells, spec.smooth_kappa, xyz, area)
+    write_cell_predictions(out, ids, probs)
+    return len(ids)
 
 
 def fit_point_kappa(spec: PredictionSpec, val: str | Path, labels: str | Path) -> dict[str, Any]:
@@ -173,47 +164,47 @@ def fit_point_kappa(spec: PredictionSpec, val: str | Path, labels: str | Path) -
 def evaluate_external_cells(
     spec: PredictionSpec,
     cells: str | Path,
-    run: Mapping[str, str | Path],
-    earth_radius_km: float,
-    batch_size: int,
-    chunk_elements: int,
+    run: RunFiles,
+    labels: str | Path,
+    attributes: Mapping[str, str | Path],
+    batch_size: int = 2048,
     threads: int = 1,
     points: str | Path | None = None,
 ) -> pd.DataFrame:
     """Every method of an external model with cells over the run's fine partition (``evaluate_external``).
 
-    The same evaluation as the built-in base models' (:func:`geoens.evaluation.testset.evaluate_testset`),
-    with the run's LS/LC predictions of the same images; the rows' ``base`` is the model's name. A ``point``
-    model also gets its exact distance-ranking rows (:func:`geoens.evaluation.methods.distance_name`: area
-    the spherical cap of radius its error, GCD its own error).
+    :func:`geoens.evaluation.external_grid.evaluate_external` on the run's atoms, with the run's LS/LC
+    predictions of the same images: the machinery of the built-in models' evaluation, so the exported
+    built-in predictions fed back give their areas exactly. Every test image gets rows; an image without a
+    prediction or whose probabilities are all zero is a miss (counted in the log). A ``point`` model also
+    gets its exact distance-ranking rows (:func:`geoens.evaluation.methods.distance_name`: area the spherical
+    cap of radius its error, GCD its own error).
 
     Args:
         spec: The model's spec.
         cells: Its cells Parquet (:func:`external_cells`).
-        run: The run's files: ``atoms``, ``atom_index``, ``absorption``, ``labels``, ``fine``, ``ls``, ``lc``.
-        earth_radius_km: Sphere radius of the grid.
-        batch_size: Images per streamed batch.
-        chunk_elements: Bound on one ``images x groups`` matrix.
+        run: The run's atoms and fine partition.
+        labels: The test set's label table (the truth).
+        attributes: ``ls`` and ``lc`` -> the run's predictions Parquet of the test set.
+        batch_size: Images per batch.
         threads: Methods evaluated at a time.
         points: The ``point`` model's predictions file of the test set (its distance rows).
 
     """
-    df = evaluate_testset(
-        run["atoms"], run["atom_index"], run["absorption"], run["labels"], run["fine"],
-        {"ls": run["ls"], "lc": run["lc"], spec.name: cells},
-        earth_radius_km=earth_radius_km, batch_size=batch_size, chunk_elements=chunk_elements,
-        threads=threads, bases=[spec.name],
+    atoms, lookup, part = run.open()
+    truth = read_label_points(labels)[["image_id", "lat", "lon"]].reset_index(drop=True)
+    ids, probs = read_probs(cells)
+    df, _ = evaluate_external(
+        spec.name, atoms, lookup, part, truth, ids, probs, read_attribute_probs(attributes),
+        batch_size=batch_size, threads=threads, source=str(cells),
     )  # fmt: skip
     if spec.kind != "point" or points is None:
         return df
-    images = df.drop_duplicates("image_id").set_index("image_id")["ls_bucket"]
-    truth = read_label_points(run["labels"])
-    truth = truth[truth["image_id"].isin(images.index)][["image_id", "lat", "lon"]]
-    dist, _ = point_per_image(
-        read_point_predictions(points, spec), truth, spec.name, GCD_RADIUS_KM, str(points)
-    )
+    buckets = df.drop_duplicates("image_id").set_index("image_id")["ls_bucket"]
+    pred = read_point_predictions(points, spec)
+    dist, _ = point_per_image(pred, truth, spec.name, GCD_RADIUS_KM, str(points))
     dist["method"] = distance_name(spec.name)
-    dist["ls_bucket"] = images.loc[dist["image_id"]].to_numpy(np.int8)
+    dist["ls_bucket"] = buckets.loc[dist["image_id"]].to_numpy(np.int8)
     return pd.concat([df, dist], ignore_index=True)
 
 
