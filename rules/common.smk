@@ -59,11 +59,15 @@ def all_tables():
 
 
 def external_calibrated(testset=None):
-    """External models with a val predictions file (calibrated, tempered), those with ``testset`` if given."""
+    """External models with a val predictions file (calibrated, tempered), those with ``testset`` if given.
+
+    Calibration runs on the fine partition's atoms: a model with a partition of its own is not calibrated.
+    """
     return [
         n
         for n in sorted(EXTERNAL)
         if "val" in EXTERNAL[n]["predictions"]
+        and not EXTERNAL[n].get("partition")
         and (testset is None or testset in EXTERNAL[n]["predictions"])
     ]
 
@@ -174,6 +178,17 @@ def ext_kappa_fitted(name):
     )
 
 
+def ext_partition_inputs(name):
+    """A model with a partition of its own: that file and the run's LS/LC masks (its atoms)."""
+    if not EXTERNAL[name].get("partition"):
+        return {}
+    return {
+        "partition": EXTERNAL[name]["partition"],
+        "ls_mask": upstream(rules.mask_ls.output.tif),
+        "lc_mask": upstream(rules.mask_lc.output.tif),
+    }
+
+
 def ext_cells_inputs(wildcards):
     """The dataset's predictions file, the run's atoms and fine partition, the fitted kappa (point)."""
     inputs = {
@@ -184,6 +199,7 @@ def ext_cells_inputs(wildcards):
         atoms=upstream(rules.atoms.output.atoms),
         atom_index=upstream(rules.atoms.output.index),
         absorption=upstream(rules.mask_s2.output.absorption),
+        **ext_partition_inputs(wildcards.ext),
     )
     if ext_kappa_fitted(wildcards.ext):
         inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
@@ -202,6 +218,7 @@ def ext_eval_inputs(wildcards):
     }
     inputs["atoms"] = upstream(rules.atoms.output.atoms)
     inputs["atom_index"] = upstream(rules.atoms.output.index)
+    inputs.update(ext_partition_inputs(wildcards.ext))
     if EXTERNAL[wildcards.ext]["kind"] == "point":
         inputs["points"] = EXTERNAL[wildcards.ext]["predictions"][wildcards.testset]
     return inputs

@@ -1,7 +1,7 @@
 # External models (bring your own geolocator, DESIGN section 11, docs/byo.md): each models.external.<name>
-# is read from its predictions files (one per test set, optionally val), made into cells over the run's fine
-# partition (points/samples binned into the S2 mask's cells, a point as a vMF density with kappa given or
-# fitted on val), and evaluated with every method next to the built-in base models, with the run's own LS/LC
+# is read from its predictions files (one per test set, optionally val), made into cells over its partition
+# (the run's fine one, or its own made into atoms with the run's LS/LC masks; points/samples binned, a point
+# as a vMF density with kappa given or fitted on val), and evaluated with every method next to the built-in base models, with the run's own LS/LC
 # predictions of the same images. Every job of a model reads only that model's config node and files (input
 # functions in rules/common.smk), so changing one model's predictions file reruns that model's jobs and the
 # tables and figures, nothing else. export_predictions writes the run's own GeoEst. and GeoCLIP predictions

@@ -144,7 +144,18 @@ SELF = {
     "geoclip_cells": ("cells", "geoclip.parquet"),
     "geoclip_points": ("points", "geoclip_points.parquet"),
 }
-BUILT_IN = {"geoest_cells": "geoest", "geoclip_cells": "geoclip", "geoclip_points": "geoclip"}
+BUILT_IN = {
+    "geoest_cells": "geoest",
+    "geoclip_cells": "geoclip",
+    "geoclip_points": "geoclip",
+    "geoest_own_partition": "geoest",
+}
+#: GeoEst.'s export as a model with a partition of its own: the run's fine CSV, rasterised again into atoms.
+OWN_PARTITION = {
+    "kind": "cells",
+    "partition": "results/partitions/fine.csv",
+    "predictions": {ts: f"results/export/{ts}/geoest.parquet" for ts in TESTSETS},
+}
 
 
 def _self_models() -> dict:
@@ -199,6 +210,7 @@ def byo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoRun]:
     run = ByoRun(copy_workflow(tmp_path_factory.mktemp("byo") / "wf"))
     run_snakemake(run.workdir, *run.args(None, f"{EXPORT_DIR}/val/geoest.parquet"), timeout=1800).check()
     run.config["models"]["external"]["geoest_point"] = _write_point_model(run.workdir)
+    run.config["models"]["external"]["geoest_own_partition"] = OWN_PARTITION
     run_snakemake(run.workdir, *run.args(), timeout=1800).check()
     yield run
 
@@ -211,7 +223,7 @@ def _by_suffix(df: pd.DataFrame, base_display: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["geoest_cells", "geoclip_cells"])
+@pytest.mark.parametrize("name", ["geoest_cells", "geoclip_cells", "geoest_own_partition"])
 def test_own_cells_fed_back_give_the_same_areas(byo_run: ByoRun, name: str) -> None:
     built = {"geoest": "GeoEst.", "geoclip": "GeoCLIP"}[BUILT_IN[name]]
     for ts in TESTSETS:
@@ -232,9 +244,14 @@ def test_own_cells_fed_back_give_the_same_areas(byo_run: ByoRun, name: str) -> N
 def test_own_cells_fed_back_give_the_same_table_rows(byo_run: ByoRun) -> None:
     for ts in TESTSETS:
         table = pd.read_csv(byo_run.workdir / "results" / "tables" / f"{ts}_original.csv")
-        assert list(dict.fromkeys(table["base"])) == ["geoest", "geoclip", *sorted([*SELF, "geoest_point"])]
+        external = sorted([*SELF, "geoest_point", "geoest_own_partition"])
+        assert list(dict.fromkeys(table["base"])) == ["geoest", "geoclip", *external]
         numbers = [c for c in table.columns if c not in ("base", "method", "label")]
-        for name, built in (("geoest_cells", "geoest"), ("geoclip_cells", "geoclip")):
+        for name, built in (
+            ("geoest_cells", "geoest"),
+            ("geoclip_cells", "geoclip"),
+            ("geoest_own_partition", "geoest"),
+        ):
             a = table[table["base"] == built][numbers].reset_index(drop=True)
             b = table[table["base"] == name][numbers].reset_index(drop=True)
             pd.testing.assert_frame_equal(a, b, rtol=1e-9)

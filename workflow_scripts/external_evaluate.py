@@ -13,7 +13,13 @@ spec = external_spec(snakemake.wildcards.ext, json.loads(snakemake.params.model)
 grid_cfg = json.loads(snakemake.params.grid)
 cfg = json.loads(snakemake.params.evaluate)
 run = RunFiles(
-    inp.atoms, inp.atom_index, inp.absorption, inp.fine, float(grid_cfg.get("earth_radius_km", 6371.0088))
+    inp.atoms,
+    inp.atom_index,
+    inp.absorption,
+    inp.fine,
+    float(grid_cfg.get("earth_radius_km", 6371.0088)),
+    ls_mask=inp.get("ls_mask"),
+    lc_mask=inp.get("lc_mask"),
 )
 df = evaluate_external_cells(
     spec,

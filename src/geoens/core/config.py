@@ -135,8 +135,7 @@ def _check_external(name: str, node: Mapping[str, Any], testsets: set[str]) -> N
 
     Raises:
         ConfigError: Naming the key: a predictions file for a test set the config does not have, none for
-            any test set, a partition of the model's own (not supported by the workflow yet), or a point
-            model whose ``kappa: fit`` has no ``val`` file to be fitted on.
+            any test set, or a point model whose ``kappa: fit`` has no ``val`` file to be fitted on.
     """
     key = f"models.external.{name}"
     datasets = set(node["predictions"])
@@ -148,11 +147,6 @@ def _check_external(name: str, node: Mapping[str, Any], testsets: set[str]) -> N
         )
     if not datasets & testsets:
         raise ConfigError(f"config key '{key}.predictions': no predictions file for any test set")
-    if node.get("partition"):
-        raise ConfigError(
-            f"config key '{key}.partition': the workflow evaluates external models on the run's fine "
-            f"partition only; a partition of the model's own ({node['partition']}) is not supported there yet"
-        )
     if node["kind"] == "point" and node.get("kappa", "fit") == "fit" and "val" not in datasets:
         raise ConfigError(
             f"config key '{key}.kappa': kappa: fit needs a val predictions file ({key}.predictions.val) to "

@@ -4,8 +4,8 @@
 :class:`~geoens.data.predspec.PredictionSpec`; :func:`external_cells` writes a model's predictions of one
 dataset as ``cells`` over its partition (rule ``external_cells``); :func:`evaluate_external_cells` scores
 them with every method (rule ``evaluate_external``); :func:`fit_point_kappa` fits a ``point`` model's vMF
-concentration on val (rule ``external_kappa``). The workflow evaluates external models on its own fine
-partition; a model with a partition of its own is refused with an error naming the key.
+concentration on val (rule ``external_kappa``). A model is evaluated on the run's fine partition or on a
+partition of its own, rasterised with the run's LS/LC masks into atoms (:class:`RunFiles`).
 
 The export (rule ``export_predictions``): GeoEst. and GeoCLIP predict probabilities over the run's fine
 partition: written as ``cells`` they are the same numbers an external model would hand in. GeoCLIP's gallery
@@ -37,12 +37,20 @@ from geoens.data.predictions import (
 )
 from geoens.data.predspec import PredictionSpec, WeightedPoints, align_to_truth, prediction_spec_from_config
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image, points_to_cells, vmf_cell_probs
-from geoens.evaluation.external_grid import ExternalPartition, cell_directions, evaluate_external, point_cells
+from geoens.evaluation.external_grid import (
+    ExternalPartition,
+    cell_directions,
+    evaluate_external,
+    external_atoms,
+    point_cells,
+    rasterize_external_partition,
+)
 from geoens.evaluation.methods import distance_name
 from geoens.evaluation.testset import read_absorption, read_attribute_probs, read_probs
 from geoens.geo.atoms import AtomTable, read_atoms
-from geoens.geo.lookup import Lookup, open_pixel_lookup
+from geoens.geo.lookup import Lookup, PixelLookup, open_pixel_lookup
 from geoens.geo.partitions import read_partition_csv
+from geoens.geo.rasters import read_label_raster
 
 
 def external_spec(name: str, node: Mapping[str, Any]) -> PredictionSpec:
@@ -68,6 +76,8 @@ class RunFiles:
         absorption: ``results/masks/s2_absorption.parquet``.
         fine: The fine partition CSV.
         earth_radius_km: Sphere radius of the grid.
+        ls_mask: ``results/masks/ls.tif`` (a model with a partition of its own).
+        lc_mask: ``results/masks/lc.tif`` (likewise).
 
     """
 
@@ -76,25 +86,46 @@ class RunFiles:
     absorption: str | Path
     fine: str | Path
     earth_radius_km: float = EARTH_RADIUS_KM
+    ls_mask: str | Path | None = None
+    lc_mask: str | Path | None = None
 
-    def open(self) -> tuple[AtomTable, Lookup, ExternalPartition]:
-        """The run's atoms, their pixel lookup and the fine partition (absorption, cell centres)."""
+    def open(self, spec: PredictionSpec) -> tuple[AtomTable, Lookup, ExternalPartition]:
+        """The atoms, pixel lookup and partition a model is evaluated on.
+
+        The run's own atoms and fine partition; for a model with a partition of its own, that partition
+        rasterised on the grid and its atoms with the run's LS/LC masks
+        (:func:`geoens.evaluation.external_grid.external_atoms`).
+
+        Raises:
+            ValueError: Naming the model if it has a partition but the masks are not given.
+
+        """
         atoms = read_atoms(self.atoms)
         lookup = open_pixel_lookup(self.atom_index, self.atoms, atoms.n, self.earth_radius_km)
-        fine = read_partition_csv(self.fine)
-        part = ExternalPartition(
-            None, read_absorption(self.absorption), fine.lat_mean.size, fine.lat_mean, fine.lon_mean
-        )
-        return atoms, lookup, part
+        if spec.partition is None:
+            fine = read_partition_csv(self.fine)
+            part = ExternalPartition(
+                None, read_absorption(self.absorption), fine.lat_mean.size, fine.lat_mean, fine.lon_mean
+            )
+            return atoms, lookup, part
+        if self.ls_mask is None or self.lc_mask is None:
+            raise ValueError(f"models.external.{spec.name}: its partition needs the run's LS and LC masks")
+        grid = lookup.grid
+        part = rasterize_external_partition(spec.partition, grid, spec.partition_label)
+        ls, _ = read_label_raster(self.ls_mask, grid)
+        lc, _ = read_label_raster(self.lc_mask, grid)
+        own, index = external_atoms(part, ls, lc, grid)
+        return own, PixelLookup(index, grid), part
 
 
 def external_cells(
     spec: PredictionSpec, source: str | Path, out: str | Path, run: RunFiles, kappa: float | None = None
 ) -> int:
-    """Write one dataset's predictions of an external model as ``cells`` over the run's fine partition.
+    """Write one dataset's predictions of an external model as ``cells`` over its partition.
 
-    ``cells``: read and checked against the partition, written in the contract's canonical columns.
-    ``points``/``samples``: each point's weight goes to the fine cell of the pixel holding it (an absorbed
+    The partition is the run's fine one, or the model's own (:meth:`RunFiles.open`). ``cells``: read and
+    checked against the partition, written in the contract's canonical columns. ``points``/``samples``: each
+    point's weight goes to the cell of the pixel holding it (an absorbed
     cell's points land where its area went), optionally vMF-smoothed (``smooth_kappa``). ``point``: the vMF
     density around the point with concentration ``kappa`` (the spec's or the one fitted on val,
     :func:`fit_point_kappa`). The conversions are :mod:`geoens.evaluation.external`'s.
@@ -103,27 +134,21 @@ def external_cells(
         spec: The model's spec (:func:`external_spec`).
         source: Its predictions file of the dataset.
         out: The cells Parquet to write (``results/external/<name>/<dataset>.parquet``).
-        run: The run's atoms and fine partition.
+        run: The run's atoms, fine partition and masks.
         kappa: The fitted concentration (``point`` kind when the spec has none).
 
     Returns:
         The rows written.
 
     Raises:
-        ValueError: Naming the model on a partition of its own (not supported by the workflow yet) or a
-            point model without ``kappa``.
+        ValueError: Naming the model on a point model without ``kappa``.
 
     """
-    if spec.partition is not None:
-        raise ValueError(
-            f"models.external.{spec.name}.partition: the workflow evaluates external models on the run's "
-            f"fine partition only; {spec.partition} is not supported there yet"
-        )
     if spec.kind == "point" and spec.kappa is None:
         if kappa is None:
             raise ValueError(f"models.external.{spec.name}: kind point needs kappa (given or fitted on val)")
         spec = replace(spec, kappa=kappa)
-    atoms, lookup, part = run.open()
+    atoms, lookup, part = run.open(spec)
     if spec.kind == "cells":
         ids, probs = read_cell_predictions(source, spec, part.n_cells)
     elif spec.kind == "point":
@@ -171,9 +196,10 @@ def evaluate_external_cells(
     threads: int = 1,
     points: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Every method of an external model with cells over the run's fine partition (``evaluate_external``).
+    """Every method of an external model with cells over its partition (rule ``evaluate_external``).
 
-    :func:`geoens.evaluation.external_grid.evaluate_external` on the run's atoms, with the run's LS/LC
+    :func:`geoens.evaluation.external_grid.evaluate_external` on the run's atoms (or its partition's,
+    :meth:`RunFiles.open`), with the run's LS/LC
     predictions of the same images: the machinery of the built-in models' evaluation, so the exported
     built-in predictions fed back give their areas exactly. Every test image gets rows; an image without a
     prediction or whose probabilities are all zero is a miss (counted in the log). A ``point`` model also
@@ -191,7 +217,7 @@ def evaluate_external_cells(
         points: The ``point`` model's predictions file of the test set (its distance rows).
 
     """
-    atoms, lookup, part = run.open()
+    atoms, lookup, part = run.open(spec)
     truth = read_label_points(labels)[["image_id", "lat", "lon"]].reset_index(drop=True)
     ids, probs = read_probs(cells)
     df, _ = evaluate_external(
