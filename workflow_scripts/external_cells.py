@@ -10,16 +10,7 @@ snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 inp = snakemake.input
 spec = external_spec(snakemake.wildcards.ext, json.loads(snakemake.params.model))
-grid_cfg = json.loads(snakemake.params.grid)
-run = RunFiles(
-    inp.atoms,
-    inp.atom_index,
-    inp.absorption,
-    inp.fine,
-    float(grid_cfg.get("earth_radius_km", 6371.0088)),
-    ls_mask=inp.get("ls_mask"),
-    lc_mask=inp.get("lc_mask"),
-)
+run = RunFiles.from_inputs(dict(inp.items()), json.loads(snakemake.params.grid))
 kappa_file = inp.get("kappa")
 kappa = float(read_json(kappa_file)["kappa"]) if kappa_file else None
 n = external_cells(spec, inp.predictions, snakemake.output.cells, run, kappa=kappa)

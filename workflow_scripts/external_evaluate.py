@@ -10,17 +10,8 @@ snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 inp = snakemake.input
 spec = external_spec(snakemake.wildcards.ext, json.loads(snakemake.params.model))
-grid_cfg = json.loads(snakemake.params.grid)
 cfg = json.loads(snakemake.params.evaluate)
-run = RunFiles(
-    inp.atoms,
-    inp.atom_index,
-    inp.absorption,
-    inp.fine,
-    float(grid_cfg.get("earth_radius_km", 6371.0088)),
-    ls_mask=inp.get("ls_mask"),
-    lc_mask=inp.get("lc_mask"),
-)
+run = RunFiles.from_inputs(dict(inp.items()), json.loads(snakemake.params.grid))
 df = evaluate_external_cells(
     spec,
     inp.cells,

@@ -89,6 +89,14 @@ class RunFiles:
     ls_mask: str | Path | None = None
     lc_mask: str | Path | None = None
 
+    @classmethod
+    def from_inputs(cls, named: Mapping[str, Any], grid: Mapping[str, Any]) -> RunFiles:
+        """The run's files from a rule's named inputs and the ``grid`` config (rules/external.smk)."""
+        return cls(
+            named["atoms"], named["atom_index"], named["absorption"], named["fine"],
+            float(grid.get("earth_radius_km", EARTH_RADIUS_KM)), named.get("ls_mask"), named.get("lc_mask"),
+        )  # fmt: skip
+
     def open(self, spec: PredictionSpec) -> tuple[AtomTable, Lookup, ExternalPartition]:
         """The atoms, pixel lookup and partition a model is evaluated on.
 
