@@ -307,7 +307,7 @@ def test_geoclip_points_form_against_its_cells_form(byo_run: ByoRun) -> None:
         table = pd.read_csv(wd / "results" / "tables" / f"{ts}_original.csv")
         rva = [c for c in table.columns if c.startswith("rva_") and c.endswith("km")]
         rows = table.set_index("method").loc[["geoclip_cells", "geoclip_points"], rva]
-        print(f"\n{ts}: GeoCLIP cells vs top-k points (RvA %, base model alone)\n{(100 * rows).round(1)}")
+        print(f"\n{ts}: GeoCLIP cells vs top-k points (RvA %, base model alone)\n{rows.round(1)}")
         print(
             f"{ts}: zero-probability misses of the points form: {int(pts['zero_prob'].sum())} of {len(pts)}"
         )
