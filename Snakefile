@@ -16,6 +16,7 @@ include: "rules/train.smk"
 include: "rules/geoclip.smk"
 include: "rules/evaluate.smk"
 include: "rules/calibrate.smk"
+include: "rules/external.smk"
 include: "rules/explorer.smk"
 
 

@@ -128,6 +128,9 @@ rule coverage_table:
         scores=upstream(rules.coverage.output.scores),
         regions=upstream(rules.coverage.output.regions),
         tempered=upstream(rules.tempered_fit.output.weights),
+        external_scores=external_coverage("scores"),
+        external_regions=external_coverage("regions"),
+        external_tempered=external_coverage("tempered"),
     output:
         coverage_csv="results/tables/{testset}_coverage.csv",
         coverage_md="results/tables/{testset}_coverage.md",

@@ -21,6 +21,8 @@ DATASETS = TESTSETS + ["val"]
 TRAIN_NAME = config["inputs"]["train"]["name"]
 LEVELS = ["coarse", "middle", "fine"]
 PRED_MODELS = ["ls", "lc", "geoest", "geoclip"]
+# External models (bring your own geolocator, rules/external.smk): name -> config node.
+EXTERNAL = config["models"]["external"]
 
 
 wildcard_constraints:
@@ -28,6 +30,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     level="|".join(LEVELS),
     model="|".join(["ls", "lc", "geoest", "geoclip", "geoclip_tower"]),
+    ext="|".join(sorted(EXTERNAL)) or "(?!)",
 
 
 def params_of(*keys):
@@ -53,6 +56,44 @@ def all_tables():
         kind=["original", "balanced"],
         ext=["csv", "md", "tex"],
     ) + ["results/tables/training.csv", "results/tables/training.md"]
+
+
+def external_calibrated(testset=None):
+    """External models with a val predictions file (calibrated, tempered), those with ``testset`` if given.
+
+    Calibration runs on the fine partition's atoms: a model with a partition of its own is not calibrated.
+    """
+    return [
+        n
+        for n in sorted(EXTERNAL)
+        if "val" in EXTERNAL[n]["predictions"]
+        and not EXTERNAL[n].get("partition")
+        and (testset is None or testset in EXTERNAL[n]["predictions"])
+    ]
+
+
+def external_coverage(kind):
+    """Input function: the calibrated external models' coverage ``kind`` (scores, regions, tempered)."""
+
+    def files(wildcards):
+        names = external_calibrated(wildcards.testset)
+        if kind == "tempered":
+            return [f"results/calibration/external/{n}/tempered.json" for n in names]
+        return [
+            f"results/calibration/external/{n}/{wildcards.testset}/{kind}.parquet"
+            for n in names
+        ]
+
+    return files
+
+
+def external_evals(testset):
+    """External model name -> its per-image evaluation on ``testset`` (models with a file for it)."""
+    return {
+        n: f"results/eval/{testset}/external_{n}.parquet"
+        for n in sorted(EXTERNAL)
+        if testset in EXTERNAL[n]["predictions"]
+    }
 
 
 def upstream(output):
@@ -120,6 +161,66 @@ def prediction_inputs(wildcards):
             images=config["inputs"]["testsets"][wildcards.dataset]["images"],
             labels=f"results/labels/testsets/{wildcards.dataset}.parquet",
         )
+    return inputs
+
+
+# --- external models (rules/external.smk): each job reads only its model's config node and files ---
+def ext_node(wildcards):
+    """The model's config node as JSON (a param: a change reruns that model's jobs only)."""
+    return params_of("models", "external", wildcards.ext)
+
+
+def ext_kappa_fitted(name):
+    """Whether the model is a point model whose vMF kappa is fitted on val."""
+    return (
+        EXTERNAL[name]["kind"] == "point"
+        and EXTERNAL[name].get("kappa", "fit") == "fit"
+    )
+
+
+def ext_partition_inputs(name):
+    """A model with a partition of its own: that file and the run's LS/LC masks (its atoms)."""
+    if not EXTERNAL[name].get("partition"):
+        return {}
+    return {
+        "partition": EXTERNAL[name]["partition"],
+        "ls_mask": upstream(rules.mask_ls.output.tif),
+        "lc_mask": upstream(rules.mask_lc.output.tif),
+    }
+
+
+def ext_cells_inputs(wildcards):
+    """The dataset's predictions file, the run's atoms and fine partition, the fitted kappa (point)."""
+    inputs = {
+        "predictions": EXTERNAL[wildcards.ext]["predictions"][wildcards.dataset],
+        "fine": upstream(rules.partitions.output.fine),
+    }
+    inputs.update(
+        atoms=upstream(rules.atoms.output.atoms),
+        atom_index=upstream(rules.atoms.output.index),
+        absorption=upstream(rules.mask_s2.output.absorption),
+        **ext_partition_inputs(wildcards.ext),
+    )
+    if ext_kappa_fitted(wildcards.ext):
+        inputs["kappa"] = f"results/external/{wildcards.ext}/kappa.json"
+    return inputs
+
+
+def ext_eval_inputs(wildcards):
+    """The model's cells, the run's LS/LC predictions and labels, the atoms the evaluation runs on."""
+    inputs = {
+        "cells": f"results/external/{wildcards.ext}/{wildcards.testset}.parquet",
+        "labels": upstream(rules.relabel_testset.output.labels),
+        "fine": upstream(rules.partitions.output.fine),
+        "absorption": upstream(rules.mask_s2.output.absorption),
+        "ls": f"results/predictions/{wildcards.testset}/ls.parquet",
+        "lc": f"results/predictions/{wildcards.testset}/lc.parquet",
+    }
+    inputs["atoms"] = upstream(rules.atoms.output.atoms)
+    inputs["atom_index"] = upstream(rules.atoms.output.index)
+    inputs.update(ext_partition_inputs(wildcards.ext))
+    if EXTERNAL[wildcards.ext]["kind"] == "point":
+        inputs["points"] = EXTERNAL[wildcards.ext]["predictions"][wildcards.testset]
     return inputs
 
 

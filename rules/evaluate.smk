@@ -41,10 +41,15 @@ EVAL_PER_IMAGE = {
     ts: expand(rules.evaluate.output.per_image, testset=ts)[0] for ts in TESTSETS
 }
 
+# Every external model's per-image evaluation (rules/external.smk), by test set, for the figures.
+EXTERNAL_EVALS = {ts: external_evals(ts) for ts in TESTSETS}
+EXTERNAL_EVAL_FILES = [p for ts in TESTSETS for p in EXTERNAL_EVALS[ts].values()]
+
 
 rule tables:
     input:
         per_image=upstream(rules.evaluate.output.per_image),
+        external=lambda wc: list(external_evals(wc.testset).values()),
     output:
         original_csv="results/tables/{testset}_original.csv",
         original_md="results/tables/{testset}_original.md",
@@ -66,6 +71,7 @@ rule tables:
         evaluate=params_of("evaluate"),
         seed=config["seed"],
         demo=DEMO,
+        external=lambda wc: json.dumps(external_evals(wc.testset), sort_keys=True),
     script:
         "../workflow_scripts/report_tables.py"
 
@@ -73,6 +79,7 @@ rule tables:
 rule figure_rva:
     input:
         **EVAL_PER_IMAGE,
+        external=EXTERNAL_EVAL_FILES,
     output:
         pdf=report(
             "results/figures/rva.pdf",
@@ -94,6 +101,7 @@ rule figure_rva:
         evaluate=params_of("evaluate"),
         seed=config["seed"],
         demo=DEMO,
+        external=json.dumps(EXTERNAL_EVALS, sort_keys=True),
     script:
         "../workflow_scripts/report_rva.py"
 
@@ -101,6 +109,7 @@ rule figure_rva:
 rule figure_buckets:
     input:
         **EVAL_PER_IMAGE,
+        external=EXTERNAL_EVAL_FILES,
     output:
         pdf=report(
             "results/figures/buckets.pdf",
@@ -119,6 +128,7 @@ rule figure_buckets:
         runtime=15,
     params:
         demo=DEMO,
+        external=json.dumps(EXTERNAL_EVALS, sort_keys=True),
     script:
         "../workflow_scripts/report_buckets.py"
 

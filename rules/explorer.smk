@@ -6,6 +6,7 @@
 rule explorer:
     input:
         per_image=expand(rules.evaluate.output.per_image, testset=TESTSETS),
+        external=[f for ts in TESTSETS for f in external_evals(ts).values()],
         labels=expand(rules.relabel_testset.output.labels, testset=TESTSETS),
         predictions=expand(
             "results/predictions/{testset}/{model}.parquet",

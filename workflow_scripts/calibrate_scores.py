@@ -17,6 +17,11 @@ inp = snakemake.input
 grid_cfg = json.loads(snakemake.params.grid)
 ev_cfg = json.loads(snakemake.params.evaluate)
 named = dict(inp.items())
+# an external model (rules/external.smk): its cells over the fine partition, scored under its name
+external = str(snakemake.params.get("external") or "")
+predictions = {m: named[m] for m in ("ls", "lc", "geoest", "geoclip") if m in named}
+if external:
+    predictions[external] = named["cells"]
 split = snakemake.params.split
 ds = open_dataset(
     inp.atoms,
@@ -24,9 +29,10 @@ ds = open_dataset(
     inp.absorption,
     read_label_points(inp.labels, split=split or None)[["image_id", "lat", "lon"]],
     inp.fine,
-    {m: named[m] for m in ("ls", "lc", "geoest", "geoclip") if m in named},
+    predictions,
     earth_radius_km=float(grid_cfg.get("earth_radius_km", 6371.0088)),
     chunk_elements=int(ev_cfg["chunk_elements"]),
+    bases=[external] if external else None,
 )
 fits = read_json(inp.tempered)
 weights = {b: [fits[b]["weights"][f] for f in FAMILIES] for b in fits}

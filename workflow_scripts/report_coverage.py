@@ -20,10 +20,16 @@ cfg = json.loads(snakemake.params.evaluate)
 n_boot, seed, demo = int(cfg["bootstrap"]), int(snakemake.params.seed), bool(snakemake.params.demo)
 testset = snakemake.wildcards.testset
 out = snakemake.output
-cov = coverage_table(pd.read_parquet(snakemake.input.regions), n_boot, seed)
+inp = snakemake.input
+# the built-in models' files, then the external models' (rules/external.smk), in name order
+regions = pd.concat([pd.read_parquet(p) for p in [inp.regions, *inp.external_regions]], ignore_index=True)
+scores = pd.concat([pd.read_parquet(p) for p in [inp.scores, *inp.external_scores]], ignore_index=True)
+fits = {}
+for path in [inp.tempered, *inp.external_tempered]:
+    fits.update(read_json(path))
+cov = coverage_table(regions, n_boot, seed)
 write_table(cov, coverage_markdown(cov, testset, n_boot, demo), out.coverage_csv, out.coverage_md)
-fits = read_json(snakemake.input.tempered)
 weights = {b: fits[b]["weights"] for b in fits}
-temp = tempered_table(pd.read_parquet(snakemake.input.scores), n_boot, seed)
+temp = tempered_table(scores, n_boot, seed)
 write_table(temp, tempered_markdown(temp, testset, weights, n_boot, demo), out.tempered_csv, out.tempered_md)
 log.info("%s: %d coverage rows, %d tempered rows", testset, len(cov), len(temp))

@@ -8,7 +8,8 @@ from geoens.reports.figures import read_per_image, rva_figure
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
 cfg = json.loads(snakemake.params.evaluate)
-per_image = read_per_image(dict(snakemake.input.items()))
+named = {k: v for k, v in snakemake.input.items() if k != "external"}
+per_image = read_per_image(named, json.loads(snakemake.params.external))
 rva_figure(
     per_image,
     snakemake.output.pdf,

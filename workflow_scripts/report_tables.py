@@ -5,7 +5,7 @@ import json
 import pandas as pd
 
 from geoens.core.logs import setup_logging
-from geoens.reports.tables import KINDS, write_tables
+from geoens.reports.tables import KINDS, with_external, write_tables
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
@@ -13,7 +13,7 @@ cfg = json.loads(snakemake.params.evaluate)
 out = snakemake.output
 outputs = {kind: {fmt: out[f"{kind}_{fmt}"] for fmt in ("csv", "md", "tex")} for kind in KINDS}
 summaries = write_tables(
-    pd.read_parquet(snakemake.input.per_image),
+    with_external(pd.read_parquet(snakemake.input.per_image), json.loads(snakemake.params.external)),
     snakemake.wildcards.testset,
     outputs,
     n_boot=int(cfg["bootstrap"]),

@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from geoens.core.constants import EXPORT_DIR
 from geoens.core.grid import Grid
 
 #: The folder the demo world is generated into; nothing else is ever written by the demo rule.
@@ -124,7 +125,49 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         missing = {"coarse", "middle", "fine"} - set(cfg["partitions"].get("csv", {}))
         if missing:
             raise ConfigError(f"config key 'partitions.csv': source is csv but {sorted(missing)} not given")
+    for name, node in cfg.get("models", {}).get("external", {}).items():
+        _check_external(name, node, set(cfg["inputs"]["testsets"]))
     return cfg
+
+
+def _check_external(name: str, node: Mapping[str, Any], testsets: set[str]) -> None:
+    """Consistency of one ``models.external.<name>`` section beyond the schema.
+
+    Raises:
+        ConfigError: Naming the key: a predictions file for a test set the config does not have, none for
+            any test set, or a point model whose ``kappa: fit`` has no ``val`` file to be fitted on.
+    """
+    key = f"models.external.{name}"
+    datasets = set(node["predictions"])
+    unknown = sorted(datasets - testsets - {"val"})
+    if unknown:
+        raise ConfigError(
+            f"config key '{key}.predictions.{unknown[0]}': no test set {unknown[0]!r} in inputs.testsets "
+            f"(test sets: {sorted(testsets)}; 'val' is the only other dataset)"
+        )
+    if not datasets & testsets:
+        raise ConfigError(f"config key '{key}.predictions': no predictions file for any test set")
+    if node["kind"] == "point" and node.get("kappa", "fit") == "fit" and "val" not in datasets:
+        raise ConfigError(
+            f"config key '{key}.kappa': kappa: fit needs a val predictions file ({key}.predictions.val) to "
+            "fit the vMF concentration of the point predictions on; give one, or give kappa as a number"
+        )
+
+
+def external_files(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Map each external model's predictions and partition files to their config key paths.
+
+    Files under :data:`~geoens.core.constants.EXPORT_DIR` are left out: the run itself writes them
+    (rule ``export_predictions``).
+    """
+    files = {}
+    for name, node in cfg.get("models", {}).get("external", {}).items():
+        for ds, path in node["predictions"].items():
+            files[f"models.external.{name}.predictions.{ds}"] = path
+        if node.get("partition"):
+            files[f"models.external.{name}.partition"] = node["partition"]
+    export = PurePosixPath(EXPORT_DIR)
+    return {k: v for k, v in files.items() if export not in PurePosixPath(str(v)).parents}
 
 
 def _check_demo_paths(cfg: Mapping[str, Any]) -> None:
@@ -176,6 +219,7 @@ def check_inputs_exist(cfg: Mapping[str, Any], base: Path | None = None) -> None
         files = {k: v for k, v in input_files(cfg).items() if k.startswith("partitions.")}
     else:
         files = input_files(cfg)
+    files.update(external_files(cfg))
     root = base or Path.cwd()
     missing = [f"{key} = {path}" for key, path in files.items() if not (root / path).exists()]
     if missing:

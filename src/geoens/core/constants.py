@@ -106,6 +106,14 @@ METHOD_VARIANTS: Final[tuple[tuple[str, tuple[str, ...], bool], ...]] = (
     ("+LS+LC", ("ls", "lc"), False),
 )
 
+# --- external models (bring your own geolocator, DESIGN section 11; the workflow side) ---
+#: Where the workflow writes its own base models' predictions in the external-model contract
+#: (rule export_predictions); a config's external predictions files under it are produced by the run.
+EXPORT_DIR: Final[str] = "results/export"
+#: Points of the exported GeoCLIP gallery form: its top-k fine-cell locations per image with their softmax
+#: weights renormalised over the k (GeoCLIP's gallery here is the fine cells' mean locations).
+EXPORT_GEOCLIP_TOP_K: Final[int] = 16
+
 #: Label value meaning "no class" in every label raster and label column.
 NO_CLASS: Final[int] = -1
 

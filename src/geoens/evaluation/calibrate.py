@@ -338,8 +338,12 @@ def open_dataset(
     predictions: Mapping[str, str | Path],
     earth_radius_km: float = EARTH_RADIUS_KM,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    bases: Sequence[str] | None = None,
 ) -> Dataset:
     """Read the atoms and the attribute predictions of one dataset.
+
+    ``bases``: the base models to score, keys of ``predictions`` (default: the built-in ones present; an
+    external model with cells over the fine partition is scored by its name).
 
     Raises:
         ValueError: Naming the file on inconsistent inputs.
@@ -350,7 +354,8 @@ def open_dataset(
     grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km)
     fine = read_partition_csv(fine_csv_path)
     centres = (fine.lat_mean, fine.lon_mean)
-    bases = prediction_bases(predictions, "calibration")
+    if bases is None:
+        bases = prediction_bases(predictions, "calibration")
     attr = read_attribute_probs(predictions)
     ev = Evaluator(
         atoms,
@@ -361,9 +366,8 @@ def open_dataset(
         chunk_elements,
     )
     lab = labels.assign(image_id=labels["image_id"].astype(str)).drop_duplicates("image_id")
-    return Dataset(
-        ev, lab.set_index("image_id"), {k: Path(v) for k, v in predictions.items()}, attr, centres, bases
-    )
+    paths = {k: Path(v) for k, v in predictions.items()}
+    return Dataset(ev, lab.set_index("image_id"), paths, attr, centres, list(bases))
 
 
 def iter_batches(ds: Dataset, base: str, batch_size: int) -> Iterator[ScoreBatch]:

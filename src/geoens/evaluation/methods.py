@@ -8,7 +8,7 @@ cells receiving them. The LS urban prior replaces the LS predictor by a constant
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,17 @@ def own_top1_name(base: str) -> str:
     return f"{DISPLAY_NAMES.get(base, base)} (cell)"
 
 
+def ordered_bases(present: Iterable[str]) -> list[str]:
+    """The base models among ``present`` in table order: the built-in ones first, then the others sorted."""
+    names = set(present)
+    return [b for b in BASE_MODELS if b in names] + sorted(names - set(BASE_MODELS))
+
+
+def distance_name(base: str) -> str:
+    """Name the exact distance-ranking row of a ``point`` model (area: the cap of radius its error)."""
+    return f"{DISPLAY_NAMES.get(base, base)} (distance)"
+
+
 def all_methods(bases: Sequence[str] = BASE_MODELS) -> list[Method]:
     """Every method of :data:`~geoens.core.constants.METHOD_VARIANTS` for each base model, in table order."""
     out = []
@@ -64,10 +75,10 @@ def all_methods(bases: Sequence[str] = BASE_MODELS) -> list[Method]:
 
 
 def method_order(bases: Sequence[str] = BASE_MODELS) -> list[str]:
-    """List method names in table order: each base's variants, then its own top-1."""
+    """List method names in table order: each base's variants, its own top-1, its distance ranking."""
     out = []
     for b in bases:
-        out += [m.name for m in all_methods([b])] + [own_top1_name(b)]
+        out += [m.name for m in all_methods([b])] + [own_top1_name(b), distance_name(b)]
     return out
 
 

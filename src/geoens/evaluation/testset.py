@@ -281,6 +281,7 @@ def evaluate_testset(
     progress: Callable[[int], None] | None = None,
     index_max_pixels: int = INDEX_IN_MEMORY_MAX_PIXELS,
     threads: int = 1,
+    bases: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Evaluate every method of every base model on one test set (the ``evaluate`` rule).
 
@@ -298,6 +299,9 @@ def evaluate_testset(
         index_max_pixels: Largest grid whose atom index is held in memory; larger grids read the tiled
             index by windows (:func:`geoens.geo.lookup.open_pixel_lookup`).
         threads: Methods evaluated at a time (:meth:`Evaluator.evaluate_many`).
+        bases: The base models to evaluate, keys of ``predictions`` (default: the built-in ones present);
+            an external model with ``cells`` over the fine partition is evaluated by its name
+            (rule ``evaluate_external``).
 
     Returns:
         The per-image table (:data:`PER_IMAGE_COLUMNS`), rows ordered by base, method, label order of images.
@@ -312,7 +316,8 @@ def evaluate_testset(
     lab = read_label_points(labels_path).set_index("image_id")
     fine = read_partition_csv(fine_csv_path)
     n_cells = fine.lat_mean.size
-    bases = prediction_bases(predictions, "evaluate")
+    if bases is None:
+        bases = prediction_bases(predictions, "evaluate")
     attr = read_attribute_probs(predictions)
     ev = Evaluator(
         atoms, {"s2": n_cells, **N_CLASSES}, lookup, lookup.grid.total_area(), absorption, chunk_elements

@@ -26,7 +26,6 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from geoens.core.constants import (  # noqa: E402
-    BASE_MODELS,
     CAP_AREAS_KM2,
     DISPLAY_NAMES,
     EARTH_RADIUS_KM,
@@ -39,7 +38,7 @@ from geoens.core.io import atomic_path  # noqa: E402
 from geoens.core.types import F32Array, FloatArray, I32Array  # noqa: E402
 from geoens.data.labeltable import read_label_points  # noqa: E402
 from geoens.evaluation.evaluator import Evaluator  # noqa: E402
-from geoens.evaluation.methods import Method, all_methods, method_name  # noqa: E402
+from geoens.evaluation.methods import Method, all_methods, method_name, ordered_bases  # noqa: E402
 from geoens.evaluation.metrics import (  # noqa: E402
     Summary,
     bootstrap_ci,
@@ -55,7 +54,7 @@ from geoens.evaluation.testset import iter_prob_batches, read_absorption, read_p
 from geoens.geo.atoms import AtomTable, read_atom_index, read_atoms  # noqa: E402
 from geoens.geo.lookup import PixelLookup  # noqa: E402
 from geoens.geo.partitions import read_partition_csv  # noqa: E402
-from geoens.reports.tables import DEMO_NOTE, KINDS, row_label  # noqa: E402
+from geoens.reports.tables import DEMO_NOTE, KINDS, row_label, with_external  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ def rva_figure(
     """
     _theme()
     al = curve_alphas(n_alphas)
-    panels = [(ts, b) for ts in per_image for b in BASE_MODELS if b in set(per_image[ts]["base"])]
+    panels = [(ts, b) for ts in per_image for b in ordered_bases(per_image[ts]["base"])]
     fig, axes = plt.subplots(len(panels), 3, figsize=(11, 3.0 * len(panels) + 0.6), squeeze=False)
     for row, (ts, base) in enumerate(panels):
         df = per_image[ts][per_image[ts]["base"] == base]
@@ -223,7 +222,7 @@ def buckets_figure(
 ) -> None:
     """Recall at the cap areas per ground-truth LS bucket: rows (test set, base), columns cap radii."""
     _theme()
-    panels = [(ts, b) for ts in per_image for b in BASE_MODELS if b in set(per_image[ts]["base"])]
+    panels = [(ts, b) for ts in per_image for b in ordered_bases(per_image[ts]["base"])]
     caps = list(zip(GCD_THRESHOLDS_KM, CAP_AREAS_KM2, strict=True))[1:]
     fig, axes = plt.subplots(len(panels), len(caps), figsize=(12, 2.6 * len(panels) + 0.6), squeeze=False)
     for row, (ts, base) in enumerate(panels):
@@ -442,7 +441,16 @@ def probmap_figure(
 
 def read_per_image(
     paths: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]],
+    external: Mapping[str, Mapping[str, str | Path]] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """Read per-image Parquets keyed by test set name."""
+    """Read per-image Parquets keyed by test set name.
+
+    Args:
+        paths: Test set -> its per-image Parquet (rule ``evaluate``).
+        external: Test set -> external model name -> its per-image Parquet (rule ``evaluate_external``),
+            appended to the test set's rows (:func:`geoens.reports.tables.with_external`).
+
+    """
     items = paths.items() if isinstance(paths, Mapping) else paths
-    return {str(k): pd.read_parquet(v) for k, v in items}
+    ext = external or {}
+    return {str(k): with_external(pd.read_parquet(v), ext.get(str(k), {})) for k, v in items}

@@ -8,6 +8,7 @@ bootstrap 95% interval of every number (``<metric>_lo``, ``<metric>_hi``); Markd
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ from geoens.core.constants import (
 )
 from geoens.core.io import atomic_path
 from geoens.evaluation.metrics import Summary, metric_names, summarise
+
+log = logging.getLogger(__name__)
 
 #: Kinds of table: every image, or the balanced set.
 KINDS: tuple[str, ...] = ("original", "balanced")
@@ -150,6 +153,43 @@ def latex_table(summary: Summary, title: str, kind: str, n_boot: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def with_external(per_image: pd.DataFrame, external: Mapping[str, str | Path]) -> pd.DataFrame:
+    """A test set's per-image table with the external models' rows appended, in name order.
+
+    Args:
+        per_image: The built-in models' per-image table (rule ``evaluate``).
+        external: External model name -> its per-image Parquet on the same test set (rule
+            ``evaluate_external``).
+
+    Every model of a table is scored on the same images: an external model's images that the built-in
+    table does not have (e.g. a built-in model could not read them) are left out and counted in the log.
+
+    Raises:
+        ValueError: Naming the file if its rows belong to another base model or it lacks images of the
+            built-in table (counted, with examples).
+
+    """
+    frames = [per_image]
+    images = pd.Index(per_image["image_id"].unique())
+    for name in sorted(external):
+        df = pd.read_parquet(external[name])
+        other = sorted(set(df["base"]) - {name})
+        if other:
+            raise ValueError(f"{external[name]}: rows of base model(s) {other}, expected only {name!r}")
+        missing = images.difference(pd.Index(df["image_id"].unique()))
+        if len(missing):
+            raise ValueError(
+                f"{external[name]}: {len(missing)} of {len(images)} test images have no prediction of "
+                f"{name!r} (e.g. {list(missing[:5])}); every model of a table is scored on the same images"
+            )
+        extra = ~df["image_id"].isin(images)
+        if extra.any():
+            log.warning("%s: %d image(s) not in the built-in models' table left out",
+                        external[name], int(df.loc[extra, "image_id"].nunique()))  # fmt: skip
+        frames.append(df[~extra])
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else per_image
 
 
 def write_tables(
