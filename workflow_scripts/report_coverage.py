@@ -9,6 +9,7 @@ from geoens.core.logs import setup_logging
 from geoens.reports.coverage import (
     coverage_markdown,
     coverage_table,
+    mix_markdown,
     tempered_markdown,
     tempered_table,
     write_table,
@@ -21,9 +22,13 @@ n_boot, seed, demo = int(cfg["bootstrap"]), int(snakemake.params.seed), bool(sna
 testset = snakemake.wildcards.testset
 out = snakemake.output
 cov = coverage_table(pd.read_parquet(snakemake.input.regions), n_boot, seed)
-write_table(cov, coverage_markdown(cov, testset, n_boot, demo), out.coverage_csv, out.coverage_md)
+scores = pd.read_parquet(snakemake.input.scores)
+md = coverage_markdown(cov, testset, n_boot, demo)
+if "shift" in dict(snakemake.input.items()):
+    md += "\n" + mix_markdown(read_json(snakemake.input.shift), scores, testset)
+write_table(cov, md, out.coverage_csv, out.coverage_md)
 fits = read_json(snakemake.input.tempered)
 weights = {b: fits[b]["weights"] for b in fits}
-temp = tempered_table(pd.read_parquet(snakemake.input.scores), n_boot, seed)
+temp = tempered_table(scores, n_boot, seed)
 write_table(temp, tempered_markdown(temp, testset, weights, n_boot, demo), out.tempered_csv, out.tempered_md)
 log.info("%s: %d coverage rows, %d tempered rows", testset, len(cov), len(temp))
