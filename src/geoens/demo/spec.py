@@ -6,6 +6,7 @@ the test-set styles and the pixel centres every raster of the world is evaluated
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,3 +179,8 @@ def pixel_centres(n: int, lo: float, hi: float, descending: bool = False) -> F64
     """Centres of ``n`` equal bins between ``lo`` and ``hi``."""
     c = lo + (np.arange(n, dtype=np.float64) + 0.5) * ((hi - lo) / n)
     return c[::-1].copy() if descending else c
+
+
+def config_from_params(seed: int, grid_json: str, demo_json: str) -> dict[str, Any]:
+    """The ``seed``, ``grid`` and ``demo`` sections the demo rules pass as params (JSON strings)."""
+    return {"seed": int(seed), "grid": json.loads(grid_json), "demo": json.loads(demo_json)}
