@@ -30,6 +30,7 @@ from geoens.core.config import (
     read_config_file,
     render_config,
 )
+from geoens.evaluation.shiftcal import resolve_mix
 
 log = logging.getLogger("geoens.apps.cli")
 
@@ -90,6 +91,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--coverage must be a level between 0 and 1 (e.g. 0.9), got {args.coverage}")
     cfg = load_config(args.config)
     results = Path(args.results)
+    if args.mix is not None:
+        if args.coverage is None:
+            raise ValueError("--mix needs --coverage (it shifts the calibrated region)")
+        args.mix_shares, source = resolve_mix(args.mix, results)
+        print(
+            "assumed mix (" + source + "): " + ", ".join(f"{b}={v:.3f}" for b, v in args.mix_shares.items())
+        )
     families = [f for f in args.attributes.split(",") if f] if args.attributes else []
     unknown = set(families) - {"ls", "lc"}
     if unknown:
@@ -184,11 +192,14 @@ def _coverage_search(
         stem,
         ls_probs=ls,
         earth_radius_km=grid_from_config(cfg).earth_radius_km,
+        mix=args.mix_shares if args.mix is not None else None,
+        subset=(float(cfg["calibrate"]["fraction"]), int(cfg["seed"])),
     )
     print(
         f"{folder / image_id}: {r['method']} {args.region} region {r['area_km2']:.4g} km^2, calibrated for "
         f"{r['level']:.0%} coverage on {r['n_calibration']} validation images"
         + (f" (LS bucket {r['group']})" if r["group"] != "all" else "")
+        + (" weighted to the assumed mix" if r["mix"] is not None else "")
         + f" -> {r['paths']['geojson']}"
     )
 
@@ -219,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["adaptive", "fixed", "adaptive-bucket", "fixed-bucket"],
         default="adaptive",
         help="with --coverage: calibrated mass (adaptive) or area (fixed); -bucket: per predicted LS bucket",
+    )
+    s.add_argument(
+        "--mix",
+        help="with --coverage: the photos' LS bucket shares (lowest=0.5,low=0.2,medium=0.2,high=0.1) or "
+        "a test set whose mix the workflow estimated; the region is weighted to that mix (DESIGN 12)",
     )
     s.add_argument("--config", default="config.yaml", help="the config the workflow ran with")
     s.add_argument("--results", default="results", help="the workflow's results folder")

@@ -13,12 +13,14 @@ for an explicit mix (``geoens search --mix``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from geoens.core.constants import LS_BUCKETS
+from geoens.core.io import read_json
 from geoens.core.types import FloatArray
 from geoens.evaluation.calibrate import (
     LC_SCORE_COLUMNS,
@@ -34,6 +36,7 @@ from geoens.evaluation.shift import (
     estimate_mix,
     label_weights,
     merge_absent,
+    parse_mix,
     prob_features,
     tuple_labels,
     tuple_probs,
@@ -248,3 +251,50 @@ def true_ls_shares(ds: Dataset) -> dict[str, float]:
     b = np.asarray(ds.ev.atoms.labels["ls"][gt], np.int64)
     counts = np.bincount(b[b >= 0], minlength=len(LS_BUCKETS))[: len(LS_BUCKETS)]
     return {n: float(c / max(counts.sum(), 1)) for n, c in zip(LS_BUCKETS, counts, strict=True)}
+
+
+def read_val_scores(results: str | Path) -> pd.DataFrame:
+    """The workflow's val score table (``<results>/calibration/scores/val.parquet``).
+
+    Raises:
+        FileNotFoundError: If the calibration has not run.
+
+    """
+    path = Path(results) / "calibration" / "scores" / "val.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: run the workflow's calibration first (snakemake ... {path})"
+        )
+    return pd.read_parquet(path)
+
+
+def resolve_mix(text: str, results: str | Path) -> tuple[dict[str, float], str]:
+    """The LS bucket shares ``--mix`` asks for: explicit ``lowest=0.5,...`` or a test set's estimate.
+
+    A test set's name reads its ``calibration/<name>/shift.json`` (the black-box shift estimate, DESIGN 12).
+
+    Returns:
+        ``(bucket -> share, where the mix came from)``.
+
+    Raises:
+        ValueError: On a bad explicit mix (:func:`geoens.evaluation.shift.parse_mix`).
+        FileNotFoundError: If the test set has no shift estimate.
+
+    """
+    if "=" in text:
+        return parse_mix(text), "given"
+    path = Path(results) / "calibration" / text / "shift.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--mix {text}: {path} is missing: give shares (lowest=0.5,low=0.2,...) or a test set "
+            f"the workflow estimated (snakemake ... {path})"
+        )
+    rec = read_json(path)
+    ls = rec["ls"]
+    est = str(rec.get("estimator", "bbse"))
+    into = [ls["names"][j] for j in ls["of_bucket"]]
+    shares = {b: 0.0 for b in LS_BUCKETS}
+    for b, name in zip(LS_BUCKETS, into, strict=True):
+        if b == name:
+            shares[b] = float(ls[est]["share"][name])
+    return shares, f"estimated for {text} ({est}, {path})"
