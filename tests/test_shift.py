@@ -7,6 +7,7 @@ clear errors for a zero-share bucket and a bucket absent from val, and the demo'
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from geoens.evaluation.shift import (
     tuple_labels,
     weighted_quantile,
 )
-from geoens.evaluation.shiftcal import mix_threshold
+from geoens.evaluation.shiftcal import mix_threshold, resolve_mix
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,3 +274,22 @@ def test_mixed_testset_is_drawn_in_the_asked_shares(tmp_path: Path) -> None:
     assert (again / "metadata.csv").read_bytes() == Path(out["mixed_metadata"]).read_bytes()
     with pytest.raises(ConfigError, match="not a mixed test set"):
         generate_mixed_testset(cfg, "plain", out)
+
+
+def test_resolve_mix_reads_a_testsets_estimate_or_says_what_is_missing(tmp_path: Path) -> None:
+    shares, source = resolve_mix("lowest=0.4,low=0.3,medium=0.2,high=0.1", tmp_path)
+    assert shares["lowest"] == pytest.approx(0.4) and source == "given"
+    with pytest.raises(
+        FileNotFoundError, match=r"--mix nowhere: .*calibration/nowhere/shift.json is missing"
+    ):
+        resolve_mix("nowhere", tmp_path)
+    rec = {
+        "estimator": "bbse",
+        # "low" had no val photo: merged into "lowest", so it gets no share of its own
+        "ls": {"names": ["lowest", "medium", "high"], "of_bucket": [0, 0, 1, 2],
+               "bbse": {"share": {"lowest": 0.6, "medium": 0.3, "high": 0.1}}},
+    }  # fmt: skip
+    (tmp_path / "calibration" / "sv").mkdir(parents=True)
+    (tmp_path / "calibration" / "sv" / "shift.json").write_text(json.dumps(rec))
+    shares, source = resolve_mix("sv", tmp_path)
+    assert shares == {"lowest": 0.6, "low": 0.0, "medium": 0.3, "high": 0.1} and "estimated for sv" in source

@@ -91,13 +91,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--coverage must be a level between 0 and 1 (e.g. 0.9), got {args.coverage}")
     cfg = load_config(args.config)
     results = Path(args.results)
-    if args.mix is not None:
-        if args.coverage is None:
-            raise ValueError("--mix needs --coverage (it shifts the calibrated region)")
-        args.mix_shares, source = resolve_mix(args.mix, results)
-        print(
-            "assumed mix (" + source + "): " + ", ".join(f"{b}={v:.3f}" for b, v in args.mix_shares.items())
-        )
+    args.mix_shares = _assumed_mix(args, results)
     families = [f for f in args.attributes.split(",") if f] if args.attributes else []
     unknown = set(families) - {"ls", "lc"}
     if unknown:
@@ -171,6 +165,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assumed_mix(args: argparse.Namespace, results: Path) -> dict[str, float] | None:
+    """``--mix``: the LS bucket shares to weight the calibrated region to, printed (``None`` without it)."""
+    if args.mix is None:
+        return None
+    if args.coverage is None:
+        raise ValueError("--mix needs --coverage (it shifts the calibrated region)")
+    shares, source = resolve_mix(args.mix, results)
+    print("assumed mix (" + source + "): " + ", ".join(f"{b}={v:.3f}" for b, v in shares.items()))
+    return shares
+
+
 def _coverage_search(
     args: argparse.Namespace,
     results: Path,
@@ -192,7 +197,7 @@ def _coverage_search(
         stem,
         ls_probs=ls,
         earth_radius_km=grid_from_config(cfg).earth_radius_km,
-        mix=args.mix_shares if args.mix is not None else None,
+        mix=args.mix_shares,
         subset=(float(cfg["calibrate"]["fraction"]), int(cfg["seed"])),
     )
     print(
