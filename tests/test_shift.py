@@ -293,3 +293,13 @@ def test_resolve_mix_reads_a_testsets_estimate_or_says_what_is_missing(tmp_path:
     (tmp_path / "calibration" / "sv" / "shift.json").write_text(json.dumps(rec))
     shares, source = resolve_mix("sv", tmp_path)
     assert shares == {"lowest": 0.6, "low": 0.0, "medium": 0.3, "high": 0.1} and "estimated for sv" in source
+
+
+def test_bbse_without_a_non_negative_solution_falls_back_and_says_so() -> None:
+    """The val predictor never predicts label 1 but every test photo gets it: no mix explains that."""
+    names = ("a", "b")
+    with pytest.raises(ValueError, match="every share is <= 0"):
+        bbse_mix(confusion(np.zeros(4, int), np.array([0, 1, 0, 1]), names), np.array([0.0, 1.0]))
+    est = estimate_mix(np.zeros(4, int), np.array([0, 1, 0, 1]), np.tile([0.2, 0.8], (6, 1)), names, 20, 0)
+    assert list(est.estimates["bbse"]) == [0.0, 1.0]  # the predicted shares stand in
+    assert "no non-negative solution" in est.record()["notes"][0]

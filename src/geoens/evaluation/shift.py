@@ -112,6 +112,7 @@ class MixEstimate:
         hi: Method -> upper end of the interval per label.
         n_val: Calibration photos.
         n_test: Test photos.
+        notes: What stood in for an estimate that failed (said in the coverage table).
 
     """
 
@@ -123,6 +124,7 @@ class MixEstimate:
     hi: dict[str, FloatArray]
     n_val: int
     n_test: int
+    notes: list[str]
 
     def record(self) -> dict[str, Any]:
         """JSON-ready ``{names, n_val, n_test, val, predicted, bbse: {share, lo, hi}, em: {...}}``."""
@@ -132,6 +134,7 @@ class MixEstimate:
             "n_test": self.n_test,
             "val": _named(self.names, self.val_shares),
             "predicted": _named(self.names, self.pred_shares),
+            "notes": list(self.notes),
         }
         for m, q in self.estimates.items():
             out[m] = {
@@ -148,11 +151,16 @@ def _named(names: Sequence[str], v: FloatArray) -> dict[str, float]:
 
 def _estimates(
     val_pred: IntArray, val_true: IntArray, test_pred: IntArray, test_probs: FloatArray, names: Sequence[str]
-) -> dict[str, FloatArray]:
+) -> dict[str, FloatArray] | None:
+    """BBSE and EM estimates; ``None`` when BBSE has no non-negative solution (every share clips to 0)."""
     k = len(names)
     mu = np.bincount(test_pred, minlength=k) / max(test_pred.size, 1)
     prior = np.bincount(val_true, minlength=k) / max(val_true.size, 1)
-    return {"bbse": bbse_mix(confusion(val_pred, val_true, names), mu), "em": em_mix(test_probs, prior)}
+    try:
+        bbse = bbse_mix(confusion(val_pred, val_true, names), mu)
+    except ValueError:
+        return None
+    return {"bbse": bbse, "em": em_mix(test_probs, prior)}
 
 
 def estimate_mix(
@@ -188,17 +196,26 @@ def estimate_mix(
     tpred = np.argmax(tp, axis=1) if test_pred is None else np.asarray(test_pred, np.int64)
     if vp.shape != vt.shape:
         raise ValueError(f"val predicted / true labels: {vp.size} != {vt.size}")
+    confusion(vp, vt, names)  # a label absent from val is an error, not a fallback
     est = _estimates(vp, vt, tpred, tp, names)
+    notes = []
+    if est is None:
+        prior = np.bincount(vt, minlength=k) / vt.size
+        est = {"bbse": np.bincount(tpred, minlength=k) / max(tpred.size, 1), "em": em_mix(tp, prior)}
+        notes.append(
+            "BBSE had no non-negative solution (every share clipped to 0): the predicted shares stand in"
+        )
     rng = np.random.default_rng(seed)
     draws: dict[str, list[FloatArray]] = {m: [] for m in est}
     tries = 0
-    while len(draws["bbse"]) < n_boot and tries < 10 * n_boot:
+    while len(draws["bbse"]) < n_boot and tries < 5 * n_boot:
         tries += 1
         iv = rng.integers(0, vp.size, vp.size)
         it = rng.integers(0, tpred.size, tpred.size)
         if np.bincount(vt[iv], minlength=k).min() == 0:
             continue
-        for m, q in _estimates(vp[iv], vt[iv], tpred[it], tp[it], names).items():
+        boot = _estimates(vp[iv], vt[iv], tpred[it], tp[it], names)
+        for m, q in (boot or {}).items():  # a degenerate resample is left out
             draws[m].append(q)
     lo = {m: np.quantile(np.array(d), 0.025, axis=0) if d else np.full(k, np.nan) for m, d in draws.items()}
     hi = {m: np.quantile(np.array(d), 0.975, axis=0) if d else np.full(k, np.nan) for m, d in draws.items()}
@@ -211,6 +228,7 @@ def estimate_mix(
         hi,
         int(vp.size),
         int(tpred.size),
+        notes,
     )
 
 

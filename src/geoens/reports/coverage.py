@@ -156,6 +156,8 @@ def mix_markdown(record: Mapping[str, Any], scores: pd.DataFrame, testset: str) 
                 f"| {name} | {_pct(rec['val'][name])} | {_pct(rec['predicted'][name])} | {est} | {tr} |"
             )
         lines.append("")
+    for title, (rec, _) in labels.items():
+        lines += [f"{title}: {note}." for note in rec.get("notes", [])]
     if record["ls"].get("merged"):
         lines.append(f"LS buckets absent from val, merged into a neighbour: {record['ls']['merged']}.")
     pooled = ", ".join(f"{k} ({v})" for k, v in t["pooled"].items()) or "none"
