@@ -32,7 +32,14 @@ from geoens.evaluation.shift import (
     tuple_labels,
     weighted_quantile,
 )
-from geoens.evaluation.shiftcal import mix_threshold, resolve_mix
+from geoens.evaluation.shiftcal import (
+    ORACLE_MODE,
+    SHIFT_MODES,
+    mix_threshold,
+    resolve_mix,
+    shift_record,
+    shift_thresholds,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +217,7 @@ def test_tuple_labels_pool_thin_tuples_and_say_so() -> None:
     assert t.names == ("lowest/broadleaf tree", "lowest/other", "high/urban")
     assert t.pooled == {"lowest/other tree": 5}
     assert list(t.label([0, 0, 3, 3], [1, 2, 5, 0])) == [0, 1, 2, 2]  # unseen high pair -> largest high tuple
-    assert list(t.label([1], [1])) == [-1]  # an LS bucket without val images
+    assert list(t.label([1, 2], [1, 5])) == [0, 2]  # LS buckets without val images: the nearest one's
 
 
 def test_mix_threshold_for_an_explicit_mix() -> None:
@@ -303,3 +310,36 @@ def test_bbse_without_a_non_negative_solution_falls_back_and_says_so() -> None:
     est = estimate_mix(np.zeros(4, int), np.array([0, 1, 0, 1]), np.tile([0.2, 0.8], (6, 1)), names, 20, 0)
     assert list(est.estimates["bbse"]) == [0.0, 1.0]  # the predicted shares stand in
     assert "no non-negative solution" in est.record()["notes"][0]
+
+
+def test_shift_record_and_thresholds_handle_unlabelled_and_absent_buckets() -> None:
+    """A val split without "medium" photos and with truths of no LS label still gives every region mode."""
+    rng = np.random.default_rng(11)
+    n, ids = 80, [f"v{i}" for i in range(80)]
+    ls_true = rng.choice([0, 1, 3, -1], n, p=[0.3, 0.3, 0.3, 0.1])
+    val = pd.DataFrame(
+        {
+            "image_id": ids,
+            "base": "geoest",
+            "method": "GeoEst.+LS+LC",
+            "area_hit": rng.random(n),
+            "mass_hit": rng.random(n),
+            "gcd_km": np.nan,
+            "zero_prob": False,
+            "ls_pred": rng.integers(0, 4, n),
+            "ls_true": ls_true,
+            "lc_pred": rng.integers(0, 7, n),
+            "lc_true": np.where(ls_true < 0, -1, rng.integers(0, 3, n)),
+        }
+    )
+    t_ids = [f"t{i}" for i in range(30)]
+    probs = {f: (ids, rng.dirichlet(np.ones(k), n)) for f, k in (("ls", 4), ("lc", 7))}
+    test = {f: (t_ids, rng.dirichlet(np.ones(k), 30)) for f, k in (("ls", 4), ("lc", 7))}
+    rec = json.loads(json.dumps(shift_record(val, probs, test, min_tuple=8, n_boot=20, seed=0)))
+    assert rec["ls"]["merged"] == {"medium": "low"} and rec["n_val_unlabelled"] == int((ls_true < 0).sum())
+    oracle = {"lowest": 0.4, "low": 0.3, "medium": 0.1, "high": 0.2}
+    extra = shift_thresholds(rec, val, [0.5, 0.9], oracle=oracle)
+    out = extra("geoest_ls_lc", "adaptive", t_ids[:5])
+    assert {m for m, _, _ in out} == {*SHIFT_MODES, ORACLE_MODE}
+    for _, lv, thr in out:
+        assert thr.shape == (5,) and np.all((thr >= 0) & (thr <= 1) | np.isinf(thr)), lv

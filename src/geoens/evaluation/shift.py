@@ -303,7 +303,7 @@ class TupleLabels:
 
     Attributes:
         names: Label names (``"lowest/cropland"``, ``"lowest/other"``...).
-        of_pair: ``LS x LC`` label index of every pair (``-1``: a pooled pair with no val photo at all).
+        of_pair: ``LS x LC`` label index of every pair.
         pooled: Names of the pairs pooled for having fewer than ``min_count`` val photos (with counts).
 
     """
@@ -320,8 +320,9 @@ class TupleLabels:
 def tuple_labels(val_ls: npt.ArrayLike, val_lc: npt.ArrayLike, min_count: int) -> TupleLabels:
     """Tuples with ``>= min_count`` val photos are labels; the others are pooled into ``<LS>/other``.
 
-    A pair that no val photo has, in an LS bucket with no pooled pair, maps to that bucket's largest tuple
-    (a test photo may be predicted there).
+    A pair that no val photo has, in an LS bucket with no pooled pair, maps to that bucket's largest tuple,
+    and an LS bucket with no val photo at all to the nearest bucket's labels (a test photo may be predicted
+    there).
     """
     n_ls, n_lc = len(LS_BUCKETS), len(LC_CLASSES)
     counts = np.zeros((n_ls, n_lc), np.int64)
@@ -343,6 +344,10 @@ def tuple_labels(val_ls: npt.ArrayLike, val_lc: npt.ArrayLike, min_count: int) -
             names.append(f"{LS_BUCKETS[b]}/other")
         elif big:
             of_pair[b, small] = of_pair[b, big[int(np.argmax(counts[b, big]))]]
+    seen = np.flatnonzero(counts.sum(axis=1) > 0)
+    for b in range(n_ls):  # an LS bucket with no val photo (a test photo may be predicted there)
+        if seen.size and b not in seen:
+            of_pair[b] = of_pair[seen[np.argmin(np.abs(seen - b))]]
     return TupleLabels(tuple(names), of_pair, pooled)
 
 

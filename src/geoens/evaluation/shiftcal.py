@@ -21,7 +21,7 @@ import pandas as pd
 
 from geoens.core.constants import LS_BUCKETS
 from geoens.core.io import read_json
-from geoens.core.types import FloatArray
+from geoens.core.types import FloatArray, IntArray
 from geoens.evaluation.calibrate import (
     LC_SCORE_COLUMNS,
     SCORE_OF_KIND,
@@ -96,8 +96,10 @@ def shift_record(
     ids = list(cal.index)
     test_ids = [str(i) for i in test_probs["ls"][0]]
     t_ls, t_lc = _align(test_probs["ls"], test_ids, "test LS"), _align(test_probs["lc"], test_ids, "test LC")
-    ls_true, ls_pred = cal["ls_true"].to_numpy(np.int64), cal["ls_pred"].to_numpy(np.int64)
-    lc_true, lc_pred = cal["lc_true"].to_numpy(np.int64), cal["lc_pred"].to_numpy(np.int64)
+    # val photos whose truth has no LS or LC label (nodata) take no part in the estimate (weight 1 later)
+    lab = cal[(cal["ls_true"] >= 0) & (cal["lc_true"] >= 0)]
+    ls_true, ls_pred = lab["ls_true"].to_numpy(np.int64), lab["ls_pred"].to_numpy(np.int64)
+    lc_true, lc_pred = lab["lc_true"].to_numpy(np.int64), lab["lc_pred"].to_numpy(np.int64)
     of_ls, ls_names, merged = merge_absent(ls_true, LS_BUCKETS)
     t_ls_m = np.zeros((len(t_ls), len(ls_names)))
     np.add.at(t_ls_m.T, of_ls, t_ls.T)
@@ -118,6 +120,7 @@ def shift_record(
     return {
         "estimator": "bbse",
         "n_val": len(ids),
+        "n_val_unlabelled": len(ids) - len(lab),
         "n_test": len(test_ids),
         "ls": {**ls.record(), "of_bucket": of_ls.tolist(), "merged": merged},
         "ls_lc": {
@@ -140,7 +143,9 @@ def _mode_weights(
     """Mode -> ``(weight of each calibration photo, test weight: a float or an image id -> weight map)``."""
     ls = record["ls"]
     of_bucket = np.asarray(ls["of_bucket"], np.int64)
-    ls_true = of_bucket[cal["ls_true"].to_numpy(np.int64)]
+    raw_ls, raw_lc = cal["ls_true"].to_numpy(np.int64), cal["lc_true"].to_numpy(np.int64)
+    has = (raw_ls >= 0) & (raw_lc >= 0)
+    ls_lab = np.where(has, of_bucket[np.maximum(raw_ls, 0)], -1)
     est = str(record.get("estimator", "bbse"))
     mixes = [("weighted LS", ls[est]["share"]), ("weighted wrong mix", record["wrong_mix"])]
     if oracle is not None:
@@ -148,21 +153,27 @@ def _mode_weights(
         for b, share in oracle.items():
             merged[ls["names"][of_bucket[LS_BUCKETS.index(b)]]] += float(share)
         mixes.append((ORACLE_MODE, merged))
-    out: dict[str, tuple[FloatArray, Any]] = {}
-    for mode, mix in mixes:
-        w = label_weights(mix, ls_true, ls["names"])
-        out[mode] = (w[ls_true], float(w.max()))
+    out = {mode: _photo_weights(mix, ls_lab, ls["names"]) for mode, mix in mixes}
     t = record["ls_lc"]
     labels = TupleLabels(tuple(t["names"]), np.asarray(t["of_pair"], np.int64), dict(t["pooled"]))
-    tl = labels.label(ls_true, cal["lc_true"].to_numpy(np.int64))
-    w = label_weights(t[est]["share"], tl, labels.names)
-    out["weighted LS+LC"] = (w[tl], float(w.max()))
+    tl = np.where(has, labels.label(np.maximum(raw_ls, 0), np.maximum(raw_lc, 0)), -1)
+    out["weighted LS+LC"] = _photo_weights(t[est]["share"], tl, labels.names)
     cov = record["covariate"]
     missing = [i for i in cal.index if i not in cov["val"]]
     if missing:
         raise ValueError(f"shift record: no covariate weight for val image(s) {missing[:3]}")
     out["weighted covariate"] = (np.array([cov["val"][i] for i in cal.index]), cov["test"])
     return out
+
+
+def _photo_weights(
+    mix: Mapping[str, float], label: IntArray, names: Sequence[str]
+) -> tuple[FloatArray, float]:
+    """Each val photo's ``q / p`` by its label (1 for a photo without one) and the test photo's weight."""
+    has = label >= 0
+    w = label_weights(mix, label[has], names)
+    test = max(float(w.max()), 1.0 if not has.all() else 0.0)
+    return np.where(has, w[np.maximum(label, 0)], 1.0), test
 
 
 def shift_thresholds(
