@@ -1,6 +1,8 @@
 # Calibrated search regions and the tempered ensemble (DESIGN section 9): tempered weights fitted on the
 # val split, conformal scores on val, thresholds per method / kind / level (the only rule that reads
-# calibrate.coverages and calibrate.fraction), then regions, coverage tables and the figure per test set.
+# calibrate.coverages), then regions, coverage tables and the figure per test set.
+# Per test set, rule shift estimates its mix from the unlabelled predictions (DESIGN section 12) and the
+# coverage rule adds the shift-corrected (weighted) regions.
 from geoens.evaluation.calibrate import method_slugs
 
 CAL_SLUGS = method_slugs()
@@ -16,6 +18,13 @@ CAL_VAL = {
     "labels": upstream(rules.relabel_train.output.shards),
     **{m: f"results/predictions/val/{m}.parquet" for m in PRED_MODELS},
 }
+CAL_SHIFT = json.dumps(
+    {
+        k: config["calibrate"][k]
+        for k in ("fraction", "shift_min_tuple", "shift_bootstrap")
+    },
+    sort_keys=True,
+)
 CAL_EVALUATE = json.dumps(
     {k: config["evaluate"][k] for k in ("batch_size", "chunk_elements")}, sort_keys=True
 )
@@ -95,6 +104,32 @@ rule calibrate:
         "../workflow_scripts/calibrate_thresholds.py"
 
 
+rule shift:
+    input:
+        val_scores=upstream(rules.conformal_scores.output.scores),
+        val_ls="results/predictions/val/ls.parquet",
+        val_lc="results/predictions/val/lc.parquet",
+        test_ls="results/predictions/{testset}/ls.parquet",
+        test_lc="results/predictions/{testset}/lc.parquet",
+    output:
+        shift="results/calibration/{testset}/shift.json",
+    log:
+        "logs/calibrate/shift_{testset}.log",
+    benchmark:
+        "benchmarks/calibrate/shift_{testset}.tsv"
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        calibrate=CAL_SHIFT,
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/calibrate_shift.py"
+
+
 rule coverage:
     input:
         **CAL_COMMON,
@@ -102,6 +137,8 @@ rule coverage:
         labels=upstream(rules.relabel_testset.output.labels),
         tempered=upstream(rules.tempered_fit.output.weights),
         calibration=CAL_JSONS,
+        shift=upstream(rules.shift.output.shift),
+        val_scores=upstream(rules.conformal_scores.output.scores),
     output:
         scores="results/calibration/{testset}/scores.parquet",
         regions="results/calibration/{testset}/regions.parquet",
@@ -119,6 +156,8 @@ rule coverage:
         grid=params_of("grid"),
         evaluate=CAL_EVALUATE,
         split="",
+        calibrate=CAL_SHIFT,
+        seed=config["seed"],
     script:
         "../workflow_scripts/calibrate_scores.py"
 
@@ -131,6 +170,7 @@ rule coverage_table:
         external_scores=external_coverage("scores"),
         external_regions=external_coverage("regions"),
         external_tempered=external_coverage("tempered"),
+        shift=upstream(rules.shift.output.shift),
     output:
         coverage_csv="results/tables/{testset}_coverage.csv",
         coverage_md="results/tables/{testset}_coverage.md",

@@ -19,6 +19,7 @@ from geoens.apps.search import coverage_region, plan_coverage_search
 from geoens.core.constants import cap_area_km2
 from geoens.data.labeltable import read_label_points
 from geoens.evaluation.calibrate import (
+    LC_SCORE_COLUMNS,
     SCORE_COLUMNS,
     calibrate_scores,
     calibration_methods,
@@ -225,7 +226,7 @@ def test_workflow_scores_and_coverage_region_contain_truth_as_calibrated(files, 
     cal_ids, test_ids = ids[:300], ids[300:]
     weights = {"geoest": [0.8, 1.2, 0.5]}
     cal_scores, none = score_dataset(_dataset(paths, cal_ids), weights)
-    assert none is None and list(cal_scores.columns) == list(SCORE_COLUMNS)
+    assert none is None and list(cal_scores.columns) == list(SCORE_COLUMNS + LC_SCORE_COLUMNS)
     names = {m.name for m in calibration_methods(["geoest"])}
     assert set(cal_scores["method"]) == names
     levels = [0.5, 0.8, 0.9]

@@ -76,6 +76,48 @@ def test_calibration_artifacts(tiny: Path) -> None:
     assert "Tempered vs plain product" in (tiny / "results" / "tables" / "im2gps3k_tempered.md").read_text()
 
 
+def test_shift_artifacts(tiny: Path) -> None:
+    rec = json.loads((tiny / "results" / "calibration" / "streetview" / "shift.json").read_text())
+    assert rec["n_val"] == 40 and rec["n_test"] == 40
+    for est in ("bbse", "em"):
+        shares = rec["ls"][est]["share"]
+        assert set(shares) == set(rec["ls"]["names"]) and math.isclose(sum(shares.values()), 1.0)
+    assert len(rec["covariate"]["val"]) == 40 and len(rec["covariate"]["test"]) == 40
+    table = pd.read_csv(tiny / "results" / "tables" / "streetview_coverage.csv")
+    modes = set(table[table["method"] == "GeoCLIP+LS+LC"]["mode"])
+    for mode in ("weighted LS", "weighted LS+LC", "weighted covariate", "weighted true mix (oracle)"):
+        assert {f"fixed {mode}", f"adaptive {mode}"} <= modes
+    md = (tiny / "results" / "tables" / "streetview_coverage.md").read_text()
+    assert "## Estimated vs true mix of streetview" in md
+
+
+def test_changing_a_testsets_predictions_reruns_its_shift_estimate(tiny: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cal = tiny / "results" / "calibration"
+    before = {t: (cal / t / "shift.json").stat().st_mtime_ns for t in TESTSETS}
+    old = json.loads((cal / "streetview" / "shift.json").read_text())
+    # the LS predictor now ranks another bucket first for photo 0 (with certainty)
+    pred = tiny / "results" / "predictions" / "streetview" / "ls.parquet"
+    table = pq.read_table(pred)
+    probs = table.column("probs").to_pylist()
+    top = max(range(4), key=probs[0].__getitem__)
+    probs[0] = [1.0 if j == (top + 1) % 4 else 0.0 for j in range(4)]
+    col = table.schema.get_field_index("probs")
+    pq.write_table(
+        table.set_column(col, "probs", pa.array(probs, type=table.schema.field("probs").type)), pred
+    )
+    plan = planned_jobs(tiny, *TARGETS, "--cores", "2", "--configfile", str(TINY_CONFIG))
+    assert plan == {"shift": 1, "coverage": 1, "coverage_table": 1, "figure_coverage": 1}
+    run_snakemake(tiny, *TARGETS, "--cores", "2", "--configfile", str(TINY_CONFIG), timeout=600).check()
+    assert (cal / "streetview" / "shift.json").stat().st_mtime_ns > before["streetview"]
+    assert (cal / "im2gps3k" / "shift.json").stat().st_mtime_ns == before["im2gps3k"]
+    new = json.loads((cal / "streetview" / "shift.json").read_text())
+    first = str(table.column("image_id")[0])
+    assert new["covariate"]["test"][first] != old["covariate"]["test"][first]  # the new outputs were read
+
+
 def test_complete_run_leaves_nothing_to_do(tiny: Path) -> None:
     assert planned_jobs(tiny, *TARGETS, "--cores", "2", "--configfile", str(TINY_CONFIG)) == {}
 
@@ -83,13 +125,19 @@ def test_complete_run_leaves_nothing_to_do(tiny: Path) -> None:
 def test_changing_coverage_levels_reruns_only_calibration_and_what_follows(tiny: Path) -> None:
     follows = {"calibrate": 1, "coverage": 2, "coverage_table": 2, "figure_coverage": 1}
     assert _plan(tiny, {"calibrate": {"coverages": [0.8, 0.9]}}) == follows
-    assert _plan(tiny, {"calibrate": {"fraction": 0.5}}) == follows
+    # the calibration subset also changes the shift estimates' val photos
+    assert _plan(tiny, {"calibrate": {"fraction": 0.5}}) == {**follows, "shift": 2}
     # the tempered fit feeds the val scores too
     assert _plan(tiny, {"calibrate": {"tempered_max_images": 20}}) == {
         "tempered_fit": 1,
         "conformal_scores": 1,
+        "shift": 2,
         **follows,
     }
+    # the shift settings rerun the estimates and the regions, not the thresholds
+    shifted = {"shift": 2, "coverage": 2, "coverage_table": 2, "figure_coverage": 1}
+    assert _plan(tiny, {"calibrate": {"shift_min_tuple": 3}}) == shifted
+    assert _plan(tiny, {"calibrate": {"shift_bootstrap": 11}}) == shifted
     # the bootstrap is read by the tables only
     assert _plan(tiny, {"evaluate": {"bootstrap": 7}}) == {"coverage_table": 2, "figure_coverage": 1}
 

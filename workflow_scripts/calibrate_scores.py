@@ -3,6 +3,7 @@ conformal_scores on val, coverage on each test set)."""
 
 import json
 
+import pandas as pd
 from tqdm import tqdm
 
 from geoens.core.constants import FAMILIES
@@ -10,6 +11,7 @@ from geoens.core.io import atomic_path, read_json
 from geoens.core.logs import TqdmToLogger, setup_logging
 from geoens.data.labeltable import read_label_points
 from geoens.evaluation.calibrate import open_dataset, score_dataset
+from geoens.evaluation.shiftcal import shift_thresholds, true_ls_shares
 
 snakemake = globals()["snakemake"]
 log = setup_logging(snakemake.log[0])
@@ -42,6 +44,18 @@ if "calibration" in named:
     for path in inp.calibration:
         rec = read_json(path)
         calibration[rec["slug"]] = rec
+extra = None
+if "shift" in named:
+    levels = sorted({float(lv) for rec in calibration.values() for lv in rec["levels"]})
+    cfg = json.loads(snakemake.params.calibrate)
+    extra = shift_thresholds(
+        read_json(inp.shift),
+        pd.read_parquet(inp.val_scores),
+        levels,
+        fraction=float(cfg["fraction"]),
+        seed=int(snakemake.params.seed),
+        oracle=true_ls_shares(ds),
+    )
 with tqdm(desc="images x bases", unit="img", file=TqdmToLogger(log), mininterval=10) as bar:
     scores, regions = score_dataset(
         ds,
@@ -50,6 +64,7 @@ with tqdm(desc="images x bases", unit="img", file=TqdmToLogger(log), mininterval
         batch_size=int(ev_cfg["batch_size"]),
         progress=bar.update,
         threads=int(snakemake.threads),
+        extra=extra,
     )
 with atomic_path(snakemake.output.scores) as tmp:
     scores.to_parquet(tmp, index=False)

@@ -9,6 +9,7 @@ from geoens.core.logs import setup_logging
 from geoens.reports.coverage import (
     coverage_markdown,
     coverage_table,
+    mix_markdown,
     tempered_markdown,
     tempered_table,
     write_table,
@@ -28,7 +29,10 @@ fits = {}
 for path in [inp.tempered, *inp.external_tempered]:
     fits.update(read_json(path))
 cov = coverage_table(regions, n_boot, seed)
-write_table(cov, coverage_markdown(cov, testset, n_boot, demo), out.coverage_csv, out.coverage_md)
+md = coverage_markdown(cov, testset, n_boot, demo)
+if "shift" in dict(inp.items()):
+    md += "\n" + mix_markdown(read_json(inp.shift), scores, testset)
+write_table(cov, md, out.coverage_csv, out.coverage_md)
 weights = {b: fits[b]["weights"] for b in fits}
 temp = tempered_table(scores, n_boot, seed)
 write_table(temp, tempered_markdown(temp, testset, weights, n_boot, demo), out.tempered_csv, out.tempered_md)

@@ -38,6 +38,7 @@ from geoens.core.config import (
 )
 from geoens.core.constants import EXPLORER_SAMPLE
 from geoens.reports.explorer import build_explorer, build_search_viewer
+from geoens.evaluation.shiftcal import resolve_mix
 
 log = logging.getLogger("geoens.apps.cli")
 
@@ -98,6 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError(f"--coverage must be a level between 0 and 1 (e.g. 0.9), got {args.coverage}")
     cfg = load_config(args.config)
     results = Path(args.results)
+    args.mix_shares = _assumed_mix(args, results)
     families = [f for f in args.attributes.split(",") if f] if args.attributes else []
     unknown = set(families) - {"ls", "lc"}
     if unknown:
@@ -247,6 +249,17 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assumed_mix(args: argparse.Namespace, results: Path) -> dict[str, float] | None:
+    """``--mix``: the LS bucket shares to weight the calibrated region to, printed (``None`` without it)."""
+    if args.mix is None:
+        return None
+    if args.coverage is None:
+        raise ValueError("--mix needs --coverage (it shifts the calibrated region)")
+    shares, source = resolve_mix(args.mix, results)
+    print("assumed mix (" + source + "): " + ", ".join(f"{b}={v:.3f}" for b, v in shares.items()))
+    return shares
+
+
 def _coverage_search(
     args: argparse.Namespace,
     results: Path,
@@ -268,11 +281,14 @@ def _coverage_search(
         stem,
         ls_probs=ls,
         earth_radius_km=grid_from_config(cfg).earth_radius_km,
+        mix=args.mix_shares,
+        subset=(float(cfg["calibrate"]["fraction"]), int(cfg["seed"])),
     )
     print(
         f"{folder / image_id}: {r['method']} {args.region} region {r['area_km2']:.4g} km^2, calibrated for "
         f"{r['level']:.0%} coverage on {r['n_calibration']} validation images"
         + (f" (LS bucket {r['group']})" if r["group"] != "all" else "")
+        + (" weighted to the assumed mix" if r["mix"] is not None else "")
         + f" -> {r['paths']['geojson']}"
     )
 
@@ -303,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["adaptive", "fixed", "adaptive-bucket", "fixed-bucket"],
         default="adaptive",
         help="with --coverage: calibrated mass (adaptive) or area (fixed); -bucket: per predicted LS bucket",
+    )
+    s.add_argument(
+        "--mix",
+        help="with --coverage: the photos' LS bucket shares (lowest=0.5,low=0.2,medium=0.2,high=0.1) or "
+        "a test set whose mix the workflow estimated; the region is weighted to that mix (DESIGN 12)",
     )
     s.add_argument("--config", default="config.yaml", help="the config the workflow ran with")
     s.add_argument("--results", default="results", help="the workflow's results folder")

@@ -38,6 +38,7 @@ from geoens.evaluation.calibrate import CalMethod, method_scores, method_slug, t
 from geoens.evaluation.conformal import region_counts, upper_sets
 from geoens.evaluation.evaluator import Evaluator
 from geoens.evaluation.methods import absorb, family_scores, normalise_probs
+from geoens.evaluation.shiftcal import mix_threshold, read_val_scores
 from geoens.evaluation.testset import read_absorption
 from geoens.geo.atoms import AtomTable, read_atom_index, read_atoms
 from geoens.geo.lookup import PixelLookup, TiledPixelLookup, open_pixel_lookup
@@ -341,6 +342,7 @@ def coverage_region(
     ls_probs: npt.ArrayLike | None = None,
     absorption: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     earth_radius_km: float | None = None,
+    threshold: float | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """The calibrated region of one image: whole upper sets within the calibrated area or mass.
 
@@ -359,6 +361,7 @@ def coverage_region(
         ls_probs: The image's LS probabilities (needed for the per-bucket regions).
         absorption: ``(cells, targets)`` of absorbed S2 cells.
         earth_radius_km: Sphere radius of the grid.
+        threshold: Use this threshold instead of the record's (a shift-corrected one, ``--mix``).
 
     Returns:
         ``(rank groups as search_regions returns them, plus cum_mass; the threshold used)``.
@@ -375,7 +378,7 @@ def coverage_region(
         if ls_probs is None:
             raise ValueError(f"region {region!r} needs the image's LS probabilities")
         bucket = int(np.argmax(np.asarray(ls_probs, dtype=np.float64)))
-    thr = threshold_of(calibration, kind, level, bucket)
+    thr = threshold_of(calibration, kind, level, bucket) if threshold is None else float(threshold)
     fams = tuple(f for f in FAMILIES if f in probs_by_family)
     grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km or EARTH_RADIUS_KM)
     s2 = np.asarray(probs_by_family["s2"])
@@ -491,6 +494,8 @@ def plan_coverage_search(
     out_stem: str | Path,
     ls_probs: npt.ArrayLike | None = None,
     earth_radius_km: float | None = None,
+    mix: Mapping[str, float] | None = None,
+    subset: tuple[float, int] = (1.0, 0),
 ) -> dict[str, Any]:
     """Calibrated region of one photo from the workflow's artifacts, written as GeoJSON, GeoPackage, COG, PNG.
 
@@ -503,6 +508,9 @@ def plan_coverage_search(
         out_stem: Output path without suffix (``.geojson``, ``.gpkg``, ``.tif``, ``.png`` are added).
         ls_probs: The photo's LS probabilities (per-bucket regions).
         earth_radius_km: Sphere radius of the grid.
+        mix: LS bucket shares of the photos searched (:func:`resolve_mix`): the threshold is weighted split
+            conformal on the val scores (``calibration/scores/val.parquet``, DESIGN section 12).
+        subset: ``(calibrate.fraction, seed)`` of the run (the calibration images the weights apply to).
 
     Returns:
         ``{"regions", "area_km2", "level", "threshold", "method", "n_calibration", "group", "paths"}``;
@@ -510,6 +518,7 @@ def plan_coverage_search(
 
     Raises:
         FileNotFoundError: If the calibration artifact is missing.
+        ValueError: For ``mix`` with a per-bucket region, or a mix the val split cannot weight.
 
     """
     res = Path(results)
@@ -526,8 +535,15 @@ def plan_coverage_search(
     absorption = read_absorption(res / "masks" / "s2_absorption.parquet")
     radius = earth_radius_km or EARTH_RADIUS_KM
     grid = Grid(index.shape[0], index.shape[1], radius)
+    thr = None
+    if mix is not None:
+        if region.endswith("-bucket"):
+            raise ValueError(
+                f"--mix weights the whole val split: use --region adaptive or fixed, not {region}"
+            )
+        thr = mix_threshold(read_val_scores(res), mix, slug, region, level, subset[0], subset[1])
     regions, thr = coverage_region(
-        atoms, index, probs_by_family, calibration, level, region, ls_probs, absorption, radius
+        atoms, index, probs_by_family, calibration, level, region, ls_probs, absorption, radius, thr
     )
     ranks = rank_raster(regions, index, atoms.n)
     area = float(regions["area_km2"].sum()) if len(regions) else 0.0
@@ -557,4 +573,5 @@ def plan_coverage_search(
         "n_calibration": n_cal,
         "group": group,
         "paths": paths,
+        "mix": dict(mix) if mix is not None else None,
     }

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geoens.core.config import ConfigError
-from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.constants import LANDSCAN_NODATA, LS_BUCKETS
 from geoens.data.shards import write_shards
 from geoens.demo.images import CAMERAS, render_images
 from geoens.demo.spec import F64, U8, pixel_centres, spec_from_config, stream_rng
@@ -108,7 +108,8 @@ def generate_world(
     """
     spec = spec_from_config(cfg)
     need = ["landscan", "landcover", "train_shards", "train_metadata", "train_contact_sheet"]
-    for name in spec.testsets:
+    plain = {k: v for k, v in spec.testsets.items() if k not in spec.mixes}
+    for name in plain:
         need += [f"{name}_images", f"{name}_metadata", f"{name}_contact_sheet"]
     missing = [k for k in need if k not in out]
     if missing:
@@ -144,15 +145,81 @@ def generate_world(
         "land_share_zero_population": float((world.ls[valid] == 0).mean()) if valid.any() else 0.0,
         "train_share_urban": float((TO_CLASS[attrs.lc_code] == 5).mean()),
     }
-    for name, (n, style) in sorted(spec.testsets.items()):
+    for name, (n, style) in sorted(plain.items()):
         t_ids, t_attrs, t_images = _dataset(world, name, n, style, style)
-        write_image_folder(out[f"{name}_images"], t_ids, t_images, CAMERAS[style].jpeg_quality)
-        write_metadata(out[f"{name}_metadata"], t_ids, t_attrs.lat, t_attrs.lon)
-        _sheet(Path(out[f"{name}_contact_sheet"]), t_attrs, t_images, f"test set {name} ({style})")
-        summary[f"{name}_share_urban"] = float((TO_CLASS[t_attrs.lc_code] == 5).mean())
-        summary[f"{name}_median_population"] = float(np.median(t_attrs.pop))
+        summary.update(_write_testset(out, name, style, t_ids, t_attrs, t_images))
         say(f"test set {name}: {n} {style} images written to {out[f'{name}_images']}")
     return summary
+
+
+def _write_testset(
+    out: Mapping[str, str | Path], name: str, style: str, ids: list[str], attrs: RenderInputs, images: U8
+) -> dict[str, float]:
+    write_image_folder(out[f"{name}_images"], ids, images, CAMERAS[style].jpeg_quality)
+    write_metadata(out[f"{name}_metadata"], ids, attrs.lat, attrs.lon)
+    _sheet(Path(out[f"{name}_contact_sheet"]), attrs, images, f"test set {name} ({style})")
+    return {
+        f"{name}_share_urban": float((TO_CLASS[attrs.lc_code] == 5).mean()),
+        f"{name}_median_population": float(np.median(attrs.pop)),
+    }
+
+
+def generate_mixed_testset(
+    cfg: Mapping[str, Any], name: str, out: Mapping[str, str | Path]
+) -> dict[str, float]:
+    """Generate one test set drawn with a set population mix (``demo.testsets.<name>.mix``).
+
+    Geotags are drawn as the set's ``style`` draws them, then kept per population bucket (the contact
+    sheets' buckets, edges from the training geotags' population) in the numbers the mix asks for, so a
+    bucket's photos look as they do in that style and only the mix changes (a pure label shift for
+    ``flickr``). The world is rebuilt from the same seed, so it is the world of rule ``demo_world``.
+
+    Returns:
+        Summary numbers (urban share, median population, photos per bucket).
+
+    Raises:
+        ConfigError: If ``name`` has no mix, or an output path is missing.
+        ValueError: If the style cannot supply a bucket's photos.
+
+    """
+    spec = spec_from_config(cfg)
+    if name not in spec.mixes:
+        raise ConfigError(f"config key 'demo.testsets.{name}.mix': missing (not a mixed test set)")
+    missing = [k for k in (f"{name}_images", f"{name}_metadata", f"{name}_contact_sheet") if k not in out]
+    if missing:
+        raise ConfigError(f"demo test set {name}: output path(s) not given: {missing}")
+    n, style = spec.testsets[name]
+    world = World.build(spec)
+    t_lat, t_lon = sample_geotags(
+        world.ls, spec.n_train, "flickr", stream_rng(spec.seed, "geotags", "__train__")
+    )
+    train_pop = world.attributes(t_lat, t_lon).pop
+    rng = stream_rng(spec.seed, "geotags", name)
+    want = _bucket_counts(spec.mixes[name], n)
+    pool = 20 * n
+    for _ in range(6):
+        lat, lon = sample_geotags(world.ls, pool, style, rng)
+        b = _ls_bucket_of(world.attributes(lat, lon).pop, train_pop)
+        if all(int((b == k).sum()) >= c for k, c in enumerate(want)):
+            break
+        pool *= 4
+    else:
+        raise ValueError(f"demo test set {name}: style {style!r} gives too few photos for the mix {want}")
+    keep = rng.permutation(np.concatenate([np.flatnonzero(b == k)[:c] for k, c in enumerate(want)]))
+    attrs = world.attributes(lat[keep], lon[keep])
+    ids = _test_ids(name, n, style, rng)
+    images = render_images(attrs, spec.image_size, style, spec.seed, world.fields, stream=f"render/{name}")
+    summary = _write_testset(out, name, style, ids, attrs, images)
+    summary.update({f"{name}_n_{LS_BUCKETS[k]}": float(c) for k, c in enumerate(want)})
+    return summary
+
+
+def _bucket_counts(mix: Mapping[str, float], n: int) -> list[int]:
+    """Photos per LS bucket for ``n`` photos (largest remainders)."""
+    raw = np.array([mix[b] * n for b in LS_BUCKETS])
+    counts = np.floor(raw).astype(np.int64)
+    counts[np.argsort(-(raw - counts), kind="stable")[: n - int(counts.sum())]] += 1
+    return [int(c) for c in counts]
 
 
 def write_sample_dataset(

@@ -6,9 +6,10 @@ the test-set styles and the pixel centres every raster of the world is evaluated
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geoens.core.config import ConfigError, grid_from_config
+from geoens.core.constants import LS_BUCKETS
 from geoens.core.grid import Grid
 
 F32 = npt.NDArray[np.float32]
@@ -43,6 +45,8 @@ class DemoSpec:
         n_shards: Number of msgpack shards.
         image_size: Side of the square images (pixels).
         testsets: ``name -> (n, style)``.
+        mixes: ``name -> {LS bucket: share}`` of the test sets drawn with a set population mix (generated
+            by :func:`geoens.demo.generate.generate_mixed_testset`, rule ``demo_testset``).
 
     """
 
@@ -55,6 +59,7 @@ class DemoSpec:
     n_shards: int
     image_size: int
     testsets: dict[str, tuple[int, str]]
+    mixes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ls_shape(self) -> tuple[int, int]:
@@ -78,6 +83,7 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
         raise ConfigError("config key 'demo': missing (the demo generator needs demo settings)")
     d = cfg["demo"]
     testsets: dict[str, tuple[int, str]] = {}
+    mixes: dict[str, dict[str, float]] = {}
     for name, ts in dict(d.get("testsets", {})).items():
         style = ts.get("style")
         if style not in STYLES:
@@ -86,6 +92,8 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
         if n < 1:
             raise ConfigError(f"config key 'demo.testsets.{name}.n': must be >= 1, got {n}")
         testsets[str(name)] = (n, str(style))
+        if ts.get("mix") is not None:
+            mixes[str(name)] = _mix(name, ts["mix"])
     lc_format = str(d.get("lc_format", "netcdf"))
     if lc_format not in ("netcdf", "geotiff"):
         raise ConfigError(f"config key 'demo.lc_format': {lc_format!r} is not netcdf or geotiff")
@@ -99,16 +107,30 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
         n_shards=int(d.get("n_shards", 4)),
         image_size=int(d.get("image_size", 64)),
         testsets=testsets,
+        mixes=mixes,
     )
 
 
-def output_paths(cfg: Mapping[str, Any]) -> dict[str, Path]:
+def _mix(name: str, mix: Mapping[str, Any]) -> dict[str, float]:
+    """Validate ``demo.testsets.<name>.mix`` (LS bucket -> share, shares >= 0 summing to 1)."""
+    key = f"config key 'demo.testsets.{name}.mix'"
+    unknown = sorted(set(mix) - set(LS_BUCKETS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown bucket(s) {unknown}; buckets are {list(LS_BUCKETS)}")
+    out = {b: float(mix.get(b, 0.0)) for b in LS_BUCKETS}
+    if any(v < 0 for v in out.values()) or abs(sum(out.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"{key}: shares must be >= 0 and sum to 1, got {dict(mix)}")
+    return out
+
+
+def output_paths(cfg: Mapping[str, Any], mixed: bool = False) -> dict[str, Path]:
     """Return the files and folders the demo world is written to, from the config's ``inputs`` section.
 
     Keys: ``landscan``, ``landcover``, ``train_shards`` (folder), ``train_metadata``,
     ``train_contact_sheet``, and per test set ``<name>_images`` (folder), ``<name>_metadata``,
     ``<name>_contact_sheet``. Contact sheets go beside the population raster as
-    ``contact_sheet_<name>.png`` (``<name>`` of the training set is ``inputs.train.name``).
+    ``contact_sheet_<name>.png`` (``<name>`` of the training set is ``inputs.train.name``). The test sets
+    drawn with a set mix are left out (their own rule writes them); ``mixed=True`` gives only theirs.
 
     Raises:
         ConfigError: If the demo's test sets differ from ``inputs.testsets`` or the land cover path's
@@ -138,7 +160,9 @@ def output_paths(cfg: Mapping[str, Any]) -> dict[str, Path]:
         "train_metadata": Path(inp["train"]["metadata"]),
         "train_contact_sheet": root / f"contact_sheet_{train_name}.png",
     }
-    for name in sorted(spec.testsets):
+    if mixed:
+        out = {}
+    for name in sorted(n for n in spec.testsets if (n in spec.mixes) == mixed):
         out[f"{name}_images"] = Path(inp["testsets"][name]["images"])
         out[f"{name}_metadata"] = Path(inp["testsets"][name]["metadata"])
         out[f"{name}_contact_sheet"] = root / f"contact_sheet_{name}.png"
@@ -155,3 +179,8 @@ def pixel_centres(n: int, lo: float, hi: float, descending: bool = False) -> F64
     """Centres of ``n`` equal bins between ``lo`` and ``hi``."""
     c = lo + (np.arange(n, dtype=np.float64) + 0.5) * ((hi - lo) / n)
     return c[::-1].copy() if descending else c
+
+
+def config_from_params(seed: int, grid_json: str, demo_json: str) -> dict[str, Any]:
+    """The ``seed``, ``grid`` and ``demo`` sections the demo rules pass as params (JSON strings)."""
+    return {"seed": int(seed), "grid": json.loads(grid_json), "demo": json.loads(demo_json)}

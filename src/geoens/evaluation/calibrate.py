@@ -75,6 +75,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "ls_pred",
     "ls_true",
 )
+#: More columns of the score table, read by the shift correction (:mod:`geoens.evaluation.shiftcal`).
+LC_SCORE_COLUMNS: tuple[str, ...] = ("lc_pred", "lc_true")
 #: Columns of the per-image region table of a test set.
 REGION_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -192,20 +194,8 @@ def calibrate_scores(
         ValueError: On a missing column, a bad level or fraction, or an empty calibration set.
 
     """
-    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
-    if missing:
-        raise ValueError(f"calibration scores: missing column(s) {missing}")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"calibrate.fraction must be in (0, 1], got {fraction}")
-    ids = np.sort(scores["image_id"].astype(str).unique())
-    if ids.size == 0:
-        raise ValueError("calibration scores: no image")
-    if fraction < 1.0:
-        k = max(1, int(round(fraction * ids.size)))
-        ids = np.sort(np.random.default_rng(seed).choice(ids, size=k, replace=False))
-    keep = scores["image_id"].astype(str).isin(set(ids.tolist()))
     out: dict[str, dict[str, Any]] = {}
-    for key, sub in scores[keep].groupby(["base", "method"], sort=False):
+    for key, sub in calibration_subset(scores, fraction, seed).groupby(["base", "method"], sort=False):
         base, name = str(key[0]), str(key[1])
         m = next((c for c in calibration_methods([base]) if c.name == name), None)
         if m is None:
@@ -231,6 +221,27 @@ def calibrate_scores(
             rec["thresholds"][kind] = groups
         out[m.slug] = rec
     return out
+
+
+def calibration_subset(scores: pd.DataFrame, fraction: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """The rows of the calibration images (all, or the seeded subset ``calibrate.fraction``).
+
+    Raises:
+        ValueError: On a missing column, a bad fraction, or no image.
+
+    """
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise ValueError(f"calibration scores: missing column(s) {missing}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"calibrate.fraction must be in (0, 1], got {fraction}")
+    ids = np.sort(scores["image_id"].astype(str).unique())
+    if ids.size == 0:
+        raise ValueError("calibration scores: no image")
+    if fraction < 1.0:
+        k = max(1, int(round(fraction * ids.size)))
+        ids = np.sort(np.random.default_rng(seed).choice(ids, size=k, replace=False))
+    return scores[scores["image_id"].astype(str).isin(set(ids.tolist()))]
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -379,12 +390,18 @@ def iter_batches(ds: Dataset, base: str, batch_size: int) -> Iterator[ScoreBatch
     )  # fmt: skip
 
 
+#: Extra region thresholds of a batch: ``(slug, kind, image ids) -> [(mode, level, thresholds)]`` (the
+#: shift-corrected regions of :mod:`geoens.evaluation.shiftcal`).
+ExtraThresholds = Callable[[str, str, Sequence[str]], list[tuple[str, float, FloatArray]]]
+
+
 def score_batch(
     ds: Dataset,
     b: ScoreBatch,
     weights: Mapping[str, Sequence[float]] | None,
     calibration: Mapping[str, Mapping[str, Any]] | None,
     threads: int = 1,
+    extra: ExtraThresholds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Scores (and, with ``calibration``, the calibrated regions) of every method on one batch.
 
@@ -394,16 +411,21 @@ def score_batch(
         weights: Base -> tempered weights (``None``: the tempered method is skipped).
         calibration: Slug -> calibration record (``None``: no regions).
         threads: Threads of :func:`upper_sets`.
+        extra: More region modes per method and kind (with ``calibration`` only).
 
     """
     ls_pred = np.argmax(b.ls_probs, axis=1).astype(np.int8)
     ls_true = ds.ev.atoms.labels["ls"][b.gt_atom].astype(np.int8)
+    lc_rows, lc_probs = ds.attr["lc"]
+    lc_pred = np.argmax(lc_probs[lc_rows.loc[b.ids].to_numpy()], axis=1).astype(np.int8)
+    lc_true = ds.ev.atoms.labels["lc"][b.gt_atom].astype(np.int8)
     n = len(b.ids)
     score_frames, region_frames = [], []
     for m in calibration_methods([b.base]):
         if m.tempered and (weights is None or b.base not in weights):
             continue
-        sizes: dict[tuple[str, str, float], FloatArray] = {}
+        specs = [] if calibration is None else _region_specs(calibration[m.slug], m, ls_pred, b.ids, extra)
+        sizes: dict[int, FloatArray] = {}
         if m.cap:
             arg = np.argmax(b.base_probs, axis=1)
             gcd = haversine_km(b.lat, b.lon, ds.centres[0][arg], ds.centres[1][arg], GCD_RADIUS_KM)
@@ -421,13 +443,8 @@ def score_batch(
                 cols = slice(s, min(n, s + step))
                 us = upper_sets(P[:, cols], g.area, threads)
                 area_hit[cols], mass_hit[cols], zero[cols] = hit_scores(us, P[:, cols], gt[cols])
-                if calibration is not None:
-                    for kind in m.kinds:
-                        for per_bucket in (False, True):
-                            for lv in calibration[m.slug]["levels"]:
-                                thr = _thresholds(calibration[m.slug], kind, lv, ls_pred[cols], per_bucket)
-                                key = (kind, "per bucket" if per_bucket else "", lv)
-                                sizes.setdefault(key, np.empty(n))[cols] = region_areas(us, kind, thr)
+                for i, (kind, _, _, thr) in enumerate(specs):
+                    sizes.setdefault(i, np.empty(n))[cols] = region_areas(us, kind, thr[cols])
         score_frames.append(
             pd.DataFrame(
                 {
@@ -440,39 +457,50 @@ def score_batch(
                     "zero_prob": zero,
                     "ls_pred": ls_pred,
                     "ls_true": ls_true,
+                    "lc_pred": lc_pred,
+                    "lc_true": lc_true,
                 }
             )
         )
-        if calibration is None:
-            continue
-        rec = calibration[m.slug]
-        for kind in m.kinds:
-            score = {"fixed": area_hit, "adaptive": mass_hit, "cap": gcd}[kind]
-            for per_bucket in (False, True):
-                for lv in rec["levels"]:
-                    thr = _thresholds(rec, kind, lv, ls_pred, per_bucket)
-                    if kind == "cap":
-                        size = cap_region_km2(thr)
-                    else:
-                        size = sizes[(kind, "per bucket" if per_bucket else "", lv)]
-                    region_frames.append(
-                        pd.DataFrame(
-                            {
-                                "image_id": b.ids,
-                                "base": b.base,
-                                "method": m.name,
-                                "mode": kind + (" per bucket" if per_bucket else ""),
-                                "level": float(lv),
-                                "threshold": thr,
-                                "region_km2": size,
-                                "covered": score <= thr,
-                                "ls_pred": ls_pred,
-                                "ls_true": ls_true,
-                            }
-                        )
-                    )
+        score = {"fixed": area_hit, "adaptive": mass_hit, "cap": gcd}
+        for i, (kind, mode, lv, thr) in enumerate(specs):
+            region_frames.append(
+                pd.DataFrame(
+                    {
+                        "image_id": b.ids,
+                        "base": b.base,
+                        "method": m.name,
+                        "mode": mode,
+                        "level": float(lv),
+                        "threshold": thr,
+                        "region_km2": cap_region_km2(thr) if kind == "cap" else sizes[i],
+                        "covered": score[kind] <= thr,
+                        "ls_pred": ls_pred,
+                        "ls_true": ls_true,
+                    }
+                )
+            )
     regions = pd.concat(region_frames, ignore_index=True) if region_frames else None
     return pd.concat(score_frames, ignore_index=True), regions
+
+
+def _region_specs(
+    rec: Mapping[str, Any],
+    m: CalMethod,
+    ls_pred: npt.NDArray[np.int8],
+    ids: Sequence[str],
+    extra: ExtraThresholds | None,
+) -> list[tuple[str, str, float, FloatArray]]:
+    """``(kind, mode, level, threshold per image)`` of every region of a method on a batch."""
+    out = []
+    for kind in m.kinds:
+        for per_bucket in (False, True):
+            for lv in rec["levels"]:
+                mode = kind + (" per bucket" if per_bucket else "")
+                out.append((kind, mode, float(lv), _thresholds(rec, kind, lv, ls_pred, per_bucket)))
+        if extra is not None:
+            out += [(kind, f"{kind} {mode}", lv, thr) for mode, lv, thr in extra(m.slug, kind, ids)]
+    return out
 
 
 def _thresholds(
@@ -491,6 +519,7 @@ def score_dataset(
     batch_size: int = 2048,
     progress: Callable[[int], None] | None = None,
     threads: int = 1,
+    extra: ExtraThresholds | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Scores of every image and method (and the calibrated regions of every kind and level).
 
@@ -505,7 +534,7 @@ def score_dataset(
     scores, regions = [], []
     for base in ds.bases:
         for b in iter_batches(ds, base, batch_size):
-            s, r = score_batch(ds, b, weights, calibration, threads)
+            s, r = score_batch(ds, b, weights, calibration, threads, extra)
             scores.append(s)
             if r is not None:
                 regions.append(r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,6 +41,8 @@ FIGURE_CURVES: tuple[tuple[str, str], ...] = (
     ("+LS+LC", "fixed"),
     ("+LS+LC", "adaptive"),
     ("+LS+LC", "adaptive per bucket"),
+    ("+LS+LC", "adaptive weighted LS+LC"),
+    ("+LS+LC", "adaptive weighted covariate"),
     (TEMPERED_SUFFIX, "adaptive"),
     (CAP_SUFFIX, "cap"),
 )
@@ -118,6 +121,51 @@ def coverage_markdown(table: pd.DataFrame, testset: str, n_boot: int, demo: bool
 def _pct(x: object) -> str:
     v = float(x)  # type: ignore[arg-type]
     return "–" if math.isnan(v) else f"{100 * v:.1f}"
+
+
+def mix_markdown(record: Mapping[str, Any], scores: pd.DataFrame, testset: str) -> str:
+    """Markdown of a test set's estimated mix (``shift.json``) against its true shares (from the labels).
+
+    One table for the LS buckets, one for the ``(LS, LC)`` labels (with the tuples pooled for having too
+    few val images); shares in %, BBSE and EM with their bootstrap 95% intervals.
+    """
+    one = scores.drop_duplicates("image_id")
+    ls = one["ls_true"].to_numpy(np.int64)
+    lines = [f"## Estimated vs true mix of {testset}", ""]
+    t = record["ls_lc"]
+    of_pair = np.asarray(t["of_pair"], np.int64)
+    labels = {
+        "LS bucket": (record["ls"], np.asarray(record["ls"]["of_bucket"], np.int64)[ls]),
+        "(LS, LC)": (t, of_pair[ls, one["lc_true"].to_numpy(np.int64)] if "lc_true" in one else None),
+    }
+    for title, (rec, true) in labels.items():
+        lines += [
+            f"{title} shares in % ({rec['n_val']} val images, {rec['n_test']} test images; the true shares "
+            "come from the test labels and are used for this table only).",
+            "",
+            "| label | val | predicted | BBSE | EM | true |",
+            "|---|---|---|---|---|---|",
+        ]
+        for j, name in enumerate(rec["names"]):
+            est = " | ".join(
+                f"{_pct(rec[m]['share'][name])} [{_pct(rec[m]['lo'][name])}, {_pct(rec[m]['hi'][name])}]"
+                for m in ("bbse", "em")
+            )
+            tr = _pct(float(np.mean(true == j))) if true is not None and true.size else "–"
+            lines.append(
+                f"| {name} | {_pct(rec['val'][name])} | {_pct(rec['predicted'][name])} | {est} | {tr} |"
+            )
+        lines.append("")
+    for title, (rec, _) in labels.items():
+        lines += [f"{title}: {note}." for note in rec.get("notes", [])]
+    if record["ls"].get("merged"):
+        lines.append(f"LS buckets absent from val, merged into a neighbour: {record['ls']['merged']}.")
+    pooled = ", ".join(f"{k} ({v})" for k, v in t["pooled"].items()) or "none"
+    lines.append(
+        f"(LS, LC) tuples with fewer than {t['min_count']} val images, pooled per LS bucket: {pooled}."
+    )
+    lines.append(f"Deliberately wrong mix (the `weighted wrong mix` rows): {record['wrong_mix']}.")
+    return "\n".join(lines) + "\n"
 
 
 def tempered_table(scores: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
