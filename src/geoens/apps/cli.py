@@ -37,8 +37,8 @@ from geoens.core.config import (
     render_config,
 )
 from geoens.core.constants import EXPLORER_SAMPLE
-from geoens.reports.explorer import build_explorer, build_search_viewer
 from geoens.evaluation.shiftcal import resolve_mix
+from geoens.reports.explorer import build_explorer, build_search_viewer
 
 log = logging.getLogger("geoens.apps.cli")
 
