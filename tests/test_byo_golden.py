@@ -8,8 +8,10 @@ reproduce it to the printed precision. The commands of docs/byo.md's golden bloc
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +43,11 @@ def golden_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = root / "work"
     work.mkdir()
     script = "set -euo pipefail\n" + "\n".join(golden_commands()) + "\n"
-    proc = subprocess.run(["bash", "-c", script], cwd=work, capture_output=True, text=True, timeout=300)
+    # `geoens` as a user has it: the venv's bin first on PATH (pytest may run without the venv activated)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "results" / "byo"
 

@@ -162,6 +162,8 @@ def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
         "    return json.dumps(node, sort_keys=True)\n"
         "def upstream(output):\n"
         "    return str(output)\n"
+        "def external_evals(testset):\n"  # no external models in this run (rules/common.smk)
+        "    return {}\n"
         # the upstream rules evaluate.smk names (rules.<name>.output.<key>), their outputs faked above
         "rule partitions:\n    output:\n        fine='results/partitions/fine.csv',\n"
         "rule mask_s2:\n    output:\n        absorption='results/masks/s2_absorption.parquet',\n"

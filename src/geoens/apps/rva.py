@@ -26,7 +26,7 @@ from geoens.data.predictions import PredictionSpec, align_to_truth, read_point_p
 from geoens.evaluation.countries import COUNTRY_SOURCE, same_country
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image
 from geoens.evaluation.external_grid import RunContext, cells_on_run, evaluate_external, open_run
-from geoens.evaluation.methods import method_order
+from geoens.evaluation.methods import method_order, own_top1_name
 from geoens.evaluation.pointmetrics import cap_budgets, point_summary
 from geoens.reports.scorecard import scorecard_figure, write_scorecard
 
@@ -95,7 +95,9 @@ def score_on_grid(
     )
     budgets = cap_budgets(lookup.grid.earth_radius_km)
     rows = []
-    for method in method_order([spec.name])[:-1]:  # the last is the model's own top-1: no area
+    for method in [
+        m for m in method_order([spec.name]) if m != own_top1_name(spec.name)
+    ]:  # own top-1: no area
         m = per_image[per_image["method"] == method]
         if m.empty:
             continue

@@ -74,11 +74,16 @@ def all_methods(bases: Sequence[str] = BASE_MODELS) -> list[Method]:
     return out
 
 
-def method_order(bases: Sequence[str] = BASE_MODELS) -> list[str]:
-    """List method names in table order: each base's variants, its own top-1, its distance ranking."""
+def method_order(bases: Sequence[str] = BASE_MODELS, distance: bool = False) -> list[str]:
+    """List method names in table order.
+
+    Each base's variants, then its own top-1 and, with ``distance``, its distance ranking (the extra row of an
+    external ``point`` model).
+    """
     out = []
     for b in bases:
-        out += [m.name for m in all_methods([b])] + [own_top1_name(b), distance_name(b)]
+        extra = [distance_name(b)] if distance else []
+        out += [m.name for m in all_methods([b])] + [own_top1_name(b), *extra]
     return out
 
 

@@ -172,7 +172,7 @@ def summarise(
     names = metric_names()
     rows, curves = [], []
     bases = list(dict.fromkeys(per_image["base"]))
-    for method in [m for m in method_order(bases) if m in set(per_image["method"])]:
+    for method in [m for m in method_order(bases, distance=True) if m in set(per_image["method"])]:
         sub = method_rows(per_image, method, pos)
         if len(sub) != n:
             raise ValueError(f"per-image table: method {method!r} has {len(sub)} of {n} images")
