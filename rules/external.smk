@@ -33,6 +33,7 @@ rule export_predictions:
         geoest=f"{EXPORT_DIR}/{{dataset}}/geoest.parquet",
         geoclip=f"{EXPORT_DIR}/{{dataset}}/geoclip.parquet",
         geoclip_points=f"{EXPORT_DIR}/{{dataset}}/geoclip_points.parquet",
+        geoclip_point=f"{EXPORT_DIR}/{{dataset}}/geoclip_point.parquet",
     log:
         "logs/external/export_predictions_{dataset}.log",
     benchmark:

@@ -89,3 +89,27 @@ def test_the_published_file_is_read_without_its_summary_block() -> None:
     assert len(pred.ids) == 237 and pred.ids[0].endswith(".jpg")
     summary = read_geoestimation_summary(f)
     assert list(summary)[-1] == "mean deviation (km)"
+
+
+def readme_table(table: pd.DataFrame) -> str:
+    """The README's compact Im2GPS3k table, rendered from the command's ``table.csv``."""
+    lines = [
+        "| Im2GPS3k (2,997 photos) | acc 1 km | 25 km | 200 km | 750 km | 2500 km | median error | GeoGuessr "
+        "| median RvA area |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, r in table.iterrows():
+        accs = " | ".join(f"{100 * r[c]:.1f}%" for c in ACC)
+        lines.append(
+            f"| {model} | {accs} | {r['median_km']:,.0f} km | {r['geoguessr']:.0f} "
+            f"| {r['median_rva_km2']:.3g} km^2 |"
+        )
+    return "\n".join(lines)
+
+
+def test_the_readme_shows_the_published_models_table(golden_run: Path) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- run by tests/test_byo_golden.py -->\n```bash\n(.*?)```", readme, re.S)
+    assert block and [ln for ln in block.group(1).splitlines() if ln.strip()] == golden_commands()
+    want = readme_table(pd.read_csv(golden_run / "im2gps3k" / "table.csv").set_index("model"))
+    assert want in readme, f"README does not show the current table:\n{want}"

@@ -1,8 +1,9 @@
 """The run's own GeoEst. and GeoCLIP predictions of one dataset in the external-model contract (rule
-export_predictions): both as cells over the fine partition, GeoCLIP also as its top-k gallery points."""
+export_predictions): both as cells over the fine partition, GeoCLIP also as its top-k gallery points and as
+one point (its top-1)."""
 
 from geoens.core.logs import setup_logging
-from geoens.evaluation.external_workflow import export_cells, export_top_k_points
+from geoens.evaluation.external_workflow import export_cells, export_top1_point, export_top_k_points
 from geoens.geo.partitions import read_partition_csv
 
 snakemake = globals()["snakemake"]
@@ -16,3 +17,5 @@ log.info("%s: %d images as cells", out.geoclip, n)
 k = int(snakemake.params.top_k)
 n = export_top_k_points(inp.geoclip, out.geoclip_points, fine.lat_mean, fine.lon_mean, k)
 log.info("%s: %d images as their top-%d fine-cell locations (points)", out.geoclip_points, n, k)
+n = export_top1_point(inp.geoclip, out.geoclip_point, fine.lat_mean, fine.lon_mean)
+log.info("%s: %d images as their top-1 fine-cell location (point)", out.geoclip_point, n)

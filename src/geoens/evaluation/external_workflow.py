@@ -33,9 +33,16 @@ from geoens.data.predictions import (
     read_point_predictions,
     read_weighted_points,
     write_cell_predictions,
+    write_point_predictions,
     write_weighted_points,
 )
-from geoens.data.predspec import PredictionSpec, WeightedPoints, align_to_truth, prediction_spec_from_config
+from geoens.data.predspec import (
+    PointPredictions,
+    PredictionSpec,
+    WeightedPoints,
+    align_to_truth,
+    prediction_spec_from_config,
+)
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image, points_to_cells, vmf_cell_probs
 from geoens.evaluation.external_grid import (
     ExternalPartition,
@@ -287,4 +294,16 @@ def export_top_k_points(source: str | Path, out: str | Path, lat: FloatArray, lo
     """Write a workflow predictions Parquet as a ``points`` file of its top-k classes; return the rows."""
     ids, probs = read_probs(source)
     write_weighted_points(out, top_k_points(ids, probs, lat, lon, k))
+    return len(ids)
+
+
+def export_top1_point(source: str | Path, out: str | Path, lat: FloatArray, lon: FloatArray) -> int:
+    """Write a workflow predictions Parquet as a ``point`` file (its most probable class's location).
+
+    The point is the model's own top-1 (the ``(cell)`` row of the tables): what a model that answers with one
+    point would give. Returns the rows written.
+    """
+    ids, probs = read_probs(source)
+    top = top_k_points(ids, probs, lat, lon, 1)
+    write_point_predictions(out, PointPredictions(top.ids, top.lat, top.lon))
     return len(ids)
