@@ -52,7 +52,7 @@ from geoens.evaluation.external_grid import (
     point_cells,
     rasterize_external_partition,
 )
-from geoens.evaluation.methods import distance_name
+from geoens.evaluation.methods import distance_name, own_top1_name
 from geoens.evaluation.testset import read_absorption, read_attribute_probs, read_probs
 from geoens.geo.atoms import AtomTable, read_atoms
 from geoens.geo.lookup import Lookup, PixelLookup, open_pixel_lookup
@@ -219,7 +219,7 @@ def evaluate_external_cells(
     built-in predictions fed back give their areas exactly. Every test image gets rows; an image without a
     prediction or whose probabilities are all zero is a miss (counted in the log). A ``point`` model also
     gets its exact distance-ranking rows (:func:`geoens.evaluation.methods.distance_name`: area the spherical
-    cap of radius its error, GCD its own error).
+    cap of radius its error, GCD its own error) in place of the own top-1 row.
 
     Args:
         spec: The model's spec.
@@ -242,6 +242,9 @@ def evaluate_external_cells(
     if spec.kind != "point" or points is None:
         return df
     buckets = df.drop_duplicates("image_id").set_index("image_id")["ls_bucket"]
+    # the argmax cell of a vMF density is the largest nearby cell, not the model's answer: the distance rows
+    # carry the point's own error instead of an own top-1 row
+    df = df[df["method"] != own_top1_name(spec.name)]
     pred = read_point_predictions(points, spec)
     dist, _ = point_per_image(pred, truth, spec.name, GCD_RADIUS_KM, str(points))
     dist["method"] = distance_name(spec.name)
