@@ -22,6 +22,7 @@ import numpy.typing as npt
 from geoens.core.config import ConfigError
 from geoens.core.constants import LANDSCAN_NODATA
 from geoens.data.shards import write_shards
+from geoens.demo.earth import build_earth_world, sample_earth_geotags
 from geoens.demo.images import CAMERAS, render_images
 from geoens.demo.spec import F64, U8, pixel_centres, spec_from_config, stream_rng
 from geoens.demo.world import TO_CLASS, RenderInputs, World, sample_geotags
@@ -76,7 +77,8 @@ def _test_ids(name: str, n: int, style: str, rng: np.random.Generator) -> list[s
 def _dataset(world: World, name: str, n: int, style: str, camera: str) -> tuple[list[str], RenderInputs, U8]:
     spec = world.spec
     rng = stream_rng(spec.seed, "geotags", name)
-    lat, lon = sample_geotags(world.ls, n, style, rng)
+    sample = sample_earth_geotags if spec.geography == "earth" else sample_geotags
+    lat, lon = sample(world.ls, n, style, rng)
     attrs = world.attributes(lat, lon)
     ids = train_ids(n, rng) if name == "__train__" else _test_ids(name, n, style, rng)
     images = render_images(attrs, spec.image_size, camera, spec.seed, world.fields, stream=f"render/{name}")
@@ -115,7 +117,7 @@ def generate_world(
         raise ConfigError(f"demo world: output path(s) not given: {missing}")
     say = progress or (lambda msg: log.info(msg))
 
-    world = World.build(spec)
+    world = build_earth_world(spec) if spec.geography == "earth" else World.build(spec)
     write_landscan(out["landscan"], world.ls)
     say(f"population raster {world.ls.shape} written to {out['landscan']}")
     if spec.lc_format == "netcdf":

@@ -27,6 +27,8 @@ U8 = npt.NDArray[np.uint8]
 DEMO_LABEL: Final[str] = "synthetic demo world"
 #: Styles of test sets: ``flickr`` (urban-heavy, training camera), ``streetview`` (rural, other camera).
 STYLES: Final[tuple[str, ...]] = ("flickr", "streetview")
+#: Geographies of the demo world (``demo.geography``).
+GEOGRAPHIES: Final[tuple[str, ...]] = ("synthetic", "earth")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DemoSpec:
         n_shards: Number of msgpack shards.
         image_size: Side of the square images (pixels).
         testsets: ``name -> (n, style)``.
+        geography: ``synthetic`` (invented continents and cities) or ``earth`` (:mod:`geoens.demo.earth`).
 
     """
 
@@ -55,6 +58,7 @@ class DemoSpec:
     n_shards: int
     image_size: int
     testsets: dict[str, tuple[int, str]]
+    geography: str = "synthetic"
 
     @property
     def ls_shape(self) -> tuple[int, int]:
@@ -89,6 +93,9 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
     lc_format = str(d.get("lc_format", "netcdf"))
     if lc_format not in ("netcdf", "geotiff"):
         raise ConfigError(f"config key 'demo.lc_format': {lc_format!r} is not netcdf or geotiff")
+    geography = str(d.get("geography", "synthetic"))
+    if geography not in GEOGRAPHIES:
+        raise ConfigError(f"config key 'demo.geography': {geography!r} is not one of {GEOGRAPHIES}")
     return DemoSpec(
         grid=grid_from_config(cfg),
         seed=int(cfg.get("seed", 0)),
@@ -99,6 +106,7 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
         n_shards=int(d.get("n_shards", 4)),
         image_size=int(d.get("image_size", 64)),
         testsets=testsets,
+        geography=geography,
     )
 
 
