@@ -38,8 +38,8 @@ FOOTPRINT_POWER: Final[float] = 0.4
 RURAL_DENSITY: Final[float] = 25.0
 #: Radius (degrees) of the neighbourhood whose land share is a pixel's continentality.
 CONTINENTALITY_RADIUS_DEG: Final[float] = 8.0
-#: Land cover rules take people per km2 times this (urban above ~400/km2, cropland above ~8/km2).
-DENSITY_TO_RULES: Final[float] = 50.0
+#: Land cover rules take people per km2 times this (urban above ~1000/km2, cropland above ~20/km2).
+DENSITY_TO_RULES: Final[float] = 20.0
 #: Flickr-like geotags: city weight = population ** FLICKR_POWER * country propensity.
 FLICKR_POWER: Final[float] = 0.7
 #: Share of Flickr-like geotags spread widely (sigma ``FLICKR_WIDE_KM``) around their city.
@@ -60,6 +60,8 @@ TOURIST_REGIONS: Final[tuple[tuple[float, float, float, float], ...]] = (
     (-17.8, 178.0, 60.0, 3e5),  # Fiji (Viti Levu)
     (-16.8, -179.9, 30.0, 2e5),  # Fiji (Taveuni, east of the antimeridian)
     (64.7, 177.5, 80.0, 1e5),  # Chukotka (Anadyr)
+    (65.8, -171.5, 60.0, 1e5),  # Chukotka east of the antimeridian (Lavrentiya, Provideniya)
+    (-13.8, -172.0, 30.0, 1e5),  # Samoa
     (56.0, 160.0, 150.0, 2e5),  # Kamchatka's volcanoes
     (20.5, -156.5, 80.0, 6e5),  # Hawaii
     (46.5, 9.0, 150.0, 2e6),  # the Alps
@@ -68,6 +70,8 @@ TOURIST_REGIONS: Final[tuple[tuple[float, float, float, float], ...]] = (
     (-50.9, -73.2, 80.0, 2e5),  # Patagonia
     (36.1, -112.1, 60.0, 5e5),  # Grand Canyon
 )
+#: Photo propensity of the tourist regions (relative to a city of the same people-equivalent).
+TOURIST_BOOST: Final[float] = 20.0
 #: Street-View-like geotags: distance outside the footprint (km) is exponential with this mean.
 ROAD_MEAN_KM: Final[float] = 40.0
 
@@ -256,7 +260,7 @@ def _flickr_draw(n: int, rng: np.random.Generator) -> tuple[F64, F64]:
     c = earth_cities()
     t = np.array(TOURIST_REGIONS, np.float64)
     boost = np.array([PHOTO_PROPENSITY.get(cc, 1.0) for cc in c.country])
-    wts = np.concatenate([c.pop**FLICKR_POWER * boost, t[:, 3] ** FLICKR_POWER * 5.0])
+    wts = np.concatenate([c.pop**FLICKR_POWER * boost, t[:, 3] ** FLICKR_POWER * TOURIST_BOOST])
     k = rng.choice(wts.size, size=n, p=wts / wts.sum())
     lat0 = np.concatenate([c.lat, t[:, 0]])[k]
     lon0 = np.concatenate([c.lon, t[:, 1]])[k]
