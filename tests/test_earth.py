@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import s2sphere
 
+from cluster.workflow import TINY_CONFIG, copy_workflow, run_snakemake
 from geoens.core.config import ConfigError
 from geoens.core.constants import LANDSCAN_NODATA
 from geoens.core.grid import Grid
@@ -22,6 +24,7 @@ from geoens.demo.world import World
 from geoens.geo import s2, s2mask
 from geoens.geo.partitions import build_partition
 
+TINY_EARTH = Path("tests/data/tiny_earth.yaml")
 FOREST = (50, 60, 61, 62, 70, 71, 72, 80, 81, 82, 90, 100, 160, 170)
 
 
@@ -200,3 +203,19 @@ def test_partition_meets_the_antimeridian_poles_and_islands(geotags: dict[str, A
             leaf = s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(la, lo))
             want = next((by_id[leaf.parent(lv).id()] for lv in levels if leaf.parent(lv).id() in by_id), -1)
             assert labels[r, c] == want, (r, c)
+
+
+@pytest.mark.slow
+def test_whole_workflow_runs_on_the_tiny_earth(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path / "wf")
+    run = run_snakemake(
+        workdir, "all", "--cores", "2", "--configfile", str(TINY_CONFIG), str(TINY_EARTH), timeout=1800
+    ).check()
+    print(f"tiny earth workflow: {run.seconds:.0f} s")  # measured, reported in docs/DECISIONS.md
+    assert (workdir / "results" / "figures" / "rva.pdf").read_bytes().startswith(b"%PDF")
+    table = pd.read_csv(workdir / "results" / "tables" / "im2gps3k_original.csv")
+    assert len(table) > 0
+    meta = pd.read_csv(workdir / "results" / "demo" / "mp16" / "metadata.csv")
+    assert share(meta["LAT"].to_numpy(), meta["LON"].to_numpy(), (35, 70, -10, 40)) > 0.2  # Europe
+    # drawn on land pixels of a ~2-degree raster: a few coastal points fall in the sea of the 1 km mask
+    assert earth.land_at(meta["LAT"].to_numpy(), meta["LON"].to_numpy()).mean() > 0.8
