@@ -34,6 +34,8 @@ KM_PER_DEGREE: Final[float] = 111.195
 #: Urban footprint: Gaussian sigma (km) = ``FOOTPRINT_KM * (population / 1e5) ** FOOTPRINT_POWER``.
 FOOTPRINT_KM: Final[float] = 3.0
 FOOTPRINT_POWER: Final[float] = 0.4
+#: Footprint weights below this share of the footprint's peak are cut (no stray handfuls of people).
+KERNEL_CUTOFF: Final[float] = 0.01
 #: Rural people per km2 on the most habitable land (before log-normal noise).
 RURAL_DENSITY: Final[float] = 25.0
 #: Radius (degrees) of the neighbourhood whose land share is a pixel's continentality.
@@ -187,6 +189,7 @@ def _spread_cities(pop: F64, land: npt.NDArray[np.bool_], cities: Cities) -> int
             rows = np.arange(max(0, i0 - hr), min(h, i0 + hr + 1))
             cols = np.arange(j0 - hc, j0 + hc + 1)
             k = np.exp(-0.5 * (((rows - rf) / s)[:, None] ** 2 + ((cols - cf) / s_cols)[None, :] ** 2))
+            k[k < KERNEL_CUTOFF * k.max()] = 0.0
             k = k * land[np.ix_(rows, cols % w)] if widen == 0 else land[np.ix_(rows, cols % w)] * 1.0
             if k.sum() > 0:
                 np.add.at(pop, (rows[:, None], (cols % w)[None, :]), total * k / k.sum())
@@ -204,7 +207,7 @@ def make_earth_landscan(spec: DemoSpec, fields: WorldFields) -> tuple[npt.NDArra
     clim = earth_climate(fields, lat, lon, land)
     rng = stream_rng(spec.seed, "earth", "population")
     density = RURAL_DENSITY * clim.suit.astype(np.float64) ** 2 * np.exp(rng.normal(0.0, 1.0, size=(h, w)))
-    density[rng.random((h, w)) < 0.4] = 0.0
+    density[(rng.random((h, w)) < 0.4) | (density < 1.0)] = 0.0
     pop = np.where(land, density * _cell_km2(h, w)[:, None], 0.0)
     _spread_cities(pop, land, earth_cities())
     return np.where(land, np.rint(pop), LANDSCAN_NODATA).astype(np.int32), clim
