@@ -52,6 +52,7 @@ DISTRIBUTIONS: dict[str, set[str]] = {
     "torch": {"pytorch", "pytorch-cpu", "pytorch-gpu"},
     "matplotlib": {"matplotlib", "matplotlib-base"},
     "huggingface_hub": {"huggingface_hub"},
+    "global_land_mask": {"global-land-mask"},
 }
 #: Entries every env may list without a script importing them.
 ALWAYS_ALLOWED = {"python", "pip"}

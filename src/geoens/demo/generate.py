@@ -22,8 +22,9 @@ import numpy.typing as npt
 from geoens.core.config import ConfigError
 from geoens.core.constants import LANDSCAN_NODATA, LS_BUCKETS
 from geoens.data.shards import write_shards
+from geoens.demo.earth import build_earth_world, sample_earth_geotags
 from geoens.demo.images import CAMERAS, render_images
-from geoens.demo.spec import F64, U8, pixel_centres, spec_from_config, stream_rng
+from geoens.demo.spec import F64, U8, DemoSpec, pixel_centres, spec_from_config, stream_rng
 from geoens.demo.world import TO_CLASS, RenderInputs, World, sample_geotags
 from geoens.demo.writers import (
     encode_jpeg,
@@ -73,10 +74,20 @@ def _test_ids(name: str, n: int, style: str, rng: np.random.Generator) -> list[s
     return [f"{name}_{i:06d}_{int(sc):010x}.jpg" for i, sc in enumerate(secrets)]
 
 
+def _build_world(spec: DemoSpec) -> World:
+    """The demo world of ``demo.geography``: invented (``synthetic``) or on Earth's land and cities."""
+    return build_earth_world(spec) if spec.geography == "earth" else World.build(spec)
+
+
+def _sampler(spec: DemoSpec) -> Callable[[npt.NDArray[np.int32], int, str, np.random.Generator], tuple[F64, F64]]:
+    """The geotag sampler of ``demo.geography`` (the rule the training and test photos are drawn by)."""
+    return sample_earth_geotags if spec.geography == "earth" else sample_geotags
+
+
 def _dataset(world: World, name: str, n: int, style: str, camera: str) -> tuple[list[str], RenderInputs, U8]:
     spec = world.spec
     rng = stream_rng(spec.seed, "geotags", name)
-    lat, lon = sample_geotags(world.ls, n, style, rng)
+    lat, lon = _sampler(spec)(world.ls, n, style, rng)
     attrs = world.attributes(lat, lon)
     ids = train_ids(n, rng) if name == "__train__" else _test_ids(name, n, style, rng)
     images = render_images(attrs, spec.image_size, camera, spec.seed, world.fields, stream=f"render/{name}")
@@ -116,7 +127,7 @@ def generate_world(
         raise ConfigError(f"demo world: output path(s) not given: {missing}")
     say = progress or (lambda msg: log.info(msg))
 
-    world = World.build(spec)
+    world = _build_world(spec)
     write_landscan(out["landscan"], world.ls)
     say(f"population raster {world.ls.shape} written to {out['landscan']}")
     if spec.lc_format == "netcdf":
@@ -189,16 +200,15 @@ def generate_mixed_testset(
     if missing:
         raise ConfigError(f"demo test set {name}: output path(s) not given: {missing}")
     n, style = spec.testsets[name]
-    world = World.build(spec)
-    t_lat, t_lon = sample_geotags(
-        world.ls, spec.n_train, "flickr", stream_rng(spec.seed, "geotags", "__train__")
-    )
+    world = _build_world(spec)
+    sample = _sampler(spec)
+    t_lat, t_lon = sample(world.ls, spec.n_train, "flickr", stream_rng(spec.seed, "geotags", "__train__"))
     train_pop = world.attributes(t_lat, t_lon).pop
     rng = stream_rng(spec.seed, "geotags", name)
     want = _bucket_counts(spec.mixes[name], n)
     pool = 20 * n
     for _ in range(6):
-        lat, lon = sample_geotags(world.ls, pool, style, rng)
+        lat, lon = sample(world.ls, pool, style, rng)
         b = _ls_bucket_of(world.attributes(lat, lon).pop, train_pop)
         if all(int((b == k).sum()) >= c for k, c in enumerate(want)):
             break

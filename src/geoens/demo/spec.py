@@ -29,6 +29,8 @@ U8 = npt.NDArray[np.uint8]
 DEMO_LABEL: Final[str] = "synthetic demo world"
 #: Styles of test sets: ``flickr`` (urban-heavy, training camera), ``streetview`` (rural, other camera).
 STYLES: Final[tuple[str, ...]] = ("flickr", "streetview")
+#: Geographies of the demo world (``demo.geography``).
+GEOGRAPHIES: Final[tuple[str, ...]] = ("synthetic", "earth")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class DemoSpec:
         testsets: ``name -> (n, style)``.
         mixes: ``name -> {LS bucket: share}`` of the test sets drawn with a set population mix (generated
             by :func:`geoens.demo.generate.generate_mixed_testset`, rule ``demo_testset``).
+        geography: ``synthetic`` (invented continents and cities) or ``earth`` (:mod:`geoens.demo.earth`).
 
     """
 
@@ -60,6 +63,7 @@ class DemoSpec:
     image_size: int
     testsets: dict[str, tuple[int, str]]
     mixes: dict[str, dict[str, float]] = field(default_factory=dict)
+    geography: str = "synthetic"
 
     @property
     def ls_shape(self) -> tuple[int, int]:
@@ -97,6 +101,9 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
     lc_format = str(d.get("lc_format", "netcdf"))
     if lc_format not in ("netcdf", "geotiff"):
         raise ConfigError(f"config key 'demo.lc_format': {lc_format!r} is not netcdf or geotiff")
+    geography = str(d.get("geography", "synthetic"))
+    if geography not in GEOGRAPHIES:
+        raise ConfigError(f"config key 'demo.geography': {geography!r} is not one of {GEOGRAPHIES}")
     return DemoSpec(
         grid=grid_from_config(cfg),
         seed=int(cfg.get("seed", 0)),
@@ -108,6 +115,7 @@ def spec_from_config(cfg: Mapping[str, Any]) -> DemoSpec:
         image_size=int(d.get("image_size", 64)),
         testsets=testsets,
         mixes=mixes,
+        geography=geography,
     )
 
 

@@ -193,7 +193,7 @@ def make_landscan(spec: DemoSpec, fields: WorldFields | None = None) -> tuple[np
 # --------------------------------------------------------------------------------------------------
 # land cover (ESA-CCI-like)
 # --------------------------------------------------------------------------------------------------
-def _native_index(n_out: int, n_in: int) -> I64:
+def native_index(n_out: int, n_in: int) -> I64:
     """Index of the coarser raster's pixel containing each finer pixel centre (1-D)."""
     return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
 
@@ -204,7 +204,7 @@ def _pick(u: F32, options: tuple[int, ...]) -> npt.NDArray[np.uint8]:
     return np.asarray(options, np.uint8)[idx]
 
 
-def _classify_strip(
+def classify_strip(
     temp: F32, moist: F32, margin: F32, pop: npt.NDArray[np.int32], patch: F32, u: F32
 ) -> npt.NDArray[np.uint8]:
     """LCCS codes of one strip of land cover pixels from their climate, population and noise."""
@@ -245,7 +245,7 @@ def make_landcover(
     fields = fields or WorldFields.from_seed(spec.seed)
     h, w = spec.lc_shape
     hs, ws = ls.shape
-    ri, ci = _native_index(h, hs), _native_index(w, ws)
+    ri, ci = native_index(h, hs), native_index(w, ws)
     rng = stream_rng(spec.seed, "landcover")
     out = np.empty((h, w), np.uint8)
     strip = max(1, 2_000_000 // w)
@@ -253,7 +253,7 @@ def make_landcover(
         r1 = min(h, r0 + strip)
         rr = ri[r0:r1, None]
         u = rng.random((r1 - r0, w), dtype=np.float32)
-        out[r0:r1] = _classify_strip(
+        out[r0:r1] = classify_strip(
             clim.temp[rr, ci], clim.moist[rr, ci], clim.land_margin[rr, ci], ls[rr, ci], clim.patch[rr, ci], u
         )
     return out
