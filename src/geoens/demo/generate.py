@@ -79,7 +79,11 @@ def _build_world(spec: DemoSpec) -> World:
     return build_earth_world(spec) if spec.geography == "earth" else World.build(spec)
 
 
-def _sampler(spec: DemoSpec) -> Callable[[npt.NDArray[np.int32], int, str, np.random.Generator], tuple[F64, F64]]:
+#: A geotag sampler: ``(population raster, n, style, rng) -> (lat, lon)``.
+Sampler = Callable[[npt.NDArray[np.int32], int, str, np.random.Generator], tuple[F64, F64]]
+
+
+def _sampler(spec: DemoSpec) -> Sampler:
     """The geotag sampler of ``demo.geography`` (the rule the training and test photos are drawn by)."""
     return sample_earth_geotags if spec.geography == "earth" else sample_geotags
 
