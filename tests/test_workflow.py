@@ -201,7 +201,7 @@ def test_search_command_reports_each_bad_photo_budget_or_path_in_one_line(tiny: 
         "nan budget": ((good, "--budget-km2", "nan"), 2, "--budget-km2 must be a positive area"),
         "no results": ((good, *budget, "--results", "nowhere"), 2, "nowhere/atoms/atoms.parquet is missing"),
         "bad attribute": ((good, *budget, "--attributes", "ls,xx"), 2, "unknown families ['xx']"),
-        "a folder": ((str(images), *budget), 2, "image(s) not found"),
+        "a folder": ((str(images), *budget), 2, "is a directory"),
     }
     for name, (args, status, line) in cases.items():
         proc = search(*args)
