@@ -76,6 +76,7 @@ def test_explore_without_a_run_names_the_missing_table(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # On a tiny run
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
 def test_points_and_panel_numbers_are_the_per_image_tables(tiny_explorer: Path) -> None:
     res = tiny_explorer / "results"
     ex = res / "explorer"
@@ -112,6 +113,7 @@ def test_points_and_panel_numbers_are_the_per_image_tables(tiny_explorer: Path) 
             np.testing.assert_allclose(got, want_caps, atol=1e-4, equal_nan=True)
 
 
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
 def test_region_at_the_area_to_hit_contains_the_truth(tiny_explorer: Path) -> None:
     res = tiny_explorer / "results"
     ex = res / "explorer"
@@ -138,6 +140,7 @@ def test_region_at_the_area_to_hit_contains_the_truth(tiny_explorer: Path) -> No
     assert checked > 20
 
 
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
 def test_calibrated_regions_are_offered_at_each_level(tiny_explorer: Path) -> None:
     ex = tiny_explorer / "results" / "explorer"
     cal = json.loads((tiny_explorer / "results" / "calibration" / "geoclip_ls_lc.json").read_text())
@@ -154,6 +157,7 @@ def _search(tiny: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=tiny, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
 def test_search_names_a_directory_and_a_budget_below_the_first_rank_group(tiny_explorer: Path) -> None:
     images = tiny_explorer / "results" / "demo" / "testsets" / "im2gps3k" / "images"
     photo = str(sorted(images.glob("*.jpg"))[0])
@@ -187,6 +191,7 @@ def test_search_names_a_directory_and_a_budget_below_the_first_rank_group(tiny_e
     assert f"{images}: is a directory, not a photo; skipped" in both.stderr
 
 
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
 def test_external_models_in_the_eval_folder_are_shown_too(tiny_explorer: Path, tmp_path: Path) -> None:
     res = tiny_explorer / "results"
     mine = tmp_path / "results"
