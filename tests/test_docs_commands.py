@@ -14,6 +14,7 @@ of config/paper.yaml, a ``my.yaml``, the workflow linked in), exactly as printed
   ...``: arguments parsed with ``--help`` appended (they run for minutes or need a run); the script must
   exist.
 * ``... -m pytest <args>``: ``--collect-only`` (the tests named must exist).
+* ``a && b``: each part by these rules, in order.
 * ``cp SRC DST``: SRC must exist; ``bash <script>``: the script must exist; ``export``: skipped.
 
 Blocks that only show what the tests themselves run are marked in the docs with the HTML comment
@@ -120,7 +121,18 @@ def all_commands() -> list[DocCommand]:
 
 
 def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
-    """Run one documented command by the rules of the module docstring; return (exit status, output)."""
+    """Run one documented command by the rules of the module docstring; return (exit status, output).
+
+    A chain ``a && b`` is run part by part, as a shell would: the first part that fails is the answer.
+    """
+    if " && " in cmd.text:
+        out = ""
+        for part in cmd.text.split(" && "):
+            code, text = run_dry(DocCommand(cmd.source, cmd.line, part.strip()), rehearsal)
+            out += text
+            if code:
+                return code, out
+        return 0, out
     argv = shlex.split(cmd.text)
     env = snakemake_env()
     while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # leading VAR=value assignments
@@ -197,3 +209,10 @@ def test_a_broken_command_is_caught(rehearsal: Path) -> None:
     rc, output = run_dry(bad, rehearsal)
     assert rc != 0 and "rva.pdf" in output
     assert run_dry(DocCommand("x", 1, "frobnicate --now"), rehearsal)[0] != 0
+
+
+def test_a_chain_is_run_part_by_part(rehearsal: Path) -> None:
+    """`make clean && make demo` is two make calls; a broken second part fails the chain."""
+    assert run_dry(DocCommand("x", 1, "make clean && make demo"), rehearsal)[0] == 0
+    rc, output = run_dry(DocCommand("x", 1, "make clean && make no-such-target"), rehearsal)
+    assert rc != 0 and "no-such-target" in output
