@@ -171,6 +171,55 @@ def test_stop_signal_checkpoints_mid_epoch_and_resume_is_bitwise_identical(
     )
 
 
+def test_checkpoint_over_other_input_files_is_not_resumed(world: dict[str, Path], tmp_path: Path) -> None:
+    """Inputs made again after a kill (same image ids, a new world): training starts from scratch.
+
+    Resuming would continue a model of the old images; the ids alone cannot tell, the files' stamp does.
+    """
+    import shutil
+
+    paths = {k: tmp_path / k for k in ("labels", "shards")}
+    for k, dst in paths.items():
+        shutil.copytree(world[k], dst)
+    out = tmp_path / "run"
+    assert _interrupt(paths, out, every=0, sig=signal.SIGTERM, min_step=3) == EXIT_RESUMABLE
+    assert (out / "checkpoint.pt").exists()
+    # the labels are written again (same bytes here; a changed world would change them too)
+    for f in sorted(p for p in paths["labels"].rglob("*") if p.is_file()):
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    done = _run(paths, out, every=0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (out / "train.log").read_text()
+    assert "belongs to another config or to other input files: starting from scratch" in text
+    assert "resumed from" not in text
+    _assert_same_weights(world["reference"] / "model.pt", out / "model.pt")  # a full, fresh run
+
+
+def test_inputs_stamp_follows_names_sizes_and_times(tmp_path: Path) -> None:
+    from geoens.core import io
+    from geoens.models.checkpoint import inputs_stamp
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.bin").write_bytes(b"12")
+    f = tmp_path / "f.parquet"
+    f.write_bytes(b"x")
+    first = inputs_stamp(d, f, None)
+    assert inputs_stamp(d, f, None) == first  # untouched: the same
+    assert inputs_stamp(d, f) != first and inputs_stamp(f, d, None) != first
+    (d / "a.bin").write_bytes(b"13")  # same size: the modification time tells
+    st = (d / "a.bin").stat()
+    os.utime(d / "a.bin", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    io._FINGERPRINTS.clear()  # folder fingerprints are cached per process; each training run is a new one
+    second = inputs_stamp(d, f, None)
+    assert second != first
+    (d / "sub").mkdir()
+    (d / "sub" / "b.bin").write_bytes(b"")
+    assert inputs_stamp(d, f, None) != second
+    assert inputs_stamp(tmp_path / "missing") != inputs_stamp(None)
+
+
 def test_killed_job_resumes_from_periodic_checkpoint(world: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
     status = _interrupt(world, out, every=5, sig=signal.SIGKILL, min_step=12)

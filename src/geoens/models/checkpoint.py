@@ -16,6 +16,7 @@ A checkpoint is a plain dict written atomically with ``torch.save``; each loop d
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ import torch
 from torch.utils.data import Sampler
 
 from geoens.core.constants import EXIT_RESUMABLE, STOP_SIGNALS
-from geoens.core.io import atomic_path
+from geoens.core.io import atomic_path, folder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,39 @@ def run_child_ignoring_stop_signals(cmd: list[str]) -> int:
             signal.signal(signal.Signals[name], handler)
 
 
+def inputs_stamp(*paths: str | Path | None) -> str:
+    """Identity of a run's input files, in a checkpoint's fingerprint: it is only resumed over the same ones.
+
+    A folder counts by :func:`geoens.core.io.folder_fingerprint` (names, sizes and modification times of the
+    files inside), a file by its size and modification time; ``None`` and missing paths as absent. When the
+    images or labels are made again (new data, a changed world) with the same image ids, training starts from
+    scratch instead of continuing a model of the old data. Contents are not read, so this is cheap for large
+    shards.
+    """
+    h = hashlib.sha256()
+    for raw in paths:
+        if raw is None:
+            h.update(b"none\0")
+            continue
+        p = Path(raw)
+        if p.is_dir():
+            h.update(f"{p}\0{folder_fingerprint(p)}\0".encode())
+        elif p.exists():
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        else:
+            h.update(f"{p}\0missing\0".encode())
+    return h.hexdigest()
+
+
 class Checkpointer:
     """When and where a loop saves: every ``every_steps`` steps, at epoch ends, and after a stop signal.
 
     Args:
         path: The checkpoint file.
         version: Format version of the loop's checkpoints (a file of another version is not resumed).
-        fingerprint: Hash of everything that must match for a resume (config, seed, image ids).
+        fingerprint: Hash of everything that must match for a resume (config, seed, image ids and the
+            :func:`inputs_stamp` of the input files).
         every_steps: Optimizer steps between mid-epoch checkpoints (counted over the whole run); 0: none.
         signals: The active :class:`StopSignals` (``None``: signals are not watched).
         main: Whether this process writes (rank 0).
@@ -168,7 +195,7 @@ class Checkpointer:
         ckpt = torch.load(self.path, map_location=device, weights_only=False)
         if ckpt.get("version") == self.version and ckpt.get("fingerprint") == self.fingerprint:
             return dict(ckpt)
-        log.warning("%s belongs to another config or label set: starting from scratch", self.path)
+        log.warning("%s belongs to another config or to other input files: starting from scratch", self.path)
         return None
 
     def save_if_due(

@@ -43,7 +43,12 @@ from geoens.core.constants import CHECKPOINT_EVERY_STEPS, EXIT_RESUMABLE, PROGRE
 from geoens.core.io import atomic_path, write_json
 from geoens.core.logs import setup_logging
 from geoens.data.labeltable import read_label_table
-from geoens.models.checkpoint import StopSignals, TrainingInterrupted, run_child_ignoring_stop_signals
+from geoens.models.checkpoint import (
+    StopSignals,
+    TrainingInterrupted,
+    inputs_stamp,
+    run_child_ignoring_stop_signals,
+)
 from geoens.models.datasets import (
     FolderSource,
     ImageDataset,
@@ -141,9 +146,10 @@ def train_model(
         num_workers=num_workers, seed=seed, image_cache=image_cache,
     )  # fmt: skip
     opt = build_optimisation(model, cfg, data.heads, env, data.train_loader, seed)
+    stamp = inputs_stamp(labels, shards_dir, shard_index, image_cache, partitions_dir)
     res = resume(
         model, cfg, seed, env, out, data, opt, checkpoint_every_steps=checkpoint_every_steps,
-        progress_every_s=progress_every_s, signals=signals,
+        progress_every_s=progress_every_s, signals=signals, stamp=stamp,
     )  # fmt: skip
     run = Run(model, cfg, env, out, seed, data, opt, res)
     if not run_epochs(run, stop_after_epochs):

@@ -22,7 +22,7 @@ from geoens.core.io import atomic_path
 from geoens.core.types import F32Array
 from geoens.data.labeltable import read_label_table
 from geoens.data.predictions import write_points
-from geoens.models.checkpoint import Checkpointer, SkipSampler, StopSignals
+from geoens.models.checkpoint import Checkpointer, SkipSampler, StopSignals, inputs_stamp
 from geoens.models.datasets import (
     Batch,
     ImageDataset,
@@ -239,7 +239,8 @@ def run_train_tower(
     fingerprint = hashlib.sha256(
         json.dumps(
             [{k: v for k, v in asdict(cfg).items() if k not in ("device", "num_workers")},
-             train["image_id"].tolist(), val["image_id"].tolist()],
+             train["image_id"].tolist(), val["image_id"].tolist(),
+             inputs_stamp(shards_dir, labels, shard_index, image_cache)],
             sort_keys=True,
         ).encode()
     ).hexdigest()  # fmt: skip

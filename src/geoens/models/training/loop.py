@@ -156,11 +156,20 @@ def build_optimisation(
 
 
 def fingerprint(
-    model: str, cfg: TrainerConfig, seed: int, heads: Mapping[str, int], ids: Sequence[str]
+    model: str,
+    cfg: TrainerConfig,
+    seed: int,
+    heads: Mapping[str, int],
+    ids: Sequence[str],
+    stamp: str = "",
 ) -> str:
-    """Hash of everything a checkpoint must match to be resumed (model, config, seed, heads, image ids)."""
+    """Hash of everything a checkpoint must match to be resumed.
+
+    The model, config, seed, heads, image ids and ``stamp``, the
+    :func:`~geoens.models.checkpoint.inputs_stamp` of the input files (images, labels, partitions).
+    """
     h = hashlib.sha256()
-    h.update(json.dumps([model, dataclasses.asdict(cfg), seed, dict(heads)], sort_keys=True).encode())
+    h.update(json.dumps([model, dataclasses.asdict(cfg), seed, dict(heads), stamp], sort_keys=True).encode())
     for i in ids:
         h.update(i.encode() + b"\0")
     return h.hexdigest()
@@ -178,15 +187,20 @@ def resume(
     checkpoint_every_steps: int,
     progress_every_s: float,
     signals: StopSignals | None,
+    stamp: str = "",
 ) -> Resume:
-    """The resume step: load a matching ``checkpoint.pt`` into the network, optimizer, schedule and RNGs."""
+    """The resume step: load a matching ``checkpoint.pt`` into the network, optimizer, schedule and RNGs.
+
+    ``stamp`` identifies the input files (:func:`~geoens.models.checkpoint.inputs_stamp`): a checkpoint made
+    over other files is not resumed.
+    """
     ids = data.train_ids + ["|"] + data.val_ids
     ckpt_path = out / "checkpoint.pt"
     sync = (lambda flag: all_reduce([float(flag)], env)[0] > 0) if env.world > 1 else None
     checkpoints = Checkpointer(
         ckpt_path,
         version=CHECKPOINT_VERSION,
-        fingerprint=fingerprint(model, cfg, seed, data.heads, ids),
+        fingerprint=fingerprint(model, cfg, seed, data.heads, ids, stamp),
         every_steps=checkpoint_every_steps,
         signals=signals,
         main=env.main,
