@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from _rva_world import make_world, write_inputs
+from geoens.core.grid import Grid
 from geoens.evaluation.metrics import recall_at, summarise
 from geoens.evaluation.testset import evaluate_testset
 from geoens.reports import figures
@@ -79,6 +80,42 @@ def test_figures_written(evaluated, tmp_path: Path) -> None:
         tmp_path / "probmap.png", n_examples=2, demo=True,
     )  # fmt: skip
     assert (tmp_path / "probmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probmap_examples_are_images_whose_truth_has_mass(evaluated, tmp_path: Path) -> None:
+    """The maps show images whose truth gets P > 0 under every column, never one outside the partition."""
+    from fakes import write_prediction_parquet
+    from geoens.evaluation.testset import read_absorption, read_probs
+    from geoens.geo.atoms import read_atom_index, read_atoms
+    from geoens.geo.lookup import PixelLookup
+
+    paths, _ = evaluated
+    atoms = read_atoms(paths["atoms"])
+    index = read_atom_index(paths["atom_index"], atoms.n)
+    lab = pd.read_parquet(paths["labels"]).set_index("image_id")
+    ids, probs = read_probs(paths["geoest"])
+    gt = PixelLookup(index, Grid(index.shape[0], index.shape[1])).atom_at(
+        lab.loc[ids, "lat"].to_numpy(), lab.loc[ids, "lon"].to_numpy()
+    )
+    cell = np.where(gt >= 0, atoms.labels["s2"][np.maximum(gt, 0)], -1)
+    ls = np.where(gt >= 0, atoms.labels["ls"][np.maximum(gt, 0)], -1)
+    cells_abs, targets = read_absorption(paths["absorption"])
+    # the first half of the images: no mass on the truth's cell (nor on the cells absorbed into it)
+    zeroed = probs.copy()
+    for k in range(len(ids) // 2):
+        if cell[k] >= 0:
+            zeroed[k, [cell[k], *cells_abs[targets == cell[k]]]] = 0.0
+    preds = {m: paths[m] for m in ("ls", "lc", "geoclip")}
+    preds["geoest"] = write_prediction_parquet(tmp_path / "geoest.parquet", ids, zeroed)
+    args = (paths["atoms"], paths["atom_index"], paths["absorption"], paths["labels"], paths["fine"])
+    inp = figures._probmap_inputs(*args, preds, n_examples=6, base="geoest", earth_radius_km=6371.0088)
+    picked = [ids.index(i) for i in inp.ids]
+    assert len(picked) == 6
+    assert all(k >= len(ids) // 2 and cell[k] >= 0 and ls[k] >= 0 for k in picked)
+    # with the original predictions the first half is eligible again (the filter is what moved the picks)
+    preds["geoest"] = paths["geoest"]
+    inp = figures._probmap_inputs(*args, preds, n_examples=6, base="geoest", earth_radius_km=6371.0088)
+    assert any(ids.index(i) < len(ids) // 2 for i in inp.ids)
 
 
 def test_gain_curves_zero_for_identical_methods(evaluated) -> None:
@@ -191,3 +228,35 @@ def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
     df = pd.read_parquet(tmp_path / "results/eval/setA/per_image.parquet")
     assert len(df) == 80 * 12
     assert (tmp_path / "logs/evaluate/evaluate_setA.log").exists()
+
+
+def _coast_pixels(land: np.ndarray, coast: bool) -> int:
+    """Pixels of the coastline's colour in a map of ``land`` drawn by geoens.reports.landmap."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    from geoens.reports import landmap
+
+    fig, ax = plt.subplots(figsize=(4, 2))
+    landmap.shade_land(ax, land)
+    if coast:
+        landmap.draw_coastline(ax, land)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=200)
+    plt.close(fig)
+    rgb = np.asarray(Image.open(buf).convert("RGB"), np.float64) / 255
+    # the shading is grey (r = g = b); the coastline's blue, even blended by antialiasing, is not
+    coast_blue = np.array(to_rgb(landmap.COAST_COLOUR))
+    assert coast_blue[2] - coast_blue[0] > 0.3
+    return int((rgb[..., 2] - rgb[..., 0] > 0.08).sum())
+
+
+def test_maps_shade_the_land_and_draw_its_coastline() -> None:
+    land = np.zeros((90, 180), bool)
+    land[30:50, 60:100] = True  # one continent
+    assert _coast_pixels(land, coast=True) > 50
+    assert _coast_pixels(land, coast=False) == 0  # the colour is the coastline's, not the shading's
+    assert _coast_pixels(np.ones((90, 180), bool), coast=True) == 0  # no coast on an all-land world

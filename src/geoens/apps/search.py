@@ -42,6 +42,7 @@ from geoens.evaluation.shiftcal import mix_threshold, read_val_scores
 from geoens.evaluation.testset import read_absorption
 from geoens.geo.atoms import AtomTable, read_atom_index, read_atoms
 from geoens.geo.lookup import PixelLookup, TiledPixelLookup, open_pixel_lookup
+from geoens.reports.landmap import draw_coastline, shade_land
 
 
 def atom_scores(
@@ -460,7 +461,7 @@ def write_region_png(
     title: str,
     max_width: int = 1440,
 ) -> None:
-    """PNG map: land mask in grey, the region's pixels coloured by rank group (1 = most likely)."""
+    """PNG map: land in grey with its coastline, the region's pixels by rank group (1 = most likely)."""
     import matplotlib  # deferred: heavy plotting dependency, only the PNG map needs it
 
     matplotlib.use("Agg")
@@ -470,12 +471,13 @@ def write_region_png(
     r = ranks[step // 2 :: step, step // 2 :: step]
     lm = land[step // 2 :: step, step // 2 :: step]
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    ax.imshow(np.where(lm, 0.75, 0.95), cmap="gray", vmin=0, vmax=1, extent=(-180, 180, -90, 90))
+    shade_land(ax, lm)
     if (r > 0).any():
         im = ax.imshow(
             np.ma.masked_equal(r, 0), cmap="viridis_r", extent=(-180, 180, -90, 90), interpolation="nearest"
         )
         fig.colorbar(im, ax=ax, shrink=0.7, label="rank group (1 = most likely)")
+    draw_coastline(ax, lm)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.set_title(title, fontsize=9)

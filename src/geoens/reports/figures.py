@@ -35,10 +35,10 @@ from geoens.core.constants import (  # noqa: E402
 )
 from geoens.core.grid import Grid  # noqa: E402
 from geoens.core.io import atomic_path  # noqa: E402
-from geoens.core.types import F32Array, FloatArray, I32Array  # noqa: E402
+from geoens.core.types import BoolArray, F32Array, FloatArray, I32Array, IntArray  # noqa: E402
 from geoens.data.labeltable import read_label_points  # noqa: E402
 from geoens.evaluation.evaluator import Evaluator  # noqa: E402
-from geoens.evaluation.methods import Method, all_methods, method_name, ordered_bases  # noqa: E402
+from geoens.evaluation.methods import Method, absorb, all_methods, method_name, ordered_bases  # noqa: E402
 from geoens.evaluation.metrics import (  # noqa: E402
     Summary,
     bootstrap_ci,
@@ -54,6 +54,7 @@ from geoens.evaluation.testset import iter_prob_batches, read_absorption, read_p
 from geoens.geo.atoms import AtomTable, read_atom_index, read_atoms  # noqa: E402
 from geoens.geo.lookup import PixelLookup  # noqa: E402
 from geoens.geo.partitions import read_partition_csv  # noqa: E402
+from geoens.reports.landmap import draw_coastline, shade_land  # noqa: E402
 from geoens.reports.tables import DEMO_NOTE, KINDS, row_label, with_external  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -281,9 +282,47 @@ class _ProbmapInputs:
     n_cells: int
 
 
+def _truth_has_mass(
+    atoms: AtomTable,
+    lookup: PixelLookup,
+    lab: pd.DataFrame,
+    ids_all: Sequence[str],
+    ok: Sequence[int],
+    attr: Mapping[str, tuple[list[str], F32Array]],
+    pos: Mapping[str, Mapping[str, int]],
+    base_path: str | Path,
+    absorption: tuple[IntArray, IntArray],
+) -> BoolArray:
+    """For each image ``ids_all[k]``, ``k`` in ``ok``: does its truth get P > 0 under every mapped method?
+
+    It does when the truth's pixel lies in a partition cell and on an LS bucket and an LC class, and the base
+    model (after absorption) and the LS and LC predictors give those classes mass. The base predictions are
+    streamed in batches, so only one batch is in memory.
+    """
+    ok_ids = [ids_all[k] for k in ok]
+    gt = lookup.atom_at(
+        lab.loc[ok_ids, "lat"].to_numpy(np.float64), lab.loc[ok_ids, "lon"].to_numpy(np.float64)
+    )
+    lbl = {f: np.where(gt >= 0, atoms.labels[f][np.maximum(gt, 0)], -1) for f in ("s2", *attr)}
+    good = np.all([lbl[f] >= 0 for f in lbl], axis=0)
+    for f, (_, probs) in attr.items():
+        rows = np.array([pos[f][i] for i in ok_ids], np.int64)
+        good &= probs[rows, np.maximum(lbl[f], 0)] > 0
+    where = np.asarray(ok, np.int64)
+    seen = 0
+    for _, p in iter_prob_batches(base_path, 1024):
+        lo, hi = np.searchsorted(where, [seen, seen + len(p)])
+        if hi > lo:
+            pa = absorb(p[where[lo:hi] - seen].astype(np.float64), *absorption)
+            good[lo:hi] &= pa[np.arange(hi - lo), np.maximum(lbl["s2"][lo:hi], 0)] > 0
+        seen += len(p)
+    return np.asarray(good, bool)
+
+
 def _probmap_inputs(
     atoms_path: str | Path,
     atom_index_path: str | Path,
+    absorption_path: str | Path,
     labels_path: str | Path,
     fine_csv_path: str | Path,
     predictions: Mapping[str, str | Path],
@@ -291,10 +330,16 @@ def _probmap_inputs(
     base: str,
     earth_radius_km: float,
 ) -> _ProbmapInputs:
-    """Read the atoms and pick ``n_examples`` images evenly spaced among those with labels and predictions."""
+    """Read the atoms and pick ``n_examples`` images, evenly spaced in the label file's order.
+
+    The picks are made among the images whose truth gets P > 0 under every mapped method
+    (:func:`_truth_has_mass`), so that each map shows where the truth's mass is; only when there are
+    none, among all images with labels and predictions.
+    """
     atoms = read_atoms(atoms_path)
     atom_index = read_atom_index(atom_index_path, atoms.n)
     grid = Grid(atom_index.shape[0], atom_index.shape[1], earth_radius_km)
+    absorption = read_absorption(absorption_path)
     centre_lat = read_partition_csv(fine_csv_path).lat_mean
     lab = read_label_points(labels_path).set_index("image_id")
     # only the picked rows of the (possibly large) base predictions are kept in memory
@@ -302,8 +347,15 @@ def _probmap_inputs(
     attr = {f: read_probs(predictions[f]) for f in ("ls", "lc")}
     pos = {f: {i: k for k, i in enumerate(attr[f][0])} for f in attr}
     ok = [k for k, i in enumerate(ids_all) if i in lab.index and all(i in pos[f] for f in pos)]
-    n_ex = min(n_examples, len(ok))
-    chosen = sorted({ok[int(k)] for k in np.linspace(0, len(ok) - 1, n_ex).round()}) if n_ex else []
+    good = _truth_has_mass(
+        atoms, PixelLookup(atom_index, grid), lab, ids_all, ok, attr, pos, predictions[base], absorption
+    )
+    pool = [k for k, g in zip(ok, good, strict=True) if g]
+    if not pool:
+        log.warning("probability maps: no image's truth has P > 0 under every method; picking among all")
+        pool = ok
+    n_ex = min(n_examples, len(pool))
+    chosen = sorted({pool[int(k)] for k in np.linspace(0, len(pool) - 1, n_ex).round()}) if n_ex else []
     rows_b, seen = [], 0
     for _, p in iter_prob_batches(predictions[base], 1024):
         rows_b += [p[k - seen] for k in chosen if seen <= k < seen + len(p)]
@@ -322,10 +374,12 @@ def _probmap_panel(
     lon: FloatArray,
     top1: tuple[FloatArray, FloatArray],
     title: str,
+    land: BoolArray,
 ) -> Any:
-    """Paint one map: ``P / max P`` on the display pixels (log colours), the truth and the grid top-1."""
+    """Paint one map: the land, ``P / max P`` on the display pixels (log colours), the truth and the top-1."""
     pmax = float(P.max())
     img = P[disp] / pmax if pmax > 0 else np.zeros(disp.shape)
+    shade_land(ax, land)
     im = ax.imshow(
         np.ma.masked_less_equal(img, 0),
         cmap="magma",
@@ -333,7 +387,7 @@ def _probmap_panel(
         extent=(-180, 180, -90, 90),
         interpolation="nearest",
     )
-    ax.set_facecolor("0.85")
+    draw_coastline(ax, land)
     ax.plot(lon, lat, marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="")
     if np.isfinite(top1[0][0]):
         ax.plot(top1[1], top1[0], marker="x", color="cyan", markersize=6, linestyle="")
@@ -354,6 +408,7 @@ def _probmap_row(
     base: str,
 ) -> Any:
     """Paint the maps of picked image ``k`` (one per method) in the row ``axes``; return the last image."""
+    land = np.where(disp >= 0, inp.atoms.labels["ls"][np.maximum(disp, 0)], -1) >= 0
     iid = inp.ids[k]
     probs = {
         "s2": inp.base_probs[k : k + 1],
@@ -370,7 +425,7 @@ def _probmap_row(
         res = ev.evaluate(m, sc, gt)
         area = res.area[0]
         title = f"{row_label(m.name, base)}  (area {area:.3g} km$^2$)"
-        im = _probmap_panel(axes[c], P, disp, norm, lat, lon, (res.top1_lat, res.top1_lon), title)
+        im = _probmap_panel(axes[c], P, disp, norm, lat, lon, (res.top1_lat, res.top1_lon), title, land)
         if c == 0:
             axes[c].set_ylabel(str(iid)[:24], fontsize=6)
     return im
@@ -392,14 +447,16 @@ def probmap_figure(
 ) -> None:
     """Plot the ensembled probability maps of a few test images (as the paper's Fig. 1B), log colour.
 
-    Columns: base, +LS, +LC, +LS+LC; rows: images (evenly spaced in the label file's order). The ground
-    truth is a white star, the grid top-1 a cross. Maps are painted from the atoms through the atom index
+    Columns: base, +LS, +LC, +LS+LC; rows: images whose truth gets P > 0 under every column, evenly spaced
+    in the label file's order. The ground truth is a white star, the grid top-1 a cross, over the land
+    (grey, with its coastline) of the run's LS mask. Maps are painted from the atoms through the atom index
     (subsampled to at most ``max_width`` columns for display).
     """
     _theme()
     inp = _probmap_inputs(
         atoms_path,
         atom_index_path,
+        absorption_path,
         labels_path,
         fine_csv_path,
         predictions,
