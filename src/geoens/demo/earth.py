@@ -41,7 +41,7 @@ CONTINENTALITY_RADIUS_DEG: Final[float] = 8.0
 #: Images on Earth show ``SCENE_PIVOT_PEOPLE * (d / SCENE_PIVOT_DENSITY) ** SCENE_CONTRAST`` people, ``d`` the
 #: people per km2 at the photo: a density, so the cues do not depend on the raster's resolution, with its
 #: log stretched so that Earth's geotags (under 1 to about 30,000 people per km2, their population buckets
-#: about 1.4 decades wide) span the renderer's huts and buildings as the synthetic world's do.
+#: about 1.3 decades wide on the demo) span the renderer's huts and buildings as the synthetic world's do.
 SCENE_PIVOT_DENSITY: Final[float] = 300.0
 SCENE_PIVOT_PEOPLE: Final[float] = 3000.0
 SCENE_CONTRAST: Final[float] = 2.5
