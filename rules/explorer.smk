@@ -1,6 +1,7 @@
 # The offline map explorer of the run (geoens.reports.explorer): results/explorer/index.html opens from
 # file:// with no network. Every test photo is a point; config explorer.sample photos per test set also get
-# their ranked regions (from the atoms and predictions) and a thumbnail; calibrated regions when calibrated.
+# their ranked regions (from the atoms and predictions) and a thumbnail; calibrated regions when calibrated,
+# and the adaptive one weighted to the test set's estimated population mix (rule shift).
 
 
 rule explorer:
@@ -19,6 +20,8 @@ rule explorer:
         ls=upstream(rules.mask_ls.output.tif),
         lc=upstream(rules.mask_lc.output.tif),
         calibration=CAL_JSONS,
+        val_scores=upstream(rules.conformal_scores.output.scores),
+        shift=expand(rules.shift.output.shift, testset=TESTSETS),
     output:
         index="results/explorer/index.html",
     log:
@@ -34,6 +37,7 @@ rule explorer:
     params:
         sample=config["explorer"]["sample"],
         seed=config["seed"],
+        calibrate_fraction=config["calibrate"]["fraction"],
         images=json.dumps(
             {
                 ts: spec["images"]

@@ -125,15 +125,18 @@ def run_dry(cmd: DocCommand, rehearsal: Path) -> tuple[int, str]:
 
     A chain ``a && b`` is run part by part, as a shell would: the first part that fails is the answer.
     """
-    if " && " in cmd.text:
-        out = ""
-        for part in cmd.text.split(" && "):
-            code, text = run_dry(DocCommand(cmd.source, cmd.line, part.strip()), rehearsal)
-            out += text
+    argv = shlex.split(cmd.text)
+    if "&&" in argv:  # an unquoted `&&` (inside quotes it stays part of its word)
+        out, part = "", []
+        for word in [*argv, "&&"]:
+            if word != "&&":
+                part.append(word)
+                continue
+            code, text = run_dry(DocCommand(cmd.source, cmd.line, shlex.join(part)), rehearsal)
+            out, part = out + text, []
             if code:
                 return code, out
         return 0, out
-    argv = shlex.split(cmd.text)
     env = snakemake_env()
     while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # leading VAR=value assignments
         key, value = argv.pop(0).split("=", 1)
@@ -211,8 +214,11 @@ def test_a_broken_command_is_caught(rehearsal: Path) -> None:
     assert run_dry(DocCommand("x", 1, "frobnicate --now"), rehearsal)[0] != 0
 
 
-def test_a_chain_is_run_part_by_part(rehearsal: Path) -> None:
+def test_a_chain_is_run_part_by_part(tmp_path: Path) -> None:
     """`make clean && make demo` is two make calls; a broken second part fails the chain."""
-    assert run_dry(DocCommand("x", 1, "make clean && make demo"), rehearsal)[0] == 0
-    rc, output = run_dry(DocCommand("x", 1, "make clean && make no-such-target"), rehearsal)
+    assert run_dry(DocCommand("x", 1, "make clean && make demo"), tmp_path)[0] == 0
+    rc, output = run_dry(DocCommand("x", 1, "make clean && make no-such-target"), tmp_path)
     assert rc != 0 and "no-such-target" in output
+    # a quoted `&&` belongs to its word: one command (here one unknown program), not two
+    rc, output = run_dry(DocCommand("x", 1, "frobnicate 'a && make demo'"), tmp_path)
+    assert rc != 0 and "no rule for this kind of command" in output

@@ -151,6 +151,26 @@ def test_calibrated_regions_are_offered_at_each_level(tiny_explorer: Path) -> No
     assert areas == sorted(areas), "a higher coverage never gives a smaller region"
 
 
+@pytest.mark.slow  # the tiny workflow run (fixture tiny_explorer)
+def test_region_weighted_to_the_sets_mix_is_the_one_search_draws(tiny_explorer: Path) -> None:
+    """The panel's "weighted to this set's mix" region has the area `geoens search --mix <set>` prints."""
+    ex = tiny_explorer / "results" / "explorer"
+    d = read_global(ex / "data" / "detail" / "im2gps3k" / "0.js")
+    got = d["cal"]["geoclip|GeoCLIP+LS+LC"]
+    weighted = got["adaptive weighted LS"]
+    assert sorted(weighted) == sorted(got["adaptive"])
+    photo = tiny_explorer / "results" / "demo" / "testsets" / "im2gps3k" / "images" / d["id"]
+    run = _search(
+        tiny_explorer, str(photo), "--coverage", "0.9", "--mix", "im2gps3k", "--base", "geoclip",
+        "--attributes", "ls,lc", "--out", "s_mix",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    printed = float(run.stdout.split("adaptive region ", 1)[1].split(" km^2", 1)[0])
+    assert weighted["0.9"] == pytest.approx(printed, rel=1e-3)
+    # the weighting is not a no-op here: the set's mix differs from val's and moves some threshold
+    assert any(weighted[lv] != got["adaptive"][lv] for lv in weighted)
+
+
 def _search(tiny: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "geoens.apps.cli", "search", *args, "--config", str(TINY_CONFIG)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -157,6 +157,22 @@ def test_clicking_a_photo_shows_its_numbers_and_the_budget_slider_grows_its_regi
     # the calibrated region at a coverage level sets the budget to its area
     opts = browser.execute_script("return [...document.getElementById('coverage').options].map(o => o.value)")
     assert "adaptive:0.9" in opts
+    # and the adaptive region weighted to the test set's estimated mix (rule shift), as search --mix draws it
+    labels = browser.execute_script(
+        "return [...document.getElementById('coverage').options].map(o => o.textContent)"
+    )
+    assert "90% adaptive, weighted to this set's mix" in labels
+    assert "adaptive weighted LS:0.9" in opts
+    browser.execute_script(
+        "var s = document.getElementById('coverage'); s.value = 'adaptive weighted LS:0.9';"
+        " s.dispatchEvent(new Event('change'));"
+    )
+    area = browser.execute_script(
+        "var st = GEOENS_APP.state; return st.photo.detail.cal[st.base + '|' + st.method]"
+        "['adaptive weighted LS']['0.9'];"
+    )
+    budget = browser.execute_script("return GEOENS_APP.state.budgetLog")
+    assert area > 0 and budget == pytest.approx(math.log10(area), abs=1e-6)
     assert chromium.console_errors(browser) == []
 
 

@@ -118,6 +118,57 @@ def test_probmap_examples_are_images_whose_truth_has_mass(evaluated, tmp_path: P
     assert any(ids.index(i) < len(ids) // 2 for i in inp.ids)
 
 
+def test_truth_mass_counts_absorbed_cells_and_the_attribute_predictors(evaluated, tmp_path: Path) -> None:
+    """An absorbed cell's mass reaches the truth's cell; an LS predictor with 0 on its bucket bars it."""
+    from fakes import write_prediction_parquet
+    from geoens.evaluation.testset import read_absorption, read_probs
+    from geoens.geo.atoms import read_atom_index, read_atoms
+    from geoens.geo.lookup import PixelLookup
+
+    paths, _ = evaluated
+    atoms = read_atoms(paths["atoms"])
+    index = read_atom_index(paths["atom_index"], atoms.n)
+    grid = Grid(index.shape[0], index.shape[1])
+    lab = pd.read_parquet(paths["labels"]).set_index("image_id")
+    ids, probs = read_probs(paths["geoest"])
+    gt = PixelLookup(index, grid).atom_at(lab.loc[ids, "lat"].to_numpy(), lab.loc[ids, "lon"].to_numpy())
+    cell = np.where(gt >= 0, atoms.labels["s2"][np.maximum(gt, 0)], -1)
+    ls = np.where(gt >= 0, atoms.labels["ls"][np.maximum(gt, 0)], -1)
+    lc = np.where(gt >= 0, atoms.labels["lc"][np.maximum(gt, 0)], -1)
+    cells_abs, targets = read_absorption(paths["absorption"])
+    receives = [k for k in range(len(ids)) if min(cell[k], ls[k], lc[k]) >= 0 and (targets == cell[k]).any()]
+    plain = [k for k in range(len(ids)) if min(cell[k], ls[k], lc[k]) >= 0 and k not in receives]
+    assert receives and plain, "the test world has absorbed cells and ordinary truths"
+    base = probs.copy()
+    k_abs = receives[0]
+    base[k_abs, cell[k_abs]] = 0.0  # only an absorbed cell's mass is left on the truth's cell
+    base[k_abs, cells_abs[targets == cell[k_abs]]] = 0.5
+    k_ls = plain[0]
+    ls_ids, ls_probs = read_probs(paths["ls"])
+    ls_probs = ls_probs.copy()
+    ls_probs[ls_ids.index(ids[k_ls]), ls[k_ls]] = 0.0  # the LS predictor rules the truth's bucket out
+    ls_path = write_prediction_parquet(tmp_path / "ls.parquet", ls_ids, ls_probs)
+    base_path = write_prediction_parquet(tmp_path / "geoest.parquet", ids, base)
+    attr = {"ls": read_probs(ls_path), "lc": read_probs(paths["lc"])}
+    pos = {f: {i: j for j, i in enumerate(attr[f][0])} for f in attr}
+    ok = list(range(len(ids)))
+    absorption = read_absorption(paths["absorption"])
+    lookup = PixelLookup(index, grid)
+    good = figures._truth_has_mass(atoms, lookup, lab, ids, ok, attr, pos, base_path, absorption)
+    assert good[k_abs] and not good[k_ls]
+    # every image against a brute-force reading of the rule
+    lc_ids, lc_probs = attr["lc"]
+    for k in ok:
+        if min(cell[k], ls[k], lc[k]) < 0:
+            assert not good[k]
+            continue
+        mass = base[k, cell[k]] + base[k, cells_abs[targets == cell[k]]].sum()
+        attrs_ok = ls_probs[ls_ids.index(ids[k]), ls[k]] > 0 and lc_probs[pos["lc"][ids[k]], lc[k]] > 0
+        want = mass > 0 and attrs_ok
+        assert good[k] == want, k
+    assert 0 < good.sum() < len(ok)
+
+
 def test_gain_curves_zero_for_identical_methods(evaluated) -> None:
     _, df = evaluated
     sub = df[df["base"] == "geoest"].copy()
@@ -230,8 +281,10 @@ def test_evaluate_rules_run_in_snakemake(tmp_path: Path) -> None:
     assert (tmp_path / "logs/evaluate/evaluate_setA.log").exists()
 
 
-def _coast_pixels(land: np.ndarray, coast: bool) -> int:
-    """Pixels of the coastline's colour in a map of ``land`` drawn by geoens.reports.landmap."""
+def _coast_pixels(land: np.ndarray, coast: bool) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Coastline-coloured pixels of a map of ``land`` drawn by geoens.reports.landmap: their count, their
+    bounding box and the box of the land's outline (lon -60..20, lat -10..30 in the test), both in image
+    pixels ``(x0, y0, x1, y1)``."""
     import io
 
     import matplotlib.pyplot as plt
@@ -240,10 +293,12 @@ def _coast_pixels(land: np.ndarray, coast: bool) -> int:
 
     from geoens.reports import landmap
 
-    fig, ax = plt.subplots(figsize=(4, 2))
+    fig, ax = plt.subplots(figsize=(4, 2), dpi=200)
     landmap.shade_land(ax, land)
     if coast:
         landmap.draw_coastline(ax, land)
+    fig.canvas.draw()
+    (x0, y0), (x1, y1) = ax.transData.transform([(-60.0, -10.0), (20.0, 30.0)])
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=200)
     plt.close(fig)
@@ -251,12 +306,18 @@ def _coast_pixels(land: np.ndarray, coast: bool) -> int:
     # the shading is grey (r = g = b); the coastline's blue, even blended by antialiasing, is not
     coast_blue = np.array(to_rgb(landmap.COAST_COLOUR))
     assert coast_blue[2] - coast_blue[0] > 0.3
-    return int((rgb[..., 2] - rgb[..., 0] > 0.08).sum())
+    ys, xs = np.nonzero(rgb[..., 2] - rgb[..., 0] > 0.08)
+    h = rgb.shape[0]
+    box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())) if xs.size else ()
+    return int(xs.size), box, (x0, h - y1, x1, h - y0)
 
 
 def test_maps_shade_the_land_and_draw_its_coastline() -> None:
     land = np.zeros((90, 180), bool)
-    land[30:50, 60:100] = True  # one continent
-    assert _coast_pixels(land, coast=True) > 50
-    assert _coast_pixels(land, coast=False) == 0  # the colour is the coastline's, not the shading's
-    assert _coast_pixels(np.ones((90, 180), bool), coast=True) == 0  # no coast on an all-land world
+    land[30:50, 60:100] = True  # one continent: lat 30 N to 10 S, lon 60 W to 20 E (north row first)
+    n, box, want = _coast_pixels(land, coast=True)
+    assert n > 50
+    # the coastline sits around the continent, not mirrored (north-south) or shifted: within 3 pixels
+    assert np.allclose(box, want, atol=3), (box, want)
+    assert _coast_pixels(land, coast=False)[0] == 0  # the colour is the coastline's, not the shading's
+    assert _coast_pixels(np.ones((90, 180), bool), coast=True)[0] == 0  # no coast on an all-land world

@@ -16,5 +16,6 @@ r = build_explorer(
     sample=int(snakemake.params.sample),
     image_dirs=json.loads(snakemake.params.images),
     seed=int(snakemake.params.seed),
+    calibration_subset=(float(snakemake.params.calibrate_fraction), int(snakemake.params.seed)),
 )
 log.info("explorer: %d photos, %d with regions, %d bytes -> %s", r["photos"], r["detail"], r["bytes"], out)

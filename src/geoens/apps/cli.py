@@ -238,10 +238,19 @@ def _round_up(x: float) -> str:
 def cmd_explore(args: argparse.Namespace) -> int:
     """``geoens explore``: the offline map explorer of a finished run."""
     images: dict[str, str] = {}
+    subset = (1.0, 0)
     if args.config is not None:
         cfg = effective_config([args.config])
         images = {k: v["images"] for k, v in cfg["inputs"]["testsets"].items() if "images" in v}
-    r = build_explorer(args.results, args.out, sample=args.sample, image_dirs=images, seed=args.seed)
+        subset = (float(cfg["calibrate"]["fraction"]), int(cfg["seed"]))
+    r = build_explorer(
+        args.results,
+        args.out,
+        sample=args.sample,
+        image_dirs=images,
+        seed=args.seed,
+        calibration_subset=subset,
+    )
     print(
         f"{Path(args.out) / 'index.html'}: {r['photos']} photos ({r['detail']} with regions), "
         f"{r['bytes'] / 1e6:.1f} MB"
@@ -341,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--results", default="results", help="the workflow's results folder")
     e.add_argument("--out", default="results/explorer", help="the explorer's folder (replaced whole)")
     e.add_argument(
-        "--config", default=None, help="the run's config (photo folders of the test sets, for thumbnails)"
+        "--config",
+        default=None,
+        help="the run's config (the test sets' photo folders for thumbnails; calibrate.fraction and seed)",
     )
     e.add_argument(
         "--sample", type=int, default=EXPLORER_SAMPLE, help="photos per test set with regions and thumbnail"

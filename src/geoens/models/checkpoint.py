@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import math
+import os
 import random
 import signal
 import subprocess
@@ -121,7 +122,7 @@ def inputs_stamp(*paths: str | Path | None) -> str:
         if raw is None:
             h.update(b"none\0")
             continue
-        p = Path(raw)
+        p = Path(os.path.normpath(os.path.abspath(raw)))  # `./results/x` and `/abs/results/x` are one file
         if p.is_dir():
             h.update(f"{p}\0{folder_fingerprint(p)}\0".encode())
         elif p.exists():

@@ -47,6 +47,7 @@ from geoens.core.types import FloatArray
 from geoens.data.labeltable import read_label_points
 from geoens.evaluation.methods import method_name
 from geoens.evaluation.metrics import curve_alphas, recall_at, summarise
+from geoens.evaluation.shiftcal import resolve_mix
 from geoens.evaluation.testset import PER_IMAGE_COLUMNS, read_attribute_probs, read_probs
 from geoens.reports.explorer_regions import (
     RegionContext,
@@ -299,17 +300,31 @@ def photo_rows(per_image: pd.DataFrame, ids: Sequence[str]) -> dict[str, list[di
 
 
 def base_regions(
-    ctx: RegionContext, scores: Mapping[str, FloatArray], base: str, methods: Sequence[str]
+    ctx: RegionContext,
+    scores: Mapping[str, FloatArray],
+    base: str,
+    methods: Sequence[str],
+    mix: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Region images (per method, one per photo of the batch) and calibrated areas of one base model."""
+    """Region images (per method, one per photo of the batch) and calibrated areas of one base model.
+
+    ``mix``: the test set's estimated LS bucket shares (the weighted calibrated region); ``None``: none.
+    """
     uris: dict[str, list[str]] = {}
     cal: dict[str, Any] = {}
     for name in methods:
         m = method_of(name, [base])
         if m is None:
             continue
-        uris[name], cal[name], _ = region_images(ctx, m, scores)
+        uris[name], cal[name], _ = region_images(ctx, m, scores, mix)
     return uris, cal
+
+
+def testset_mix(results: Path, testset: str) -> dict[str, float] | None:
+    """The LS bucket mix the workflow estimated for a test set (as ``geoens search --mix``), or ``None``."""
+    if not (results / "calibration" / testset / "shift.json").exists():
+        return None
+    return resolve_mix(testset, results)[0]
 
 
 def testset_regions(
@@ -318,8 +333,14 @@ def testset_regions(
     ids: Sequence[str],
     methods: Mapping[str, Sequence[str]],
     ctx: RegionContext | None,
+    subset: tuple[float, int] = (1.0, 0),
 ) -> tuple[dict[str, dict[str, Any]], RegionContext | None]:
-    """Region images of each sampled photo: ``{image_id: {"regions": {key: uri}, "cal": {key: ...}}}``."""
+    """Region images of each sampled photo: ``{image_id: {"regions": {key: uri}, "cal": {key: ...}}}``.
+
+    ``subset`` is the run's ``(calibrate.fraction, seed)``. Where the workflow estimated the test set's
+    population mix (``calibration/<testset>/shift.json``), the calibrated areas include the adaptive region
+    weighted to it.
+    """
     pred = results / "predictions" / testset
     out: dict[str, dict[str, Any]] = {i: {"regions": {}, "cal": {}} for i in ids}
     attr_paths = {f: pred / f"{f}.parquet" for f in ("ls", "lc")}
@@ -337,14 +358,14 @@ def testset_regions(
         if not have:
             continue
         if ctx is None:
-            ctx = region_context(results, probs.shape[1])
+            ctx = region_context(results, probs.shape[1], subset=subset)
         if ctx.ev.n_classes["s2"] != probs.shape[1]:
             log.warning("%s: %d classes, not the fine cells; no regions", path, probs.shape[1])
             continue
         p = {"s2": probs[pos.loc[have].to_numpy()]}
         for f in ("ls", "lc"):
             p[f] = attr[f][1][attr[f][0].loc[have].to_numpy()]
-        uris, cal = base_regions(ctx, ctx.ev.scores(p, have), base, names)
+        uris, cal = base_regions(ctx, ctx.ev.scores(p, have), base, names, testset_mix(results, testset))
         for k, i in enumerate(have):
             for name, u in uris.items():
                 out[i]["regions"][f"{base}|{name}"] = u[k]
@@ -403,6 +424,7 @@ def build_explorer(
     seed: int = 0,
     curve_points: int = 200,
     title: str = "geoens explorer",
+    calibration_subset: tuple[float, int] = (1.0, 0),
 ) -> dict[str, Any]:
     """Write the explorer of a finished run into ``out`` (replaced whole, atomically).
 
@@ -415,6 +437,8 @@ def build_explorer(
         seed: Seed of the sample.
         curve_points: Points of each RvA curve.
         title: The page's title.
+        calibration_subset: The run's ``(calibrate.fraction, seed)``: the val images its calibration used,
+            which the regions weighted to a test set's estimated mix are calibrated on too.
 
     Returns:
         ``{"bytes", "photos", "detail"}``: size of the folder, photos and photos with detail.
@@ -453,7 +477,7 @@ def build_explorer(
             by_base: dict[str, list[str]] = {}
             for b, m in pairs:
                 by_base.setdefault(b, []).append(m)
-            regions, ctx = testset_regions(res, ts, ids, by_base, ctx)
+            regions, ctx = testset_regions(res, ts, ids, by_base, ctx, calibration_subset)
             rows = photo_rows(per_image, ids)
             for k, i in enumerate(ids):
                 r = summ.iloc[int(detail[k])]

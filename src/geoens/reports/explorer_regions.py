@@ -10,13 +10,16 @@ on the downsampled grid are numbered once (the *region map*: an RGB PNG of each 
 once per page); a photo's region is then the grayscale PNG of the levels of those atoms, a few hundred
 bytes for the demo, and the page shows the region of any budget from the two. The calibrated region at a
 coverage level is the same plan at the area of the calibrated upper set
-(:func:`geoens.evaluation.conformal.region_areas`).
+(:func:`geoens.evaluation.conformal.region_areas`); with a test set's estimated population mix
+(``calibration/<testset>/shift.json``) also the adaptive region weighted to that mix
+(:data:`WEIGHTED_KIND`, as ``geoens search --coverage L --mix <testset>`` draws it).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from PIL import Image
 
 from geoens.core.constants import (
@@ -42,12 +46,17 @@ from geoens.evaluation.calibrate import CalMethod, method_scores, method_slug, t
 from geoens.evaluation.conformal import region_areas, upper_sets
 from geoens.evaluation.evaluator import Evaluator
 from geoens.evaluation.methods import Method, all_methods
+from geoens.evaluation.shiftcal import mix_threshold, read_val_scores
 from geoens.evaluation.testset import read_absorption
 from geoens.geo.atoms import read_atoms
 from geoens.geo.lookup import PixelLookup, TiledPixelLookup, open_pixel_lookup
 
+log = logging.getLogger(__name__)
+
 #: Number of area levels of a region image (level 0 = never selected).
 N_LEVELS = 255
+#: Kind of the calibrated region weighted to the test set's estimated mix (beside ``adaptive``, ``fixed``).
+WEIGHTED_KIND = "adaptive weighted LS"
 #: Atoms per row of a photo's region PNG (levels of the region map's atoms in order, zero-padded).
 REGION_ROW = 256
 
@@ -93,6 +102,9 @@ class RegionContext:
         pixel_atoms: ``h x w`` position of each downsampled pixel's atom in ``atoms_seen``.
         scale: The level scale.
         results: The run's results folder (calibration records).
+        val_scores: The val score table (``calibration/scores/val.parquet``) when the run has one: the
+            regions weighted to a test set's mix are calibrated on it.
+        subset: ``(calibrate.fraction, seed)`` of the run: the val images the calibration used.
 
     """
 
@@ -101,6 +113,8 @@ class RegionContext:
     pixel_atoms: I32Array
     scale: LevelScale
     results: Path
+    val_scores: pd.DataFrame | None = None
+    subset: tuple[float, int] = (1.0, 0)
 
 
 def sampled_index(lookup: PixelLookup | TiledPixelLookup, max_width: int) -> I32Array:
@@ -114,14 +128,18 @@ def sampled_index(lookup: PixelLookup | TiledPixelLookup, max_width: int) -> I32
 
 
 def region_context(
-    results: str | Path, n_cells: int, max_width: int = EXPLORER_REGION_WIDTH
+    results: str | Path,
+    n_cells: int,
+    max_width: int = EXPLORER_REGION_WIDTH,
+    subset: tuple[float, int] = (1.0, 0),
 ) -> RegionContext:
-    """The region context of a run's results folder (atoms, atom index, S2 absorption).
+    """The region context of a run's results folder (atoms, atom index, S2 absorption, val scores).
 
     Args:
         results: The workflow's results folder.
         n_cells: Classes of the base models (fine S2 cells).
         max_width: Width of the region images at most.
+        subset: ``(calibrate.fraction, seed)`` of the run (the val images its calibration used).
 
     """
     res = Path(results)
@@ -142,7 +160,10 @@ def region_context(
     scale = LevelScale(EXPLORER_LEVEL_MIN_KM2, grid.total_area())
     sample = sampled_index(lookup, max_width)
     seen, pos = np.unique(sample, return_inverse=True)
-    return RegionContext(ev, seen.astype(np.int32), pos.reshape(sample.shape).astype(np.int32), scale, res)
+    val_path = res / "calibration" / "scores" / "val.parquet"
+    val = read_val_scores(res) if val_path.exists() else None
+    pixel_atoms = pos.reshape(sample.shape).astype(np.int32)
+    return RegionContext(ev, seen.astype(np.int32), pixel_atoms, scale, res, val, subset)
 
 
 def region_map_uri(ctx: RegionContext) -> str:
@@ -181,9 +202,17 @@ def atom_thresholds(
     return thr_g[:, g.of_atom], us
 
 
-def calibrated_areas(ctx: RegionContext, method: Method, us: Any) -> dict[str, dict[str, list[float]]]:
-    """Area of each image's calibrated region per kind and level (``{}`` without a calibration record)."""
-    path = ctx.results / "calibration" / f"{method_slug(method.base, method.suffix)}.json"
+def calibrated_areas(
+    ctx: RegionContext, method: Method, us: Any, mix: Mapping[str, float] | None = None
+) -> dict[str, dict[str, list[float]]]:
+    """Area of each image's calibrated region per kind and level (``{}`` without a calibration record).
+
+    With ``mix`` (a test set's estimated LS bucket shares) and the run's val scores, also the adaptive
+    region weighted to that mix (:data:`WEIGHTED_KIND`; left out, with a log line, where the val split
+    cannot weight the mix).
+    """
+    slug = method_slug(method.base, method.suffix)
+    path = ctx.results / "calibration" / f"{slug}.json"
     if not path.exists():
         return {}
     cal = read_json(path)
@@ -196,6 +225,17 @@ def calibrated_areas(ctx: RegionContext, method: Method, us: Any) -> dict[str, d
         for level in cal.get("levels", []):
             thr = np.full(n, threshold_of(cal, kind, float(level)))
             out[kind][f"{float(level):g}"] = [float(a) for a in region_areas(us, kind, thr)]
+    if mix is None or ctx.val_scores is None or "adaptive" not in out:
+        return out
+    weighted: dict[str, list[float]] = {}
+    try:
+        for level in cal.get("levels", []):
+            t = mix_threshold(ctx.val_scores, mix, slug, "adaptive", float(level), *ctx.subset)
+            weighted[f"{float(level):g}"] = [float(a) for a in region_areas(us, "adaptive", np.full(n, t))]
+    except ValueError as exc:
+        log.info("explorer: no region weighted to the mix for %s: %s", slug, exc)
+        return out
+    out[WEIGHTED_KIND] = weighted
     return out
 
 
@@ -207,9 +247,14 @@ def png_data_uri(levels: U8Array) -> str:
 
 
 def region_images(
-    ctx: RegionContext, method: Method, scores: Mapping[str, FloatArray]
+    ctx: RegionContext,
+    method: Method,
+    scores: Mapping[str, FloatArray],
+    mix: Mapping[str, float] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, list[float]]], list[tuple[float, float]]]:
     """Region PNG (``data:`` URI) of each image of a batch for one method, and more.
+
+    ``mix``: the test set's estimated LS bucket shares, for the calibrated region weighted to them.
 
     Returns:
         ``(data URIs, calibrated areas per kind and level, (lat, lon) of a pixel of each first rank group)``.
@@ -225,4 +270,4 @@ def region_images(
     best = np.argmin(thr, axis=1)
     atoms = ctx.ev.atoms
     first = [(float(atoms.rep_lat[a]), float(atoms.rep_lon[a])) for a in best]
-    return uris, calibrated_areas(ctx, method, us), first
+    return uris, calibrated_areas(ctx, method, us, mix), first

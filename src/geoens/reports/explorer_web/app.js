@@ -214,9 +214,11 @@
     var cal = (state.photo.detail.cal || {})[key()] || {};
     var sel = $("coverage");
     var opts = [""], labels = ["(none)"];
-    ["adaptive", "fixed"].forEach(function (kind) {
+    // adaptive, fixed, then the adaptive region weighted to the test set's estimated mix (when calibrated)
+    ["adaptive", "fixed", "adaptive weighted LS"].forEach(function (kind) {
       Object.keys(cal[kind] || {}).forEach(function (lev) {
-        opts.push(kind + ":" + lev); labels.push(Math.round(lev * 100) + "% " + kind);
+        opts.push(kind + ":" + lev);
+        labels.push(Math.round(lev * 100) + "% " + (kind === "adaptive weighted LS" ? "adaptive, weighted to this set's mix" : kind));
       });
     });
     fillSelect(sel, opts, labels);
