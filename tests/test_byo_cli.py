@@ -74,6 +74,50 @@ def test_points_without_a_prediction_are_counted_in_the_summary(tmp_path: Path) 
     assert pd.read_csv(out / "table.csv")["n_missing"].iloc[0] == 5
 
 
+def test_a_truth_csv_with_other_column_names_is_read_by_declaring_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OSV-5M's test CSV names its columns id, latitude, longitude: declared, the scores are the same."""
+    _, paths, truth = _results(tmp_path)
+    ids, _ = read_probs(paths["geoclip"])
+    rng = np.random.default_rng(3)
+    f = tmp_path / "llm.parquet"
+    write_point_predictions(f, PointPredictions(ids, rng.uniform(-60, 60, len(ids)),
+                                                rng.uniform(-180, 180, len(ids))))  # fmt: skip
+    t = pd.read_csv(truth)
+    osv = tmp_path / "osv_test.csv"
+    t.rename(columns={"IMG_ID": "id", "LAT": "latitude", "LON": "longitude"}).assign(
+        country="xx",
+        LAT=0.0,  # a column named like the default must not be taken when another is declared
+    ).iloc[:, ::-1].to_csv(osv, index=False)
+    base = ["rva", str(f), "--no-country"]
+    assert main([*base, "--truth", str(truth), "--out", str(tmp_path / "a")]) == 0
+    mapping = "image_id=id,lat=latitude,lon=longitude"
+    assert main([*base, "--truth", str(osv), "--truth-columns", mapping, "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    a, b = tmp_path / "a", tmp_path / "b"
+    per_a, per_b = pd.read_parquet(a / "per_image.parquet"), pd.read_parquet(b / "per_image.parquet")
+    pd.testing.assert_frame_equal(per_a, per_b)
+    # the tables differ only in their title (the truth file's name)
+    assert (a / "table.md").read_text().split("\n")[1:] == (b / "table.md").read_text().split("\n")[1:]
+    cases = [
+        ([], r"osv_test.csv: missing column 'IMG_ID' .*name yours with --truth-columns image_id=\.\.\.,lat="),
+        (["--truth-columns", "image_id=id,lat=lat_gt,lon=longitude"],
+         r"osv_test.csv: missing column 'lat_gt' \(mapped to LAT\)"),
+        (["--truth-columns", "image_id=id,latitude=latitude"],
+         r"--truth-columns: unknown key\(s\) \['latitude'\]"),
+        (["--truth-columns", "image_id=id,lat=latitude,lon=latitude"],
+         r"osv_test.csv: one file column serves two of IMG_ID, LAT, LON"),
+        (["--truth-columns", "lat"], r"--truth-columns: 'lat' is not name=column"),
+    ]  # fmt: skip
+    for extra, msg in cases:
+        assert main([*base, "--truth", str(osv), *extra, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("geoens: error:"), err
+        assert re.search(msg, err), (msg, err)
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_commands_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res, paths, truth = _results(tmp_path)
     gc = str(paths["geoclip"])

@@ -155,7 +155,8 @@ def test_points_in_the_wrong_units_or_order_are_named(tmp_path: Path) -> None:
                        r"\(image 'b'\) \(latitude and longitude swapped\? check 'order'\)"):  # fmt: skip
         read_point_predictions(f, spec("point"))
     g = _write(tmp_path / "rad.parquet", {"image_id": ["a"], "lat": [0.5], "lon": [12.0]})
-    with pytest.raises(PredictionsError, match=r"rad.parquet: 1 longitude\(s\) impossible in radians"):
+    with pytest.raises(PredictionsError, match=r"rad.parquet: 1 longitude\(s\) impossible in radians .*"
+                       r"\(degrees declared as radians\? check 'units'\)"):  # fmt: skip
         read_point_predictions(g, spec("point", units="radians"))
     h = _write(tmp_path / "swap.parquet", {"image_id": ["a"], "coords": [[170.0, 40.0]]})
     with pytest.raises(PredictionsError, match=r"swap.parquet: .*latitude\(s\) impossible .*swapped"):

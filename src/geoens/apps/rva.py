@@ -1,6 +1,7 @@
 """``geoens rva``: score any geolocator's predictions file by Recall vs Area and the usual point metrics.
 
-For a user who has only predictions and a truth CSV (``IMG_ID, LAT, LON``): each predictions file is one
+For a user who has only predictions and a truth CSV (``IMG_ID, LAT, LON``, or other names declared with
+``--truth-columns``): each predictions file is one
 model (named by its file stem, or ``--name``), read by the contract of docs/byo.md. A ``point`` model is
 scored exactly by distance ranking (its area-to-hit is the cap of radius ``d``; no masks, no grid); the
 other kinds, and the ensembles with the run's LS/LC predictors, need a workflow results folder
@@ -21,7 +22,7 @@ import pandas as pd
 
 from geoens.core.constants import GCD_RADIUS_KM
 from geoens.core.io import atomic_path, write_json
-from geoens.data.metadata import read_metadata
+from geoens.data.metadata import MetadataError, read_metadata
 from geoens.data.predictions import PredictionSpec, align_to_truth, read_point_predictions
 from geoens.evaluation.countries import COUNTRY_SOURCE, same_country
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image
@@ -33,16 +34,42 @@ from geoens.reports.scorecard import scorecard_figure, write_scorecard
 log = logging.getLogger("geoens.apps.rva")
 
 
-def _columns(text: str | None) -> dict[str, str]:
+def _columns(text: str | None, option: str = "--columns", example: str = "lat=LAT_pred") -> dict[str, str]:
     out: dict[str, str] = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
         if "=" not in part:
-            raise ValueError(f"--columns: {part!r} is not name=column (e.g. lat=LAT_pred)")
+            raise ValueError(f"{option}: {part!r} is not name=column (e.g. {example})")
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+#: ``--truth-columns`` keys (the contract's names) -> the metadata reader's columns
+TRUTH_KEYS: dict[str, str] = {"image_id": "IMG_ID", "lat": "LAT", "lon": "LON"}
+
+
+def read_truth(path: str | Path, mapping: str | None) -> pd.DataFrame:
+    """The truth CSV's ``image_id, lat, lon``; ``mapping``: ``--truth-columns`` (e.g. ``lat=latitude``).
+
+    Raises:
+        ValueError: A key other than image_id, lat, lon; or, naming the file, a missing column (with a hint
+            at ``--truth-columns``) or an unparsable file. Bad rows (duplicate ids, impossible coordinates)
+            are dropped and counted in a warning by :func:`read_metadata`.
+
+    """
+    given = _columns(mapping, "--truth-columns", "lat=latitude")
+    unknown = sorted(set(given) - set(TRUTH_KEYS))
+    if unknown:
+        raise ValueError(f"--truth-columns: unknown key(s) {unknown}; the keys are {list(TRUTH_KEYS)}")
+    try:
+        truth, _ = read_metadata(path, columns={TRUTH_KEYS[k]: v for k, v in given.items()})
+    except MetadataError as exc:
+        if "missing column" not in str(exc):
+            raise
+        raise MetadataError(f"{exc}; name yours with --truth-columns image_id=...,lat=...,lon=...") from exc
+    return truth
 
 
 def _spec(args: argparse.Namespace, path: Path) -> PredictionSpec:
@@ -121,7 +148,7 @@ def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Pat
     if args.kappa is not None:
         raise ValueError("--val fits kappa: do not also give --kappa")
     pred = read_point_predictions(predictions, _spec(args, predictions))
-    vt, _ = read_metadata(truth_csv)
+    vt = read_truth(truth_csv, args.truth_columns)
     m = align_to_truth(pred.ids, vt["image_id"].astype(str).tolist(), predictions)
     t = vt.iloc[m.truth_rows]
     kappa = fit_vmf_kappa(pred.lat[m.pred_rows], pred.lon[m.pred_rows], t["lat"], t["lon"])
@@ -145,7 +172,7 @@ def cmd_rva(args: argparse.Namespace) -> int:
         )
     if args.testset and not args.results:
         raise ValueError("--testset names the LS/LC predictions of a results folder: give --results too")
-    truth, _ = read_metadata(args.truth)
+    truth = read_truth(args.truth, args.truth_columns)
     run = open_run(args.results, args.testset) if args.results else None
     if args.val:
         args.kappa = fit_kappa_on_val(args, Path(args.val[0]), Path(args.val[1]))
@@ -230,7 +257,11 @@ def add_rva_parser(sub: Any) -> None:
     """Register ``geoens rva`` on the ``geoens`` subcommand parsers."""
     r = sub.add_parser("rva", help="score predictions files of any geolocator: RvA and point metrics")
     r.add_argument("predictions", nargs="+", help="predictions file(s) (docs/byo.md); one model each")
-    r.add_argument("--truth", required=True, help="truth CSV with IMG_ID, LAT, LON")
+    r.add_argument("--truth", required=True, help="truth CSV with IMG_ID, LAT, LON (see --truth-columns)")
+    r.add_argument(
+        "--truth-columns",
+        help="the truth CSV's names, comma separated (e.g. image_id=id,lat=latitude,lon=longitude)",
+    )
     r.add_argument("--kind", choices=["point", "points", "samples", "cells"], default="point")
     r.add_argument("--name", help="model name (one file; default: the file's stem)")
     r.add_argument(

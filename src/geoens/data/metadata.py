@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv as csv_module
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,17 +121,45 @@ def _read_header(path: Path) -> list[str]:
     return [c.strip() for c in first]
 
 
-def _read_columns(path: Path, numeric: bool) -> pa.Table:
-    """IMG_ID as string; LAT, LON as float64 (``numeric``) or as strings; NA spellings -> null."""
+def _read_columns(path: Path, numeric: bool, names: tuple[str, str, str]) -> pa.Table:
+    """The file's columns ``names`` (id, lat, lon) as IMG_ID, LAT, LON.
+
+    IMG_ID as string; LAT, LON as float64 (``numeric``) or as strings; NA spellings -> null.
+    """
     coord_type = pa.float64() if numeric else pa.string()
     convert = pacsv.ConvertOptions(
-        include_columns=list(METADATA_COLUMNS),
-        column_types={"IMG_ID": pa.string(), "LAT": coord_type, "LON": coord_type},
+        include_columns=list(names),
+        column_types={names[0]: pa.string(), names[1]: coord_type, names[2]: coord_type},
         null_values=_NA_STRINGS,
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
-    return pacsv.read_csv(path, convert_options=convert)
+    table = pacsv.read_csv(path, convert_options=convert)
+    return table.select(list(names)).rename_columns(list(METADATA_COLUMNS))
+
+
+def metadata_names(path: Path, columns: Mapping[str, str] | None) -> tuple[str, str, str]:
+    """The file's column names for IMG_ID, LAT and LON: ``columns`` maps any of them to another name.
+
+    Raises:
+        MetadataError: Naming the file: a key that is not IMG_ID, LAT or LON, or one file column mapped twice.
+
+    """
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(METADATA_COLUMNS))
+    if unknown:
+        raise MetadataError(
+            f"{path}: unknown metadata column key(s) {unknown}: the keys are {list(METADATA_COLUMNS)}"
+        )
+    names = (
+        columns.get("IMG_ID", "IMG_ID"),
+        columns.get("LAT", "LAT"),
+        columns.get("LON", "LON"),
+    )
+    if len(set(names)) < 3:
+        roles = dict(zip(METADATA_COLUMNS, names, strict=True))
+        raise MetadataError(f"{path}: one file column serves two of IMG_ID, LAT, LON: {roles}")
+    return names
 
 
 def _coords(col: pa.ChunkedArray) -> tuple[FloatArray, BoolArray, BoolArray]:
@@ -152,24 +180,27 @@ def _coords(col: pa.ChunkedArray) -> tuple[FloatArray, BoolArray, BoolArray]:
     return vals, missing, np.isnan(vals) & ~missing
 
 
-def _read_table(path: Path) -> pa.Table:
-    """The metadata columns of a CSV, its header checked first (:func:`_read_header`).
+def _read_table(path: Path, names: tuple[str, str, str] = METADATA_COLUMNS) -> pa.Table:
+    """The metadata columns of a CSV as IMG_ID, LAT, LON, its header checked first (:func:`_read_header`).
+
+    ``names``: the file's columns for IMG_ID, LAT and LON (:func:`metadata_names`).
 
     Raises:
         MetadataError: Naming the file: a missing column, an unparsable or non-UTF-8 file, no rows.
 
     """
     header = _read_header(path)
-    for col in METADATA_COLUMNS:
+    for role, col in zip(METADATA_COLUMNS, names, strict=True):
         if col not in header:
-            raise MetadataError(f"{path}: missing column {col!r} (columns: {header})")
+            mapped = "" if col == role else f" (mapped to {role})"
+            raise MetadataError(f"{path}: missing column {col!r}{mapped} (columns: {header})")
     try:
         try:
-            table = _read_columns(path, numeric=True)
+            table = _read_columns(path, numeric=True, names=names)
         except pa.ArrowInvalid as exc:
             if "conversion error" not in str(exc).lower():
                 raise
-            table = _read_columns(path, numeric=False)
+            table = _read_columns(path, numeric=False, names=names)
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError) as exc:
         if "utf8" in str(exc).lower().replace("-", ""):
             where = _undecodable_line(path)
@@ -250,6 +281,7 @@ def read_metadata(
     csv: str | Path,
     available_ids: Iterable[str] | pa.Array | pa.ChunkedArray | None = None,
     max_bad_fraction: float | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, BadRows]:
     """Read and clean an ``IMG_ID, LAT, LON`` metadata CSV (other columns are ignored).
 
@@ -265,6 +297,8 @@ def read_metadata(
         available_ids: Ids of the images that exist (:func:`geoens.data.shards.available_ids`, or any iterable
             of str); ``None`` skips that check.
         max_bad_fraction: Fail when more than this share of rows is bad; ``None`` never fails.
+        columns: The file's names for any of ``IMG_ID``, ``LAT``, ``LON`` (e.g. ``{"LAT": "latitude"}``);
+            the others keep their names.
 
     Returns:
         ``(frame, bad)``: the kept rows as columns ``image_id`` (str), ``lat``, ``lon`` (float64) in file
@@ -276,7 +310,7 @@ def read_metadata(
 
     """
     path = Path(csv)
-    table = _read_table(path)
+    table = _read_table(path, metadata_names(path, columns))
     n = table.num_rows
     ids, reason, lat, lon = _bad_reasons(table, available_ids)
     bad = _count_bad(path, reason)

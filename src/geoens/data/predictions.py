@@ -97,6 +97,13 @@ def _check_ids(path: Path, ids: list[str], line_offset: int | None) -> None:
         )
 
 
+def _units_hint(units: str, what: str) -> str:
+    """What most likely made a coordinate impossible in the declared ``units``."""
+    if units == "radians":
+        return " (degrees declared as radians? check 'units')"
+    return " (latitude and longitude swapped? check 'order')" if what == "latitude" else ""
+
+
 def _to_degrees(
     path: Path,
     spec: PredictionSpec,
@@ -117,7 +124,7 @@ def _to_degrees(
         if out.any():
             rows = np.unique(row_of[out])
             first = float(v[np.flatnonzero(out)[0]])
-            hint = " (latitude and longitude swapped? check 'order')" if what == "latitude" else ""
+            hint = _units_hint(spec.units, what)
             raise PredictionsError(
                 f"{path}: {int(out.sum())} {what}(s) impossible in {spec.units} (|{what}| > {lim:.6g}), "
                 f"first {first:.6g}, at {rows_named(ids, rows, line_offset)}{hint}"
