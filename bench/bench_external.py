@@ -12,7 +12,10 @@ message, when absent). In the same run:
    ``geoens.evaluation.external.vmf_cell_probs`` in chunks of 2,048 (results discarded, as a streaming
    writer would); baseline: the kernel per image from haversine distances to every cell centre;
 3. ``geoens rva`` on GeoEstimation's 2,997 Im2GPS3k rows of one model, as a subprocess (start-up included);
-   baseline: the same accuracies by a plain Python loop over the CSV rows (no package).
+   baseline: the same accuracies by a plain Python loop over the CSV rows (no package);
+4. ``geoens rva`` on a ``cells`` file of those 2,997 images over the real partition with no results folder
+   (the command rasterises the partition on this grid), as a subprocess; baseline: Algorithms 1 and 3 in
+   raster form per image (a few images, extrapolated), whose areas are also compared.
 
 Ratios are per-image CPU seconds, baseline over ours (wall time on a shared machine is noisy).
 Targets (issue 21, 2 cores): (1) <= 60 s and peak <= 4 GB at full size; (2) <= 60 s; (3) <= 10 s.
@@ -235,6 +238,97 @@ def bench_cli() -> dict[str, object]:
     return {"wall_s": t_cli, "baseline_s": t_naive}
 
 
+def cells_file(path: Path, kappa: float = 200.0) -> tuple[list[str], np.ndarray]:
+    """A ``cells`` predictions file over the real partition for the 2,997 Im2GPS3k images (not timed).
+
+    Each image's probabilities are a softmax of ``kappa * cos`` between the published model's predicted point
+    (``IM2GPS3K``) and every cell's mean location: a plausible cell classifier's output, written as a model
+    would write it (float32 lists).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geoens.geo.partitions import read_partition_csv
+
+    part = read_partition_csv(CELLS)
+    with open(IM2GPS3K, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f.read().split("\n\n", 1)[0].splitlines()))
+    ids = [r["img_id"] for r in rows]
+    pred = latlon_to_xyz(np.array([float(r["predicted_lat"]) for r in rows]),
+                         np.array([float(r["predicted_long"]) for r in rows]))  # fmt: skip
+    logit = kappa * (pred @ latlon_to_xyz(np.asarray(part.lat_mean), np.asarray(part.lon_mean)).T)
+    logit -= logit.max(axis=1, keepdims=True)
+    p = np.exp(logit)
+    p = (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    pq.write_table(pa.table({"image_id": ids, "probs": pa.array(list(p), pa.list_(pa.float32()))}), path)
+    return ids, p
+
+
+def raster_areas(
+    grid: Grid, lab: np.ndarray, n_cells: int, p: np.ndarray, lat: np.ndarray, lon: np.ndarray
+) -> np.ndarray:
+    """The baseline: Algorithms 1 and 3 pixel by pixel, one image at a time (absorbed cells' mass moved)."""
+    from geoens.geo.partitions import read_partition_csv
+    from geoens.geo.s2mask import absorption_table
+
+    table = absorption_table(read_partition_csv(CELLS), lab, grid)
+    area_px = np.broadcast_to(grid.row_areas()[:, None], grid.shape)
+    ok = lab >= 0
+    cell_area = np.bincount(lab[ok], weights=area_px[ok], minlength=n_cells)
+    r = np.clip(((90.0 - lat) / (180.0 / grid.height)).astype(int), 0, grid.height - 1)
+    c = np.clip(((lon + 180.0) / (360.0 / grid.width)).astype(int), 0, grid.width - 1)
+    out = np.empty(len(p))
+    for k in range(len(p)):
+        q = p[k].astype(np.float64)
+        np.add.at(q, table["target"].to_numpy(), q[table["cell"].to_numpy()])
+        dens = np.divide(q, cell_area, out=np.zeros(n_cells), where=cell_area > 0)
+        px = np.where(ok, dens[np.maximum(lab, 0)], 0.0)
+        g = px[r[k], c[k]]
+        out[k] = area_px[px >= g].sum() if g > 0 else np.nan
+    return out
+
+
+def bench_cells_alone(
+    args: argparse.Namespace, grid: Grid, lab: np.ndarray, n_cells: int
+) -> dict[str, object]:
+    """``geoens rva`` on a cells file over the real partition, no results folder, on this grid."""
+    if not (CELLS.exists() and IM2GPS3K.exists()):
+        print("NOTE: the peer partition or Im2GPS3k results are absent: the cells-alone timing is skipped")
+        return {"skipped": True}
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "cells3k.parquet"
+        ids, p = cells_file(f)
+        cmd = [sys.executable, "-m", "geoens.apps.cli", "rva", str(f), "--kind", "cells", "--partition",
+               str(CELLS), "--grid-rows", str(grid.height), "--radius-km", repr(grid.earth_radius_km),
+               "--truth", str(TRUTH3K), "--no-country", "--out", str(Path(tmp) / "out")]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        per = pd.read_parquet(Path(tmp) / "out" / "per_image.parquet")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    per = per[per["method"] == "cells3k"].set_index("image_id")
+    truth = pd.read_csv(TRUTH3K).set_index("IMG_ID").loc[ids]
+    k = min(args.naive_images, 8 if not args.small else 64)
+    t0 = time.perf_counter()
+    ref = raster_areas(grid, lab, n_cells, p[:k], truth["LAT"].to_numpy()[:k], truth["LON"].to_numpy()[:k])
+    t_ref = (time.perf_counter() - t0) / k * len(ids)
+    got = per.loc[ids[:k], "area_km2"].to_numpy().copy()
+    got[per.loc[ids[:k], "zero_prob"].to_numpy()] = np.nan
+    diff = float(np.nanmax(np.abs(got - ref) / ref))
+    print(
+        f"geoens rva, cells over {n_cells:,} cells, no results folder ({len(ids):,} images, grid rasterised "
+        f"in the command): {wall:.1f} s wall, {cpu:.1f} s CPU, peak {after.ru_maxrss / 1024**2:.2f} GB; "
+        f"baseline (the raster form per image, {k} images, extrapolated) {t_ref:.0f} s = {t_ref / wall:.0f}x "
+        f"slower; max rel diff of the areas {diff:.1e}"
+    )
+    return {"wall_s": wall, "cpu_s": cpu, "peak_gb": after.ru_maxrss / 1024**2, "baseline_s": t_ref,
+            "ratio": t_ref / wall, "max_rel_diff": diff}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="540 x 1080 grid, 2,000 images")
@@ -253,6 +347,7 @@ def main() -> int:
     res["gallery"] = bench_gallery(args, grid, lab, n_cells)
     res["vmf"] = bench_vmf(args, grid, lab, n_cells)
     res["rva_cli"] = bench_cli()
+    res["cells_alone"] = bench_cells_alone(args, grid, lab, n_cells)
     out = REPO / "bench" / "out" / f"bench_external{'_small' if args.small else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))

@@ -14,10 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from _rva_world import make_world, write_inputs
+from fakes import write_partition_csv
 from geoens.apps.cli import main
+from geoens.core.grid import Grid
 from geoens.data.predictions import PointPredictions, write_point_predictions
 from geoens.evaluation.external import sample_vmf
 from geoens.evaluation.testset import evaluate_testset, read_probs
+from geoens.geo import s2
 from geoens.geo.rasters import write_label_raster
 
 
@@ -72,6 +75,67 @@ def test_points_without_a_prediction_are_counted_in_the_summary(tmp_path: Path) 
     per = pd.read_parquet(out / "per_image.parquet")
     assert len(per) == 15 and int(per["zero_prob"].sum()) == 5
     assert pd.read_csv(out / "table.csv")["n_missing"].iloc[0] == 5
+
+
+def test_a_partition_alone_is_scored_without_a_results_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No results folder: a cells model is scored on its own S2 partition rasterised on a --grid-rows grid,
+    its areas equal to a brute-force raster reference (Algorithms 1 and 3 pixel by pixel)."""
+    rng = np.random.default_rng(12)
+    level1 = [c for f in range(6) for c in s2.children(np.uint64((2 * f + 1) << 60))]
+    tokens = s2.id_to_token(np.array(level1, np.uint64))
+    lat_c, lon_c = s2.cell_center_latlng(np.array(level1, np.uint64))
+    rows = [
+        f"{k},{t},10,{a:.6f},{o:.6f}" for k, (t, a, o) in enumerate(zip(tokens, lat_c, lon_c, strict=True))
+    ]
+    part = write_partition_csv(tmp_path / "cells24.csv", rows)
+    n, h = 40, 18
+    ids = [f"p{k}" for k in range(n)]
+    tlat, tlon = rng.uniform(-89, 89, n), rng.uniform(-180, 180, n)
+    pd.DataFrame({"IMG_ID": ids, "LAT": tlat, "LON": tlon}).to_csv(tmp_path / "truth.csv", index=False)
+    probs = rng.dirichlet(np.full(24, 0.4), size=n)
+    probs[probs < 0.02] = 0.0  # some truths in a cell of probability 0: misses
+    probs /= probs.sum(axis=1, keepdims=True)
+    pq.write_table(pa.table({"image_id": ids, "probs": probs.tolist()}), tmp_path / "MyNet.parquet")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "MyNet.parquet"), "--truth", str(tmp_path / "truth.csv"), "--kind", "cells"]
+    argv += ["--partition", str(part), "--grid-rows", str(h), "--no-country"]
+    assert main(["rva", *argv, "--out", str(out)]) == 0
+    got = pd.read_parquet(out / "per_image.parquet")
+    assert set(got["method"]) == {"MyNet", "MyNet (cell)"}  # the base alone: no LS/LC without a run
+    got = got[got["method"] == "MyNet"].set_index("image_id").loc[ids]
+    # brute force on the same grid: each pixel's cell (its centre's leaf within the cell's range)
+    grid = Grid(h, 2 * h, earth_radius_km=6371.0)
+    leaves = s2.grid_leaves(grid.lat_centers(), grid.lon_centers())
+    ids64 = np.array(level1, np.uint64)
+    owner = np.full(leaves.shape, -1)
+    for k, c in enumerate(ids64):
+        owner[(leaves >= s2.range_min(c)) & (leaves <= s2.range_max(c))] = k
+    assert (owner >= 0).all()
+    area = grid.pixel_areas() * np.ones((1, 2 * h))
+    cell_area = np.bincount(owner.ravel(), weights=area.ravel(), minlength=24)
+    r = np.floor((90 - tlat) / (180 / h)).astype(int)
+    c = np.floor((tlon + 180) / (360 / (2 * h))).astype(int)
+    for k in range(n):
+        dens = probs[k][owner] / cell_area[owner]
+        g = dens[r[k], c[k]]
+        if g == 0:
+            assert got["zero_prob"].iloc[k]
+        else:
+            assert not got["zero_prob"].iloc[k]
+            assert got["area_km2"].iloc[k] == pytest.approx(area[dens >= g].sum(), rel=1e-9)
+    assert 0 < int(got["zero_prob"].sum()) < n
+    assert pd.read_csv(out / "table.csv")["model"].tolist() == ["MyNet"]
+    cases = [
+        (["--grid-rows", "1"], r"--grid-rows must be at least 2"),
+        (["--grid-rows", "12", "--results", str(tmp_path)], r"--grid-rows sets the grid of a --partition"),
+        (["--partition", str(tmp_path / "truth.csv")], r"truth.csv"),
+    ]
+    for extra, msg in cases:
+        assert main(["rva", *argv, *extra, "--out", str(tmp_path / "x")]) == 2
+        assert re.search(msg, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_truth_csv_with_other_column_names_is_read_by_declaring_them(
@@ -171,6 +235,15 @@ def test_points_are_binned_into_a_user_partition(tmp_path: Path) -> None:
     half = world.grid.total_area() / 2
     np.testing.assert_allclose(per["area_km2"][west], half, rtol=1e-12)
     assert per["zero_prob"][~west].all() and not per["zero_prob"][west].any()
+    # without a results folder the same partition alone, on a grid of its own: the same base rows
+    alone = tmp_path / "alone"
+    argv = [str(pts), "--truth", str(truth), "--kind", "points", "--no-country", "--grid-rows", "12"]
+    argv += ["--partition", str(tmp_path / "halves.geojson"), "--partition-label", "half"]
+    assert main(["rva", *argv, "--radius-km", repr(world.grid.earth_radius_km), "--out", str(alone)]) == 0
+    per2 = pd.read_parquet(alone / "per_image.parquet").set_index("image_id")
+    per2 = per2[per2["method"] == "west"].loc[lab["IMG_ID"]]
+    np.testing.assert_allclose(per2["area_km2"], per["area_km2"], rtol=1e-12)
+    assert (per2["zero_prob"] == per["zero_prob"]).all()
 
 
 def test_kappa_of_a_point_model_is_fitted_on_val(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,4 +267,4 @@ def test_kappa_of_a_point_model_is_fitted_on_val(tmp_path: Path, capsys: pytest.
     assert kappa == pytest.approx(30.0, rel=0.15)
     assert "vMF density (kappa" in (out / "table.md").read_text()
     assert main(["rva", str(test), "--truth", str(truth), "--val", "a", "b", "--out", str(out)]) == 2
-    assert "--val fits kappa for --kind point with --results" in capsys.readouterr().err
+    assert "a point as a vMF density (--kappa, --val) needs --results" in capsys.readouterr().err

@@ -20,13 +20,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from geoens.core.constants import GCD_RADIUS_KM
+from geoens.core.constants import GCD_RADIUS_KM, PAPER_GRID_HEIGHT
+from geoens.core.grid import Grid
 from geoens.core.io import atomic_path, write_json
 from geoens.data.metadata import MetadataError, read_metadata
 from geoens.data.predictions import PredictionSpec, align_to_truth, read_point_predictions
 from geoens.evaluation.countries import COUNTRY_SOURCE, same_country
 from geoens.evaluation.external import fit_vmf_kappa, point_per_image
-from geoens.evaluation.external_grid import RunContext, cells_on_run, evaluate_external, open_run
+from geoens.evaluation.external_grid import (
+    RunContext,
+    cells_on_run,
+    evaluate_external,
+    open_partition,
+    open_run,
+)
 from geoens.evaluation.methods import method_order, own_top1_name
 from geoens.evaluation.pointmetrics import cap_budgets, point_summary
 from geoens.reports.scorecard import scorecard_figure, write_scorecard
@@ -80,7 +87,8 @@ def _spec(args: argparse.Namespace, path: Path) -> PredictionSpec:
         units=args.units,
         order=args.order,
         columns=_columns(args.columns),
-        partition=Path(args.partition) if args.partition else None,
+        # without --results the partition is the grid's only family (open_partition), not one more on it
+        partition=Path(args.partition) if args.partition and args.results else None,
         partition_label=args.partition_label,
         kappa=args.kappa,
         smooth_kappa=args.smooth_kappa,
@@ -143,8 +151,10 @@ def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Pat
     Raises:
         ValueError: Unless the kind is ``point`` with ``--results``; or as :func:`fit_vmf_kappa`.
     """
-    if args.kind != "point" or not args.results:
-        raise ValueError("--val fits kappa for --kind point with --results (its vMF density on the grid)")
+    if args.kind != "point" or not (args.results or args.partition):
+        raise ValueError(
+            "--val fits kappa for --kind point with --results or --partition (its vMF density on a grid)"
+        )
     if args.kappa is not None:
         raise ValueError("--val fits kappa: do not also give --kappa")
     pred = read_point_predictions(predictions, _spec(args, predictions))
@@ -158,22 +168,51 @@ def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Pat
     return kappa
 
 
-def cmd_rva(args: argparse.Namespace) -> int:
-    """``geoens rva``: per-image Parquet, the scorecard table and the RvA figure of each predictions file."""
-    t0 = time.perf_counter()
+def _check_args(args: argparse.Namespace) -> bool:
+    """Option errors before any file is read; returns whether the models are scored on a grid.
+
+    Raises:
+        ValueError: Naming the option.
+    """
     if args.name and len(args.predictions) > 1:
         raise ValueError("--name names one predictions file; with several, each is named by its file stem")
     if args.radius_km <= 0:
         raise ValueError(f"--radius-km must be positive, got {args.radius_km}")
-    if args.kind != "point" and not args.results:
+    on_grid = bool(args.kind != "point" or args.kappa is not None or args.val is not None)
+    if on_grid and not (args.results or args.partition):
+        what = f"--kind {args.kind}" if args.kind != "point" else "a point as a vMF density (--kappa, --val)"
         raise ValueError(
-            f"--kind {args.kind} needs --results (a workflow results folder: its grid, masks and atoms); "
-            "only kind 'point' is scored without one, by distance ranking"
+            f"{what} needs --results (a workflow results folder: its grid, masks and atoms) or --partition "
+            "(its cells, scored alone on a --grid-rows grid); only kind 'point' is scored without either, "
+            "by distance ranking"
         )
     if args.testset and not args.results:
         raise ValueError("--testset names the LS/LC predictions of a results folder: give --results too")
+    if args.grid_rows is not None:
+        if args.results or not on_grid:
+            raise ValueError("--grid-rows sets the grid of a --partition scored without --results")
+        if args.grid_rows < 2:
+            raise ValueError(f"--grid-rows must be at least 2, got {args.grid_rows}")
+    return on_grid
+
+
+def _open_context(args: argparse.Namespace, on_grid: bool) -> RunContext | None:
+    """The results folder's grid and atoms, a partition alone on a grid, or ``None`` (distance ranking)."""
+    if args.results:
+        return open_run(args.results, args.testset)
+    if not on_grid:
+        return None
+    rows = args.grid_rows if args.grid_rows is not None else PAPER_GRID_HEIGHT
+    grid = Grid(height=rows, width=2 * rows, earth_radius_km=args.radius_km)
+    return open_partition(args.partition, grid, args.partition_label)
+
+
+def cmd_rva(args: argparse.Namespace) -> int:
+    """``geoens rva``: per-image Parquet, the scorecard table and the RvA figure of each predictions file."""
+    t0 = time.perf_counter()
+    on_grid = _check_args(args)
     truth = read_truth(args.truth, args.truth_columns)
-    run = open_run(args.results, args.testset) if args.results else None
+    run = _open_context(args, on_grid)
     if args.val:
         args.kappa = fit_kappa_on_val(args, Path(args.val[0]), Path(args.val[1]))
     paths = [Path(p) for p in args.predictions]
@@ -193,8 +232,8 @@ def cmd_rva(args: argparse.Namespace) -> int:
             per_image, more = score_on_grid(run, path, _spec(args, path), truth, args)
             frames.append(per_image)
             rows += more
-        log.info("[%d/%d] %s: %d images scored (%.1f s)", k, len(paths), path, len(per_image),
-                 time.perf_counter() - t0)  # fmt: skip
+        log.info("[%d/%d] %s: %d images scored (%.1f s)", k, len(paths), path,
+                 per_image["image_id"].nunique(), time.perf_counter() - t0)  # fmt: skip
     _write_outputs(Path(args.out), args, truth, frames, rows)
     out = Path(args.out)
     print((out / "table.md").read_text(encoding="utf-8"), end="")
@@ -286,6 +325,12 @@ def add_rva_parser(sub: Any) -> None:
         "--partition", help="the model's cells (S2 CSV, GeoPackage, GeoJSON); default: the run's fine"
     )
     r.add_argument("--partition-label", default="label", help="label column of a polygons partition")
+    r.add_argument(
+        "--grid-rows",
+        type=int,
+        help=f"without --results: rows of the grid the partition is scored on (width 2x; "
+        f"default {PAPER_GRID_HEIGHT}, the paper's)",
+    )
     r.add_argument("--kappa", type=float, help="kind point with --results: vMF concentration of its density")
     r.add_argument(
         "--val",

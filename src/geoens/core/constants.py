@@ -12,6 +12,9 @@ from typing import Final
 EARTH_RADIUS_KM: Final[float] = 6371.0088
 #: Radius (km) of the haversine great-circle distance, GeoEstimation's convention.
 GCD_RADIUS_KM: Final[float] = 6371.0
+#: Rows of the paper's common grid (5400 x 10800, 1/30 degree): the rehearsal's full size, and the grid
+#: ``geoens rva`` scores a partition on when no results folder gives one.
+PAPER_GRID_HEIGHT: Final[int] = 5400
 
 #: The usual GCD thresholds (km) and their names.
 GCD_THRESHOLDS_KM: Final[tuple[float, ...]] = (1.0, 25.0, 200.0, 750.0, 2500.0)

@@ -56,7 +56,7 @@ import yaml
 from rasterio.windows import Window
 
 from geoens.core.config import deep_update, read_config_file
-from geoens.core.constants import LANDSCAN_NODATA
+from geoens.core.constants import LANDSCAN_NODATA, PAPER_GRID_HEIGHT
 from geoens.core.grid import Grid
 from geoens.core.io import atomic_path
 from geoens.data.shards import write_shards
@@ -71,10 +71,9 @@ log = logging.getLogger("geoens.demo.rehearsal")
 
 #: The real-data command as README.md prints it (a test checks that README contains it verbatim).
 PAPER_COMMAND: Final[str] = "snakemake --cores 32 results/figures/rva.pdf --configfile my.yaml"
-#: Real LandScan Global and ESA CCI LC shapes, and the paper's grid.
+#: Real LandScan Global and ESA CCI LC shapes (the paper's grid: PAPER_GRID_HEIGHT).
 LANDSCAN_SHAPE: Final[tuple[int, int]] = (21600, 43200)
 LANDCOVER_SHAPE: Final[tuple[int, int]] = (64800, 129600)
-PAPER_GRID_HEIGHT: Final[int] = 5400
 #: The demo world the rehearsal upsamples: grid 270 (population x4, land cover x12 = 1/20 of real).
 WORLD_GRID_HEIGHT: Final[int] = 270
 #: Allowed ``--scale`` values (divisors of 20).

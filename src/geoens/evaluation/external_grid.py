@@ -257,9 +257,12 @@ def _misses(sub: pd.DataFrame, name: str, methods: list[Method], total: float) -
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class RunContext:
-    """What a results folder gives an external model: atoms, lookup, fine partition, LS/LC predictions."""
+    """What a results folder gives an external model: atoms, lookup, fine partition, LS/LC predictions.
 
-    results: Path
+    ``results`` is ``None`` for a partition scored alone (:func:`open_partition`): no masks, no LS/LC.
+    """
+
+    results: Path | None
     atoms: AtomTable
     lookup: Lookup
     fine: ExternalPartition
@@ -295,6 +298,23 @@ def open_run(results: str | Path, testset: str | None) -> RunContext:
     return RunContext(r, atoms, lookup, fine, attrs)
 
 
+def open_partition(path: str | Path, grid: Grid, label_column: str = "label") -> RunContext:
+    """A user partition alone on a grid, without a results folder: its base model can be scored by itself.
+
+    The partition is rasterised as in a run (:func:`rasterize_external_partition`) and is the only family of
+    atoms (no LS/LC masks: every pixel gets the same attribute labels), so Algorithms 1-3 give the base
+    model's RvA on this grid; the ensembles with LS/LC need a results folder.
+
+    Raises:
+        PartitionError: Naming the file on bad tokens, overlapping cells or a bad label column.
+    """
+    part = rasterize_external_partition(path, grid, label_column)
+    same = np.zeros(grid.shape, np.int8)
+    atoms, index = external_atoms(part, same, same, grid)
+    log.info("%s: %d cells on a %d x %d grid, %d atoms", path, part.n_cells, grid.height, grid.width, atoms.n)
+    return RunContext(None, atoms, PixelLookup(index, grid), part, None)
+
+
 def cells_on_run(
     run: RunContext, path: str | Path, spec: PredictionSpec
 ) -> tuple[AtomTable, Lookup, ExternalPartition, list[str], F32Array]:
@@ -308,6 +328,8 @@ def cells_on_run(
         PredictionsError: On a bad file; ValueError: a ``point`` model without ``kappa``.
     """
     if spec.partition is not None:
+        if run.results is None:
+            raise ValueError(f"{path}: the partition is already the one scored (no results folder)")
         grid = run.lookup.grid
         part = rasterize_external_partition(spec.partition, grid, spec.partition_label)
         ls, _ = read_label_raster(run.results / "masks/ls.tif", grid)
