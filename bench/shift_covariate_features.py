@@ -21,13 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
+from geoens.core.types import FloatArray
 from geoens.evaluation.shift import covariate_weights, prob_features, weighted_quantile
 from geoens.evaluation.testset import read_probs
-
-FloatArray = npt.NDArray[np.float64]
 
 
 def aligned_probs(results: Path, split: str, model: str, ids: list[str]) -> FloatArray:

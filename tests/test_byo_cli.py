@@ -127,10 +127,17 @@ def test_a_partition_alone_is_scored_without_a_results_folder(
             assert got["area_km2"].iloc[k] == pytest.approx(area[dens >= g].sum(), rel=1e-9)
     assert 0 < int(got["zero_prob"].sum()) < n
     assert pd.read_csv(out / "table.csv")["model"].tolist() == ["MyNet"]
+    note = (out / "table.md").read_text()
+    assert (
+        f"RvA by Alg. 3 on cells24.csv rasterised at {h} x {2 * h}" in note and "distance ranking" not in note
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["partition"], summary["grid_rows"], summary["results"]) == (str(part), h, None)
     cases = [
         (["--grid-rows", "1"], r"--grid-rows must be at least 2"),
         (["--grid-rows", "12", "--results", str(tmp_path)], r"--grid-rows sets the grid of a --partition"),
-        (["--partition", str(tmp_path / "truth.csv")], r"truth.csv"),
+        (["--partition", str(tmp_path / "truth.csv")], r"truth.csv: .*(hex_id|class_label)"),
+        (["--val", "v.parquet", "v.csv"], r"--val fits the kappa of a point model; --kind cells has none"),
     ]
     for extra, msg in cases:
         assert main(["rva", *argv, *extra, "--out", str(tmp_path / "x")]) == 2
@@ -164,6 +171,18 @@ def test_a_truth_csv_with_other_column_names_is_read_by_declaring_them(
     pd.testing.assert_frame_equal(per_a, per_b)
     # the tables differ only in their title (the truth file's name)
     assert (a / "table.md").read_text().split("\n")[1:] == (b / "table.md").read_text().split("\n")[1:]
+    # a swapped mapping: the rows whose longitude is not a latitude are dropped, counted and named
+    swapped = "image_id=id,lat=longitude,lon=latitude"
+    assert main([*base, "--truth", str(osv), "--truth-columns", swapped, "--out", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    dropped = json.loads((tmp_path / "c" / "summary.json").read_text())["truth_rows_dropped"]
+    n_out = int((t["LON"].abs() > 90).sum())
+    assert n_out > 0 and dropped["rows_bad"] == n_out
+    assert dropped["bad_by_reason"]["lat_out_of_range"] == n_out
+    assert (
+        f"{n_out} truth row(s) dropped (lat_out_of_range={n_out}" in (tmp_path / "c" / "table.md").read_text()
+    )
+    assert json.loads((a / "summary.json").read_text())["truth_rows_dropped"]["rows_bad"] == 0
     cases = [
         ([], r"osv_test.csv: missing column 'IMG_ID' .*name yours with --truth-columns image_id=\.\.\.,lat="),
         (["--truth-columns", "image_id=id,lat=lat_gt,lon=longitude"],
@@ -198,6 +217,12 @@ def test_bad_commands_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFix
          r"geoclip.parquet: a 'point' model on the grid needs kappa"),
         ([gc, "--truth", str(truth), "--kind", "point", "--results", str(res), "--kappa", "5"],
          r"geoclip.parquet: no column for 'lat'"),
+        ([str(bad), "--truth", str(truth), "--partition", "nowhere.csv"],
+         r"--partition with a point model reads each point as a vMF density .*give --kappa or --val"),
+        ([str(bad), "--truth", str(truth), "--results", str(res), "--kappa", "3", "--val", "a", "b"],
+         r"--val fits kappa: do not also give --kappa"),
+        ([str(bad), "--truth", str(truth), "--columns", "lat=a,lon=b,lat=c"],
+         r"--columns: 'lat' is given twice"),
     ]  # fmt: skip
     for argv, msg in cases:
         assert main(["rva", *argv, "--out", str(tmp_path / "x")]) == 2

@@ -158,6 +158,18 @@ def test_points_in_the_wrong_units_or_order_are_named(tmp_path: Path) -> None:
     with pytest.raises(PredictionsError, match=r"rad.parquet: 1 longitude\(s\) impossible in radians .*"
                        r"\(degrees declared as radians\? check 'units'\)"):  # fmt: skip
         read_point_predictions(g, spec("point", units="radians"))
+    # radians with lat/lon swapped: both causes are possible, both are named; beyond pi only the units
+    r = _write(tmp_path / "rswap.parquet", {"image_id": ["a"], "lat": [2.5], "lon": [0.7]})
+    both = r"\(degrees declared as radians\? check 'units'; or latitude and longitude swapped"
+    with pytest.raises(
+        PredictionsError, match=r"rswap.parquet: 1 latitude\(s\) impossible in radians .*" + both
+    ):
+        read_point_predictions(r, spec("point", units="radians"))
+    d = _write(tmp_path / "rdeg.parquet", {"image_id": ["a"], "lat": [48.8], "lon": [2.3]})
+    with pytest.raises(
+        PredictionsError, match=r"rdeg.parquet: .*\(degrees declared as radians\? check 'units'\)$"
+    ):
+        read_point_predictions(d, spec("point", units="radians"))
     h = _write(tmp_path / "swap.parquet", {"image_id": ["a"], "coords": [[170.0, 40.0]]})
     with pytest.raises(PredictionsError, match=r"swap.parquet: .*latitude\(s\) impossible .*swapped"):
         read_point_predictions(h, spec("point", order="latlon"))

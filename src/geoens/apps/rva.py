@@ -1,12 +1,14 @@
 """``geoens rva``: score any geolocator's predictions file by Recall vs Area and the usual point metrics.
 
 For a user who has only predictions and a truth CSV (``IMG_ID, LAT, LON``, or other names declared with
-``--truth-columns``): each predictions file is one
-model (named by its file stem, or ``--name``), read by the contract of docs/byo.md. A ``point`` model is
-scored exactly by distance ranking (its area-to-hit is the cap of radius ``d``; no masks, no grid); the
-other kinds, and the ensembles with the run's LS/LC predictors, need a workflow results folder
-(``--results``). Outputs in ``--out``: ``per_image.parquet``, ``table.{csv,md,tex}``, ``rva.{pdf,png}`` and
-``summary.json`` (settings, images matched, missing and not in the truth, per model).
+``--truth-columns``): each predictions file is one model (named by its file stem, or ``--name``), read by
+the contract of docs/byo.md. A ``point`` model is scored exactly by distance ranking (its area-to-hit is
+the cap of radius ``d``; no masks, no grid). The other kinds (and a point read as a vMF density) need a
+grid: their partition alone (``--partition``, rasterised on a ``--grid-rows`` grid) scores the base model
+by itself, and a workflow results folder (``--results``) gives the run's grid and, with ``--testset``,
+the ensembles with its LS/LC predictors. Outputs in ``--out``: ``per_image.parquet``,
+``table.{csv,md,tex}``, ``rva.{pdf,png}`` and ``summary.json`` (settings, images matched, missing and not
+in the truth, per model).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def _columns(text: str | None, option: str = "--columns", example: str = "lat=LA
         if "=" not in part:
             raise ValueError(f"{option}: {part!r} is not name=column (e.g. {example})")
         k, v = part.split("=", 1)
+        if k.strip() in out:
+            raise ValueError(f"{option}: {k.strip()!r} is given twice")
         out[k.strip()] = v.strip()
     return out
 
@@ -63,7 +67,8 @@ def read_truth(path: str | Path, mapping: str | None) -> pd.DataFrame:
     Raises:
         ValueError: A key other than image_id, lat, lon; or, naming the file, a missing column (with a hint
             at ``--truth-columns``) or an unparsable file. Bad rows (duplicate ids, impossible coordinates)
-            are dropped and counted in a warning by :func:`read_metadata`.
+            are dropped and counted by :func:`read_metadata`: in a warning, and in the frame's
+            ``attrs["dropped"]`` (``BadRows.to_dict``) for the table's note and ``summary.json``.
 
     """
     given = _columns(mapping, "--truth-columns", "lat=latitude")
@@ -71,11 +76,14 @@ def read_truth(path: str | Path, mapping: str | None) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"--truth-columns: unknown key(s) {unknown}; the keys are {list(TRUTH_KEYS)}")
     try:
-        truth, _ = read_metadata(path, columns={TRUTH_KEYS[k]: v for k, v in given.items()})
+        truth, bad = read_metadata(path, columns={TRUTH_KEYS[k]: v for k, v in given.items()})
     except MetadataError as exc:
         if "missing column" not in str(exc):
             raise
         raise MetadataError(f"{exc}; name yours with --truth-columns image_id=...,lat=...,lon=...") from exc
+    truth.attrs["dropped"] = bad.to_dict()
+    if bad.n_bad:
+        truth.attrs["dropped_text"] = bad.describe()
     return truth
 
 
@@ -148,15 +156,12 @@ def score_on_grid(
 def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Path) -> float:
     """Maximum-likelihood vMF ``kappa`` of a ``point`` model from its val predictions and truth.
 
+    The options were checked by :func:`_check_args` (kind ``point``, a grid from ``--results`` or
+    ``--partition``, no ``--kappa``).
+
     Raises:
-        ValueError: Unless the kind is ``point`` with ``--results``; or as :func:`fit_vmf_kappa`.
+        ValueError: As :func:`fit_vmf_kappa`.
     """
-    if args.kind != "point" or not (args.results or args.partition):
-        raise ValueError(
-            "--val fits kappa for --kind point with --results or --partition (its vMF density on a grid)"
-        )
-    if args.kappa is not None:
-        raise ValueError("--val fits kappa: do not also give --kappa")
     pred = read_point_predictions(predictions, _spec(args, predictions))
     vt = read_truth(truth_csv, args.truth_columns)
     m = align_to_truth(pred.ids, vt["image_id"].astype(str).tolist(), predictions)
@@ -186,6 +191,15 @@ def _check_args(args: argparse.Namespace) -> bool:
             "(its cells, scored alone on a --grid-rows grid); only kind 'point' is scored without either, "
             "by distance ranking"
         )
+    if args.kind == "point" and args.partition and not on_grid:
+        raise ValueError(
+            "--partition with a point model reads each point as a vMF density on that partition: give "
+            "--kappa or --val (or leave --partition out for the exact distance ranking)"
+        )
+    if args.val and args.kind != "point":
+        raise ValueError(f"--val fits the kappa of a point model; --kind {args.kind} has none to fit")
+    if args.val and args.kappa is not None:
+        raise ValueError("--val fits kappa: do not also give --kappa")
     if args.testset and not args.results:
         raise ValueError("--testset names the LS/LC predictions of a results folder: give --results too")
     if args.grid_rows is not None:
@@ -196,13 +210,20 @@ def _check_args(args: argparse.Namespace) -> bool:
     return on_grid
 
 
+def _partition_alone_rows(args: argparse.Namespace) -> int | None:
+    """Rows of the grid a ``--partition`` is scored on without ``--results`` (``None``: not that case)."""
+    if args.results or not args.partition or (args.kind == "point" and args.kappa is None and not args.val):
+        return None
+    return int(args.grid_rows if args.grid_rows is not None else PAPER_GRID_HEIGHT)
+
+
 def _open_context(args: argparse.Namespace, on_grid: bool) -> RunContext | None:
     """The results folder's grid and atoms, a partition alone on a grid, or ``None`` (distance ranking)."""
     if args.results:
         return open_run(args.results, args.testset)
-    if not on_grid:
+    rows = _partition_alone_rows(args)
+    if not on_grid or rows is None:
         return None
-    rows = args.grid_rows if args.grid_rows is not None else PAPER_GRID_HEIGHT
     grid = Grid(height=rows, width=2 * rows, earth_radius_km=args.radius_km)
     return open_partition(args.partition, grid, args.partition_label)
 
@@ -254,10 +275,17 @@ def _write_outputs(
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_match"} for r in rows])
     op = "<" if args.strict_less else "<="
     title = f"{Path(args.truth).stem}: {len(truth)} images"
-    if args.results:
+    rows_alone = _partition_alone_rows(args)
+    if args.results or rows_alone:
+        where = f"the grid of {args.results}"
+        if rows_alone is not None:
+            where = (
+                f"{Path(args.partition).name} rasterised at {rows_alone} x {2 * rows_alone} (pixel areas "
+                f"on a sphere of R = {args.radius_km:g} km)"
+            )
         note = (
             f"Accuracy counts d {op} r from each method's grid top-1 (haversine, R = {GCD_RADIUS_KM:g} km); "
-            f"RvA by Alg. 3 on the grid of {args.results}"
+            f"RvA by Alg. 3 on {where}"
             + (f"; each point is a vMF density (kappa {args.kappa:g})" if args.kind == "point" else "")
             + "."
         )
@@ -266,6 +294,9 @@ def _write_outputs(
             f"Accuracy counts d {op} r; distances and cap areas on a sphere of R = {args.radius_km:g} km; "
             f"RvA of a single point = its distance ranking (cap areas)."
         )
+    if "dropped_text" in truth.attrs:
+        n_bad = truth.attrs["dropped"]["rows_bad"]
+        note += f" {n_bad} truth row(s) dropped ({truth.attrs['dropped_text']}): see summary.json."
     if not args.no_country:
         note += f" Country: {COUNTRY_SOURCE}."
     paths = {fmt: out / f"table.{fmt}" for fmt in ("csv", "md", "tex")}
@@ -280,11 +311,15 @@ def _write_outputs(
     summary = {
         "truth": str(args.truth),
         "n_truth": len(truth),
+        "truth_rows_dropped": truth.attrs.get("dropped"),
         "kind": args.kind,
         "units": args.units,
         "order": args.order,
         "radius_km": args.radius_km,
         "kappa": args.kappa,
+        "results": args.results,
+        "partition": args.partition,
+        "grid_rows": rows_alone,
         "comparison": op,
         "country_source": None if args.no_country else COUNTRY_SOURCE,
         "models": [r["_match"] | {"model": r["model"]} for r in rows],
@@ -331,7 +366,11 @@ def add_rva_parser(sub: Any) -> None:
         help=f"without --results: rows of the grid the partition is scored on (width 2x; "
         f"default {PAPER_GRID_HEIGHT}, the paper's)",
     )
-    r.add_argument("--kappa", type=float, help="kind point with --results: vMF concentration of its density")
+    r.add_argument(
+        "--kappa",
+        type=float,
+        help="kind point with --results or --partition: vMF concentration of its density",
+    )
     r.add_argument(
         "--val",
         nargs=2,

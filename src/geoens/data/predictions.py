@@ -97,11 +97,17 @@ def _check_ids(path: Path, ids: list[str], line_offset: int | None) -> None:
         )
 
 
-def _units_hint(units: str, what: str) -> str:
-    """What most likely made a coordinate impossible in the declared ``units``."""
+def _units_hint(units: str, what: str, could_be_longitudes: bool) -> str:
+    """What most likely made coordinates impossible in the declared ``units``.
+
+    ``could_be_longitudes``: every impossible latitude would be a possible longitude (a swap is plausible).
+    """
+    swap = (
+        "latitude and longitude swapped? check 'order'" if what == "latitude" and could_be_longitudes else ""
+    )
     if units == "radians":
-        return " (degrees declared as radians? check 'units')"
-    return " (latitude and longitude swapped? check 'order')" if what == "latitude" else ""
+        return " (degrees declared as radians? check 'units'" + (f"; or {swap})" if swap else ")")
+    return f" ({swap})" if swap else ""
 
 
 def _to_degrees(
@@ -124,7 +130,7 @@ def _to_degrees(
         if out.any():
             rows = np.unique(row_of[out])
             first = float(v[np.flatnonzero(out)[0]])
-            hint = _units_hint(spec.units, what)
+            hint = _units_hint(spec.units, what, bool(np.all(np.abs(v[out]) <= lon_max)))
             raise PredictionsError(
                 f"{path}: {int(out.sum())} {what}(s) impossible in {spec.units} (|{what}| > {lim:.6g}), "
                 f"first {first:.6g}, at {rows_named(ids, rows, line_offset)}{hint}"
