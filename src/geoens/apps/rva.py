@@ -173,8 +173,8 @@ def fit_kappa_on_val(args: argparse.Namespace, predictions: Path, truth_csv: Pat
     return kappa
 
 
-def _check_args(args: argparse.Namespace) -> bool:
-    """Option errors before any file is read; returns whether the models are scored on a grid.
+def _check_args(args: argparse.Namespace) -> None:
+    """Option errors before any file is read.
 
     Raises:
         ValueError: Naming the option.
@@ -207,7 +207,6 @@ def _check_args(args: argparse.Namespace) -> bool:
             raise ValueError("--grid-rows sets the grid of a --partition scored without --results")
         if args.grid_rows < 2:
             raise ValueError(f"--grid-rows must be at least 2, got {args.grid_rows}")
-    return on_grid
 
 
 def _partition_alone_rows(args: argparse.Namespace) -> int | None:
@@ -217,12 +216,12 @@ def _partition_alone_rows(args: argparse.Namespace) -> int | None:
     return int(args.grid_rows if args.grid_rows is not None else PAPER_GRID_HEIGHT)
 
 
-def _open_context(args: argparse.Namespace, on_grid: bool) -> RunContext | None:
+def _open_context(args: argparse.Namespace) -> RunContext | None:
     """The results folder's grid and atoms, a partition alone on a grid, or ``None`` (distance ranking)."""
     if args.results:
         return open_run(args.results, args.testset)
     rows = _partition_alone_rows(args)
-    if not on_grid or rows is None:
+    if rows is None:
         return None
     grid = Grid(height=rows, width=2 * rows, earth_radius_km=args.radius_km)
     return open_partition(args.partition, grid, args.partition_label)
@@ -231,9 +230,9 @@ def _open_context(args: argparse.Namespace, on_grid: bool) -> RunContext | None:
 def cmd_rva(args: argparse.Namespace) -> int:
     """``geoens rva``: per-image Parquet, the scorecard table and the RvA figure of each predictions file."""
     t0 = time.perf_counter()
-    on_grid = _check_args(args)
+    _check_args(args)
     truth = read_truth(args.truth, args.truth_columns)
-    run = _open_context(args, on_grid)
+    run = _open_context(args)
     if args.val:
         args.kappa = fit_kappa_on_val(args, Path(args.val[0]), Path(args.val[1]))
     paths = [Path(p) for p in args.predictions]
